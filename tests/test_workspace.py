@@ -1,0 +1,115 @@
+"""Run folders and the SQLite registry: lineage, concurrency, crashed runs."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from oficina import workspace
+from oficina.cli import main
+
+
+def test_run_folder_holds_config_metrics_and_lineage(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello")
+    with workspace.start_run("demo", {"a": 1}) as run:
+        run.add_input("data", src)
+        run.log({"loss": 2.0}, step=1)
+        run.log({"loss": 1.5}, step=2)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "w.bin").write_bytes(b"\x00\x01")
+        run.add_output("model", out)
+        run.summary["best"] = 1.5
+    meta = json.loads((run.dir / "run.json").read_text())
+    assert run.dir.name.startswith("demo-")
+    assert meta["status"] == "completed" and meta["summary"]["best"] == 1.5
+    assert meta["inputs"][0]["sha256"] == workspace.hash_file(src)
+    lines = [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in lines] == [2.0, 1.5]
+    assert (run.dir / "config.yaml").read_text().strip() == "a: 1"
+    # Lineage upward: the output's hash points back to this run.
+    assert workspace.runs_producing(meta["outputs"][0]["sha256"]) == [run.id]
+
+
+def test_exception_marks_run_failed():
+    with pytest.raises(RuntimeError):
+        with workspace.start_run("boom") as run:
+            raise RuntimeError("bad")
+    r = workspace.get_run(run.id)
+    assert r["status"] == "failed" and "bad" in r["error"]
+
+
+def _worker(home, n):
+    os.environ["OFICINA_HOME"] = home
+    for i in range(n):
+        with workspace.start_run("par", {"i": i}) as run:
+            run.log({"x": i})
+            run.add_input("spec", f"spec-{i}")
+
+
+def test_two_processes_at_once_never_corrupt(isolated_workspace):
+    ctx = mp.get_context("spawn")
+    ps = [ctx.Process(target=_worker, args=(str(isolated_workspace), 15)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = workspace.list_runs(limit=100)
+    assert len(rows) == 30 and all(r["status"] == "completed" for r in rows)
+    con = workspace.connect()
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 30
+
+
+def test_killed_run_is_marked_failed(isolated_workspace):
+    code = (
+        "import time; from oficina import workspace\n"
+        "with workspace.start_run('sleepy') as r:\n"
+        "    print(r.id, flush=True); time.sleep(60)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OFICINA_HOME": str(isolated_workspace)},
+    )
+    run_id = p.stdout.readline().strip()
+    assert workspace.get_run(run_id)["status"] == "running"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    time.sleep(0.1)
+    r = workspace.get_run(run_id)  # any read reaps runs whose process is gone
+    assert r["status"] == "failed" and "killed" in r["error"]
+
+
+def test_runs_cli_show_and_compare(capsys):
+    ids = []
+    for lr in (0.1, 0.2):
+        with workspace.start_run("train", {"lr": lr, "steps": 3}) as run:
+            run.summary["val_loss"] = lr * 10
+        ids.append(run.id)
+    assert main(["runs", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["id"] for r in listed} == set(ids)
+    assert main(["runs", "compare", *ids, "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert cmp["config_diff"] == {"lr": [0.1, 0.2]}  # steps is equal, so not shown
+    assert cmp["metrics"]["val_loss"] == [1.0, 2.0]
+    assert main(["runs", "show", "nope"]) == 1
+    assert "no run with id 'nope'" in capsys.readouterr().err
+
+
+def test_atomic_write_leaves_no_partial(tmp_path):
+    p = tmp_path / "f.json"
+    workspace.atomic_write_json(p, {"a": 1})
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
