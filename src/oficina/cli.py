@@ -29,6 +29,12 @@ class Verb:
 
 # verb (possibly two words) -> where it lives. Keep this table the single source of truth.
 VERBS: dict[str, Verb] = {
+    "size": Verb(
+        "oficina.models.sizing",
+        "SizeConfig",
+        "run",
+        "what a model of N parameters costs: memory, FLOPs, time, dollars",
+    ),
     "models list": Verb(
         "oficina.models.sources",
         "ModelsListConfig",
@@ -58,6 +64,117 @@ VERBS: dict[str, Verb] = {
     ),
     "runs compare": Verb(
         "oficina.runs", "RunsCompareConfig", "compare", "two or more runs side by side"
+    ),
+    "generate": Verb(
+        "oficina.infer.generate",
+        "GenerateConfig",
+        "run",
+        "generate text (zero-, one-, few-shot prompting, streaming)",
+    ),
+    "chat": Verb(
+        "oficina.infer.generate", "ChatConfig", "chat", "chat with a model in the terminal"
+    ),
+    "batch": Verb(
+        "oficina.infer.batch",
+        "BatchConfig",
+        "run",
+        "offline bulk inference over a JSONL, cached in SQLite",
+    ),
+    "batch lookup": Verb(
+        "oficina.infer.batch",
+        "LookupConfig",
+        "lookup",
+        "answer from the bulk-inference cache alone",
+    ),
+    "quantize": Verb(
+        "oficina.infer.quantize",
+        "QuantizeConfig",
+        "run",
+        "int8 (PyTorch CPU) or GGUF (llama.cpp) with size, speed and quality",
+    ),
+    "serve": Verb(
+        "oficina.serve.app",
+        "ServeConfig",
+        "run",
+        "OpenAI-compatible HTTP server with a web chat and feedback",
+    ),
+    "feedback export": Verb(
+        "oficina.serve.feedback",
+        "FeedbackExportConfig",
+        "export",
+        "ratings and corrections -> SFT data and preference pairs",
+    ),
+    "data prepare": Verb(
+        "oficina.data.pipeline",
+        "PrepareConfig",
+        "run",
+        "raw documents -> clean, deduplicated Parquet with a report",
+    ),
+    "data pack": Verb(
+        "oficina.data.pack",
+        "PackConfig",
+        "run",
+        "tokenize and pack into fixed-length shards for pretraining",
+    ),
+    "tokenizer train": Verb(
+        "oficina.data.tokenizer",
+        "TokenizerTrainConfig",
+        "train",
+        "train a byte-level BPE tokenizer",
+    ),
+    "tokenizer eval": Verb(
+        "oficina.data.tokenizer",
+        "TokenizerEvalConfig",
+        "evaluate",
+        "bytes per token of tokenizers on held-out text",
+    ),
+    "pretrain": Verb(
+        "oficina.train.recipes",
+        "PretrainConfig",
+        "pretrain",
+        "pretrain from a preset, or continue pretraining a model",
+    ),
+    "finetune": Verb(
+        "oficina.train.recipes",
+        "FinetuneConfig",
+        "finetune",
+        "supervised fine-tuning: full or LoRA; classification heads",
+    ),
+    "distill": Verb(
+        "oficina.train.recipes",
+        "DistillConfig",
+        "distill",
+        "knowledge distillation from a teacher into a smaller student",
+    ),
+    "merge": Verb(
+        "oficina.train.recipes",
+        "MergeConfig",
+        "merge",
+        "fold a LoRA adapter into a plain checkpoint",
+    ),
+    "index": Verb(
+        "oficina.rag.index", "IndexConfig", "run", "chunk, embed and index documents for retrieval"
+    ),
+    "index eval": Verb(
+        "oficina.rag.evaluate",
+        "IndexEvalConfig",
+        "run",
+        "recall@k and MRR of BM25, dense and hybrid retrieval",
+    ),
+    "ask": Verb(
+        "oficina.rag.ask", "AskConfig", "run", "answer from your documents with numbered citations"
+    ),
+    "eval": Verb(
+        "oficina.evals.evaluate",
+        "EvalConfig",
+        "run",
+        "perplexity and task metrics with confidence intervals",
+    ),
+    "ladder": Verb(
+        "oficina.evals.ladder",
+        "LadderConfig",
+        "run",
+        "the main job: which adaptation is cheapest for your quality bar",
     ),
 }
 
@@ -135,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             description=verb.help + "\n\n" + (cfg_cls.__doc__ or "").strip(),
         )
         code = entry(cfg)
-        return int(code or 0)
+        # Entries return an exit code, or a summary dict (the same function serves Python callers).
+        return code if isinstance(code, int) else 0
     except UserError as e:
         if debug:
             raise

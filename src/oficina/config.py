@@ -46,6 +46,11 @@ class VerbConfig(Section):
     """
 
     positionals: ClassVar[tuple[str, ...]] = ()
+    # True for verbs whose main argument *is* a YAML config (``oficina ladder CONFIG.yaml``).
+    config_positional: ClassVar[bool] = False
+    # Named profiles switched on by a boolean field (``--quick``): their values replace the
+    # YAML file's, and flags on the command line still win over them.
+    profiles: ClassVar[dict[str, dict]] = {}
 
 
 # ---------------------------------------------------------------------------- field walking
@@ -158,9 +163,11 @@ def load(
     cls: type[VerbConfig], path: str | Path | None = None, overrides: dict | None = None
 ) -> VerbConfig:
     """Defaults <- YAML file <- overrides (a nested dict); validated."""
-    data = load_yaml(path) if path else {}
-    if overrides:
-        data = deep_merge(data, overrides)
+    file_data = load_yaml(path) if path else {}
+    data = deep_merge(file_data, overrides or {})
+    for flag, profile in getattr(cls, "profiles", {}).items():
+        if data.get(flag) is True:
+            data = deep_merge(deep_merge(file_data, profile), overrides or {})
     return build(cls, data)
 
 
@@ -189,6 +196,13 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="read settings from a YAML file (flags override it)"
     )
+    if cls.config_positional:
+        parser.add_argument(
+            "_config_file",
+            metavar="CONFIG.yaml",
+            nargs="?",
+            help="the settings file (same as --config)",
+        )
     fields = dict((d, (a, i)) for d, a, i in leaf_fields(cls))
     for name in cls.positionals:
         ann, info = fields[name]
@@ -201,7 +215,9 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
             metavar=name.upper(),
             nargs=nargs,
             default=None,
-            help=(info.description or "") + ("" if required else f" (default: {info.default})"),
+            help=(
+                (info.description or "") + ("" if required else f" (default: {info.default})")
+            ).replace("%", "%%"),
         )
     for dotted, ann, info in leaf_fields(cls):
         if dotted in cls.positionals:
@@ -224,11 +240,11 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
         kwargs: dict[str, Any] = {
             "dest": "_opt_" + dotted,
             "default": argparse.SUPPRESS,
-            "help": help_text,
+            "help": help_text.replace("%", "%%"),  # argparse formats help with %
         }
         if ann_u is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["help"] = help_text + f" (default: {default})"
+            kwargs["help"] = (help_text + f" (default: {default})").replace("%", "%%")
         elif get_origin(ann_u) in (list, tuple):
             kwargs["nargs"] = "*"
             kwargs["metavar"] = "X"
@@ -253,12 +269,34 @@ def _coerce_cli(value: Any, annotation: Any) -> Any:
     return value
 
 
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _bool_words(cls: type[VerbConfig], argv: list[str]) -> list[str]:
+    """Let a boolean flag take a word, as dotted overrides do: ``--rungs.rag.enabled false``."""
+    flags = set()
+    for dotted, ann, _ in leaf_fields(cls):
+        if _unwrap_optional(ann) is bool:
+            flags |= {f"--{dotted}", f"--{dotted.replace('_', '-')}"}
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1].lower() if i + 1 < len(argv) else None
+        if a in flags and nxt in _TRUE | _FALSE:
+            out.append(a if nxt in _TRUE else "--no-" + a[2:])
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def parse_args(
     prog: str, cls: type[VerbConfig], argv: list[str], description: str = ""
 ) -> VerbConfig:
     """Parse argv for one verb into a validated config (raises ConfigError)."""
     parser = make_parser(prog, cls, description)
-    ns = vars(parser.parse_args(argv))
+    ns = vars(parser.parse_args(_bool_words(cls, argv)))
     fields = {d: a for d, a, _ in leaf_fields(cls)}
     overrides: dict = {}
     for key, value in ns.items():
@@ -268,4 +306,5 @@ def parse_args(
         elif key.startswith("_opt_"):
             name = key[5:]
             set_dotted(overrides, name, _coerce_cli(value, fields[name]))
-    return load(cls, ns.get("config"), overrides)
+    config_path = ns.get("config") or ns.get("_config_file")
+    return load(cls, config_path, overrides)

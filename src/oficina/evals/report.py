@@ -1,0 +1,361 @@
+"""The ladder's results: the recommendation, and the report as JSON, Markdown and one HTML page.
+
+``recommend`` is the decision the whole project exists for, kept as a pure function so it can
+be tested on hand-made results: among the rungs whose quality meets the target, pick the one
+with the lowest total cost (training once + inference for the expected request volume); ties
+go to the simpler rung (the ladder's order). If none meets the target, say so and point at
+the best one.
+
+The HTML page is self-contained (plots inlined as base64 PNG), so it can be mailed or archived.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from oficina.workspace import atomic_write_json, atomic_write_text
+
+
+class Cost(BaseModel):
+    wall_time_s: float = 0.0
+    flops: float = 0.0
+    peak_memory_mb: float = 0.0
+    usd: float = 0.0
+
+
+class InferenceCost(BaseModel):
+    latency_s_per_item: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    prompt_tokens_mean: float = 0.0
+    usd_per_1k_requests: float = 0.0
+
+
+class RungResult(BaseModel):
+    """One rung of the ladder, measured."""
+
+    name: str
+    description: str = ""
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    quality: float | None = None
+    ci: tuple[float, float] | None = None
+    metric: str = "accuracy"
+    extra_metrics: dict[str, float] = Field(default_factory=dict)
+    training: Cost = Field(default_factory=Cost)
+    inference: InferenceCost = Field(default_factory=InferenceCost)
+    params_total: int = 0
+    params_trainable: int = 0
+    params_changed: int = 0  # how many base-model parameters this rung altered
+    data: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    val_curve: list[tuple[int, float]] = Field(default_factory=list)
+
+    def total_usd(self, requests: int) -> float:
+        return self.training.usd + self.inference.usd_per_1k_requests * requests / 1000.0
+
+
+def recommend(rungs: list[RungResult], target: float, requests: int) -> dict:
+    """The cheapest rung that meets the quality target, with the reasoning in words."""
+    measured = [r for r in rungs if r.status == "ok" and r.quality is not None]
+    if not measured:
+        return {"rung": None, "met_target": False, "reasoning": "no rung produced a quality figure"}
+    order = {r.name: i for i, r in enumerate(rungs)}
+    meeting = [r for r in measured if r.quality >= target]
+    if not meeting:
+        best = max(measured, key=lambda r: (r.quality, -order[r.name]))
+        return {
+            "rung": best.name,
+            "met_target": False,
+            "reasoning": (
+                f"No rung reached the target {target:.2f}. The best was '{best.name}' at {best.quality:.3f}"
+                + (f" (95% CI {best.ci[0]:.3f}–{best.ci[1]:.3f})" if best.ci else "")
+                + ". Add labelled data, train longer, or start from a larger base model."
+            ),
+        }
+    pick = min(meeting, key=lambda r: (round(r.total_usd(requests), 6), order[r.name]))
+    lines = [
+        f"'{pick.name}' is the cheapest rung that meets the target {target:.2f}: quality {pick.quality:.3f}"
+        + (f" (95% CI {pick.ci[0]:.3f}–{pick.ci[1]:.3f})" if pick.ci else "")
+        + f", ${pick.training.usd:.4f} to train and ${pick.inference.usd_per_1k_requests:.4f} per 1k requests"
+        f" (${pick.total_usd(requests):.2f} for {requests:,} requests)."
+    ]
+    if pick.ci and pick.ci[0] < target:
+        lines.append(
+            f"Its confidence interval dips below the target ({pick.ci[0]:.3f}): measure on more held-out data before relying on it."
+        )
+    cheaper = [
+        r
+        for r in measured
+        if r.total_usd(requests) < pick.total_usd(requests) and r.quality < target
+    ]
+    if cheaper:
+        lines.append(
+            "Cheaper rungs miss the target: "
+            + ", ".join(f"{r.name} {r.quality:.3f}" for r in cheaper)
+            + "."
+        )
+    better = [r for r in meeting if r.quality > pick.quality and r is not pick]
+    if better:
+        b = max(better, key=lambda r: r.quality)
+        lines.append(
+            f"'{b.name}' is more accurate ({b.quality:.3f}) but costs ${b.total_usd(requests):.2f} in total; "
+            "raise the target if that margin matters."
+        )
+    return {"rung": pick.name, "met_target": True, "reasoning": " ".join(lines)}
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _scatter(rungs: list[RungResult], x_of, xlabel: str, target: float, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for r in rungs:
+        if r.status != "ok" or r.quality is None:
+            continue
+        x = x_of(r)
+        err = [[r.quality - r.ci[0]], [r.ci[1] - r.quality]] if r.ci else None
+        ax.errorbar([x], [r.quality], yerr=err, fmt="o", capsize=3)
+        ax.annotate(r.name, (x, r.quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(target, ls="--", c="gray", lw=1)
+    ax.text(ax.get_xlim()[0], target, " target", va="bottom", fontsize=8, color="gray")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("quality")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _curves(rungs: list[RungResult]) -> str | None:
+    with_curves = [r for r in rungs if r.loss_curve]
+    if not with_curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for r in with_curves:
+        steps, losses = zip(*r.loss_curve, strict=False)
+        line = ax.plot(steps, losses, label=f"{r.name} train", lw=1.2)[0]
+        if r.val_curve:
+            vs, vl = zip(*r.val_curve, strict=False)
+            ax.plot(vs, vl, "--o", ms=3, color=line.get_color(), label=f"{r.name} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss curves", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+def table_rows(rungs: list[RungResult]) -> list[dict]:
+    rows = []
+    for r in rungs:
+        rows.append(
+            {
+                "rung": r.name,
+                "status": r.status if r.status == "ok" else f"{r.status}: {r.reason}",
+                "quality": "-" if r.quality is None else f"{r.quality:.3f}",
+                "95% CI": "-" if not r.ci else f"{r.ci[0]:.3f}–{r.ci[1]:.3f}",
+                "train time": _fmt_s(r.training.wall_time_s) if r.training.wall_time_s else "0",
+                "train FLOPs": f"{r.training.flops:.2e}" if r.training.flops else "0",
+                "train $": f"{r.training.usd:.4f}",
+                "latency/item": f"{r.inference.latency_s_per_item * 1000:.0f} ms",
+                "prompt tokens": f"{r.inference.prompt_tokens_mean:.0f}",
+                "$/1k req": f"{r.inference.usd_per_1k_requests:.4f}",
+                "params": f"{r.params_total / 1e6:.1f}M" if r.params_total else "-",
+                "changed params": f"{r.params_changed / 1e6:.2f}M",
+                "labelled data": str(r.data.get("labelled_examples", 0)),
+            }
+        )
+    return rows
+
+
+def claims(rungs: list[RungResult]) -> list[str]:
+    """The seeds' claims, checked against this run's numbers (each line states what was measured)."""
+    by = {r.name: r for r in rungs if r.status == "ok"}
+    out = []
+    base = by.get("zero_shot")
+    if base:
+        for name in ("lora", "full"):
+            if name in by:
+                r = by[name]
+                same = r.params_total == base.params_total
+                out.append(
+                    f"Fine-tuning keeps the parameter count: {name} has {r.params_total:,} parameters, the base {base.params_total:,} — {'same' if same else 'DIFFERENT'}."
+                )
+        if "distill" in by:
+            r = by["distill"]
+            out.append(
+                f"Distillation reduces it: the student has {r.params_total:,} parameters, {r.params_total / base.params_total:.0%} of the base."
+            )
+        for name in ("few_shot", "rag"):
+            if name in by:
+                r = by[name]
+                out.append(
+                    f"Prompting changes no parameters: {name} altered {r.params_changed:,} and pays {r.inference.prompt_tokens_mean:.0f} prompt tokens per request instead of {base.inference.prompt_tokens_mean:.0f}."
+                )
+    bigger = [r for r in by.values() if r.params_total]
+    if len(bigger) >= 2:
+        small = min(bigger, key=lambda r: r.params_total)
+        large = max(bigger, key=lambda r: r.params_total)
+        if (
+            small is not large
+            and small.inference.latency_s_per_item
+            and large.inference.latency_s_per_item
+        ):
+            out.append(
+                f"Larger models cost more: {large.name} ({large.params_total / 1e6:.0f}M) takes {large.inference.latency_s_per_item * 1000:.0f} ms per item, "
+                f"{small.name} ({small.params_total / 1e6:.0f}M) {small.inference.latency_s_per_item * 1000:.0f} ms."
+            )
+    return out
+
+
+def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(rungs)
+    claim_lines = claims(rungs)
+    summary = {
+        "meta": meta,
+        "target": meta.get("target"),
+        "recommended": rec["rung"],
+        "met_target": rec["met_target"],
+        "reasoning": rec["reasoning"],
+        "claims": claim_lines,
+        "rungs": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "reason": r.reason,
+                "metric": r.metric,
+                "quality": r.quality,
+                "ci": list(r.ci) if r.ci else None,
+                "training_cost": r.training.model_dump(),
+                "inference_cost": r.inference.model_dump(),
+                "parameters": r.params_total,
+                "params_trainable": r.params_trainable,
+                "params_changed": r.params_changed,
+                "data": r.data,
+                "artifacts": r.artifacts,
+                "extra_metrics": r.extra_metrics,
+                "description": r.description,
+            }
+            for r in rungs
+        ],
+    }
+    atomic_write_json(out / "summary.json", summary)
+
+    cols = list(rows[0]) if rows else []
+    md = [f"# Adaptation ladder — {meta.get('task', '')}", ""]
+    md.append(
+        f"Base model `{meta.get('base_model')}`, target {meta.get('metric', 'accuracy')} ≥ {meta.get('target')}, "
+        f"{meta.get('test_items')} held-out items, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h."
+    )
+    md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", ""]
+    if claim_lines:
+        md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
+    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+
+    ok = [r for r in rungs if r.status == "ok" and r.quality is not None]
+    target = float(meta.get("target") or 0)
+    plots = []
+    if ok:
+        plots.append(
+            (
+                "Quality vs training cost",
+                _scatter(
+                    ok,
+                    lambda r: r.training.wall_time_s,
+                    "training wall time (s)",
+                    target,
+                    "quality vs training cost",
+                ),
+            )
+        )
+        plots.append(
+            (
+                "Quality vs inference cost",
+                _scatter(
+                    ok,
+                    lambda r: r.inference.latency_s_per_item * 1000,
+                    "latency per request (ms)",
+                    target,
+                    "quality vs inference cost",
+                ),
+            )
+        )
+    curves = _curves(rungs)
+    if curves:
+        plots.append(("Loss curves", curves))
+    e = html.escape
+    table_html = "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
+    for r, rr in zip(rows, rungs, strict=True):
+        cls = ' class="pick"' if rr.name == rec["rung"] else ""
+        table_html += f"<tr{cls}>" + "".join(f"<td>{e(str(r[c]))}</td>" for c in cols) + "</tr>"
+    table_html += "</table>"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Oficina ladder — {e(str(meta.get("task", "")))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+tr.pick {{ background: #e7f6e7; font-weight: 600; }}
+.rec {{ border-left: 4px solid #2a7; background: #f4fbf6; padding: .8em 1em; margin: 1em 0; }}
+.plots img {{ max-width: 48%; margin: 0 1% 1em 0; border: 1px solid #eee; }}
+</style></head><body>
+<h1>Which adaptation is cheapest?</h1>
+<p>Base model <code>{e(str(meta.get("base_model")))}</code> · task <code>{e(str(meta.get("task")))}</code> ·
+target {e(str(meta.get("metric", "accuracy")))} ≥ {e(str(meta.get("target")))} on {e(str(meta.get("test_items")))} held-out items ·
+costs on <code>{e(str(meta.get("hardware")))}</code> at ${e(str(meta.get("usd_per_hour")))}/h for {e(f"{meta.get('requests', 0):,}")} requests ·
+profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
+<div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
+<h2>Rungs</h2>{table_html}
+<h2>Plots</h2><div class="plots">{"".join(f'<img alt="{e(t)}" title="{e(t)}" src="data:image/png;base64,{b}">' for t, b in plots)}</div>
+<h2>The seeds' claims, measured</h2><ul>{"".join(f"<li>{e(c)}</li>" for c in claim_lines)}</ul>
+<p style="color:#777;font-size:12px">Generated by oficina ladder. Quality intervals are 95% percentile bootstrap over test items.</p>
+</body></html>
+"""
+    atomic_write_text(out / "report.html", page)
+    return {
+        "html": out / "report.html",
+        "markdown": out / "summary.md",
+        "json": out / "summary.json",
+    }
+
+
+def load_summary(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,556 @@
+"""The generation engine every inference verb shares: one decode loop over a Hugging Face model.
+
+    from oficina.infer.engine import Engine, SamplingParams
+    eng = Engine.from_spec("smollm2-135m-instruct")
+    prompt = eng.render_chat([{"role": "user", "content": "What is the capital of France?"}])
+    print(eng.generate([prompt], SamplingParams(max_new_tokens=32))[0].text)
+
+What it does, and why it is written out rather than calling ``model.generate``:
+  * batched generation with **left padding**, an attention mask and position ids computed from
+    it, and the model's KV cache (``DynamicCache``): the prompt is run once, then one token per
+    step. Rows that finish are dropped from the batch (and from the cache) at once, so a long
+    answer does not make short ones pay for it;
+  * **per-request** sampling parameters in one batch (temperature, top-k, top-p, repetition
+    penalty, seed — each row has its own ``torch.Generator``, so a seed gives the same text
+    whatever else shares the batch);
+  * stop strings cut from the text, EOS, ``max_new_tokens`` bounded by the context length;
+  * **streaming**: ``on_token(i, delta)`` as row i's text grows (text that might be the start of
+    a stop string, or half a UTF-8 character, is held back); returning False cancels that row;
+  * **log-probabilities** of completion tokens (chosen + top-N) and, with ``echo``, of the prompt
+    tokens; ``loglikelihood`` for evaluation harnesses (lm-eval style).
+Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from oficina.errors import UserError
+
+# Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
+_IDENTITY_GLOBS = (
+    "*.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "chat_template.jinja",
+    "oficina-quantization.json",
+    "adapter_config.json",
+)
+
+
+def model_hash_for(
+    path: str | Path, adapter: str | Path | None = None, dtype: str = "float32"
+) -> str:
+    """The content hash ``Engine.model_hash`` would give, without loading the model."""
+    import hashlib
+
+    from oficina.workspace import content_hash
+
+    h = hashlib.sha256(f"dtype={dtype}\n".encode())
+    for root in [Path(p) for p in (path, adapter) if p is not None]:
+        files = sorted({f for g in _IDENTITY_GLOBS for f in root.glob(g) if f.is_file()})
+        for f in files:
+            h.update(f"{f.name}={content_hash(f)}\n".encode())
+    return h.hexdigest()
+
+
+class ContextLengthError(UserError):
+    """The prompt alone fills the model's context: nothing can be generated."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None  # same seed -> same text
+    logprobs: int | None = None  # None: off; N: chosen token + top-N alternatives per token
+    echo: bool = False  # also score the prompt tokens (prompt_logprobs)
+
+    def validate(self) -> None:
+        """Raise UserError naming the first bad field (the server maps it to a 400)."""
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise UserError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.logprobs is not None and not (0 <= self.logprobs <= 20):
+            raise UserError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise UserError("stop strings must be non-empty text")
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float | None
+    top: dict[str, float]
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None  # first token's logprob is None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters might still become a stop string (or a whole character)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    n = len(text) - len(text.rstrip("\ufffd"))  # an incomplete UTF-8 sequence decodes as U+FFFD
+    return max(hold, n)
+
+
+class _Row:
+    """Decoding state of one request."""
+
+    def __init__(self, index: int, prompt_ids: list[int], params: SamplingParams, limit: int):
+        self.index = index
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.limit = limit  # max new tokens after the context-length bound
+        self.generated: list[int] = []
+        self.steps = 0  # tokens the model produced, EOS included (what the row cost)
+        self.text = ""
+        self.emitted = 0
+        self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else secrets.randbits(63)
+            self.gen: torch.Generator | None = torch.Generator().manual_seed(seed)
+        else:
+            self.gen = None
+
+
+class Engine:
+    """A loaded causal LM + tokenizer, with batched, streaming, scoring generation."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        name: str = "model",
+        path: Path | None = None,
+        adapter: Path | None = None,
+        dtype: str = "float32",
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+        self.adapter = adapter
+        self.dtype = dtype
+        cfg = model.config
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.context_length = int(n or 2048)
+        eos = set()
+        gen_cfg = getattr(model, "generation_config", None)
+        for src in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(src, int):
+                eos.add(src)
+            elif src:
+                eos.update(int(x) for x in src)
+        self.eos_ids = eos
+        self._model_hash: str | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_spec(
+        cls,
+        spec: str,
+        dtype: str = "float32",
+        adapter: str | None = None,
+        name: str | None = None,
+    ) -> Engine:
+        """Load a model spec (see ``oficina.models.sources``), optionally a PEFT LoRA adapter.
+
+        A directory written by ``oficina quantize --method int8`` carries a quantization recipe
+        that is applied here (dynamic int8 of the Linear layers).
+        """
+        from transformers.utils import logging as hf_logging
+
+        from oficina.models.sources import load_causal_lm, resolve
+
+        hf_logging.disable_progress_bar()  # keep stderr for our own numbers
+        path = resolve(spec)
+        model, tok = load_causal_lm(spec, dtype=dtype)
+        adapter_path = None
+        if adapter:
+            adapter_path = Path(adapter).expanduser()
+            if not (adapter_path / "adapter_config.json").is_file():
+                raise UserError(
+                    f"adapter {adapter} is not a PEFT adapter directory (no adapter_config.json)"
+                )
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+            model.eval()
+            adapter_path = adapter_path.resolve()
+        recipe = path / "oficina-quantization.json"
+        if recipe.is_file():
+            from oficina.infer.quantize import apply_recipe
+
+            model = apply_recipe(model, recipe)
+        return cls(model, tok, name=name or spec, path=path, adapter=adapter_path, dtype=dtype)
+
+    @property
+    def model_hash(self) -> str:
+        """sha256 over the weights, config, tokenizer files (+ adapter) and the dtype; memoised."""
+        if self._model_hash is None:
+            if self.path is not None:
+                self._model_hash = model_hash_for(self.path, self.adapter, self.dtype)
+            else:  # an in-memory model: its identity is its weights
+                import hashlib
+
+                h = hashlib.sha256(f"dtype={self.dtype}\n".encode())
+                for k, v in self.model.state_dict().items():
+                    h.update(k.encode())
+                    h.update(v.detach().float().cpu().numpy().tobytes())
+                self._model_hash = h.hexdigest()
+        return self._model_hash
+
+    # ------------------------------------------------------------------ text helpers
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Messages -> prompt text with the tokenizer's chat template."""
+        if not self.has_chat_template:
+            raise UserError(
+                f"model '{self.name}' has no chat template; send a plain prompt instead"
+            )
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise UserError("each message needs a 'role' and a 'content'")
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Prompt text -> token ids. Special tokens (BOS) are added unless the text has them."""
+        bos = self.tokenizer.bos_token
+        add = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _token_str(self, tid: int) -> str:
+        return self.tokenizer.decode([tid])
+
+    def _top(self, logp: torch.Tensor, n: int) -> dict[str, float]:
+        if n <= 0:
+            return {}
+        vals, ids = torch.topk(logp, min(n, logp.shape[-1]))
+        return {self._token_str(int(i)): float(v) for v, i in zip(vals, ids, strict=True)}
+
+    # ------------------------------------------------------------------ sampling
+    @staticmethod
+    def _choose(logits: torch.Tensor, row: _Row) -> int:
+        """One token from one row's logits (1-D, float32), HF's processor order."""
+        p = row.params
+        if p.repetition_penalty != 1.0 and row.seen.numel():
+            s = logits[row.seen]
+            logits = logits.clone()
+            logits[row.seen] = torch.where(
+                s < 0, s * p.repetition_penalty, s / p.repetition_penalty
+            )
+        if p.temperature == 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k > 0 and p.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, idx = torch.sort(logits, descending=False)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            remove = cum <= (1 - p.top_p)
+            remove[-1] = False  # keep at least the most likely token
+            logits = logits.masked_fill(remove.scatter(0, idx, remove), float("-inf"))
+        # Extreme but valid parameters (temperature or repetition penalty of 1e-300) overflow
+        # the logits to inf; keep the arithmetic finite and fall back to the most likely token.
+        logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
+        probs = logits.softmax(-1)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            return int(torch.argmax(logits))
+        return int(torch.multinomial(probs, 1, generator=row.gen))
+
+    # ------------------------------------------------------------------ the decode loop
+    def _rows(self, prompts: list[str], params: list[SamplingParams]) -> list[_Row]:
+        rows = []
+        for i, (text, p) in enumerate(zip(prompts, params, strict=True)):
+            p.validate()
+            ids = self.encode(text)
+            if not ids:  # an empty prompt: start from BOS (or EOS) so there is a context
+                start = self.tokenizer.bos_token_id
+                ids = [start if start is not None else next(iter(self.eos_ids), 0)]
+            room = self.context_length - len(ids)
+            if room <= 0 and p.max_new_tokens > 0:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(ids)} tokens; the context of '{self.name}' is "
+                    f"{self.context_length} tokens, so no room is left to generate"
+                )
+            rows.append(_Row(i, ids, p, max(0, min(p.max_new_tokens, room))))
+        return rows
+
+    def _loop(self, rows: list[_Row], cancelled: set[int]) -> Iterator[tuple[int, str]]:
+        """Run all rows to completion, yielding (row index, new text) as text is produced."""
+        from transformers import DynamicCache
+
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else next(iter(self.eos_ids), 0)
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            n = len(r.prompt_ids)
+            ids[b, width - n :] = torch.tensor(r.prompt_ids)
+            mask[b, width - n :] = 1
+        # Position ids count real tokens only, so a left-padded row sees the same positions as
+        # it would alone; pads get 1 (never attended to, any value is fine — HF uses 1 too).
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        echo = any(r.params.echo for r in rows)
+        cache = DynamicCache(config=self.model.config)
+        active = list(range(len(rows)))  # batch position -> index into rows
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=0 if echo else 1,
+            )
+            if echo:
+                for b, r in enumerate(rows):
+                    if r.params.echo:
+                        n = len(r.prompt_ids)
+                        r.prompt_logprobs = self._score(
+                            out.logits[b, width - n :].float(), r.prompt_ids, r.params.logprobs or 0
+                        )
+            logits = out.logits[:, -1, :].float()
+            del out
+            next_pos = pos[:, -1].clone()
+            step = 0
+            while active:
+                chosen: list[int] = []
+                for b, ri in enumerate(active):
+                    r = rows[ri]
+                    if r.limit == 0:
+                        r.finish = "length"
+                        chosen.append(pad)
+                        continue
+                    tid = self._choose(logits[b], r)
+                    chosen.append(tid)
+                    r.steps += 1
+                    if r.logprobs is not None:
+                        lp = torch.log_softmax(logits[b], -1)
+                        r.logprobs.append(
+                            TokenLogprob(
+                                self._token_str(tid),
+                                tid,
+                                float(lp[tid]),
+                                self._top(lp, r.params.logprobs),
+                            )
+                        )
+                    if tid in self.eos_ids:
+                        r.finish = "stop"
+                        continue
+                    r.generated.append(tid)
+                    if r.params.repetition_penalty != 1.0:
+                        r.seen = torch.unique(torch.cat([r.seen, torch.tensor([tid])]))
+                    delta = self._advance(r)
+                    if delta:
+                        yield ri, delta
+                    if ri in cancelled and r.finish is None:
+                        r.finish = "cancelled"
+                    if r.finish is None and len(r.generated) >= r.limit:
+                        r.finish = "length"
+                for ri in active:
+                    if ri in cancelled and rows[ri].finish is None:
+                        rows[ri].finish = "cancelled"
+                for ri in active:  # flush held-back text of rows that just ended
+                    r = rows[ri]
+                    if r.finish in ("stop", "length") and r.emitted < len(r.text):
+                        delta, r.emitted = r.text[r.emitted :], len(r.text)
+                        yield ri, delta
+                keep = [b for b, ri in enumerate(active) if rows[ri].finish is None]
+                if not keep:
+                    break
+                step += 1
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep, dtype=torch.long)
+                    cache.batch_select_indices(sel)
+                    mask, next_pos = mask[sel], next_pos[sel]
+                    chosen = [chosen[b] for b in keep]
+                    active = [active[b] for b in keep]
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+                next_pos = next_pos + 1
+                out = self.model(
+                    input_ids=torch.tensor(chosen, dtype=torch.long)[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = out.logits[:, -1, :].float()
+                del out
+
+    def _advance(self, r: _Row) -> str:
+        """Re-decode row r's text, apply stop strings; return the text that is now safe to show."""
+        text = self._decode(r.generated)
+        stops = r.params.stop
+        if stops:
+            # Only the new tail can hold a new stop string; search from just before it.
+            start = max(0, len(r.text) - max(len(s) for s in stops))
+            hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+            if hits:
+                text = text[: min(hits)]
+                r.finish = "stop"
+        r.text = text
+        safe = len(text) if r.finish else len(text) - _held_back(text, stops)
+        if safe > r.emitted and text.startswith(text[: r.emitted]):
+            delta = text[r.emitted : safe]
+            r.emitted = safe
+            return delta
+        return ""
+
+    def _score(self, logits: torch.Tensor, ids: list[int], top: int) -> list[TokenLogprob]:
+        """Per-token logprobs of a sequence from the logits at its positions (first is None)."""
+        lp = torch.log_softmax(logits, -1)
+        out = [TokenLogprob(self._token_str(ids[0]), ids[0], None, {})]
+        for t in range(1, len(ids)):
+            row = lp[t - 1]
+            out.append(
+                TokenLogprob(
+                    self._token_str(ids[t]), ids[t], float(row[ids[t]]), self._top(row, top)
+                )
+            )
+        return out
+
+    def _completion(self, r: _Row) -> Completion:
+        return Completion(
+            text=r.text,
+            token_ids=list(r.generated),
+            finish_reason=r.finish or "length",
+            prompt_tokens=len(r.prompt_ids),
+            completion_tokens=r.steps,
+            logprobs=r.logprobs,
+            prompt_logprobs=r.prompt_logprobs,
+        )
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self,
+        prompts: list[str],
+        params: SamplingParams | list[SamplingParams],
+        on_token: Callable[[int, str], bool | None] | None = None,
+    ) -> list[Completion]:
+        """Generate for a batch of prompts; see the module docstring."""
+        if not prompts:
+            return []
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise UserError(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        rows = self._rows(prompts, plist)
+        cancelled: set[int] = set()
+        for i, delta in self._loop(rows, cancelled):
+            if on_token is not None and on_token(i, delta) is False:
+                cancelled.add(i)
+        return [self._completion(r) for r in rows]
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Text deltas of one prompt as they are produced; stop iterating to cancel."""
+        rows = self._rows([prompt], [params])
+        yield from (delta for _, delta in self._loop(rows, set()))
+
+    def loglikelihood(
+        self, requests: list[tuple[str, str]], batch_size: int = 8
+    ) -> list[tuple[float, bool]]:
+        """(context, continuation) -> (sum of continuation logprobs, continuation is greedy).
+
+        As lm-evaluation-harness does: tokenize context + continuation together and take the
+        tokens past the context's own encoding as the continuation (so a BPE merge across the
+        boundary is scored the way the model would read it); trailing spaces of the context
+        move to the continuation.
+        """
+        encoded: list[tuple[list[int], int]] = []  # (whole ids, number of continuation tokens)
+        for ctx, cont in requests:
+            n_sp = len(ctx) - len(ctx.rstrip(" "))
+            if n_sp:
+                ctx, cont = ctx[:-n_sp], ctx[-n_sp:] + cont
+            whole = self.encode(ctx + cont)
+            ctx_ids = self.encode(ctx) if ctx else []
+            if not ctx_ids:  # no context: condition on BOS/EOS
+                start = self.tokenizer.bos_token_id
+                start = start if start is not None else next(iter(self.eos_ids), 0)
+                whole = [start] + self.encode(cont)
+                ctx_ids = [start]
+            n_cont = len(whole) - len(ctx_ids)
+            if whole[: len(ctx_ids)] != ctx_ids:  # boundary merge changed the context tokens
+                n_cont = max(1, len(whole) - len(ctx_ids))
+            if n_cont <= 0:
+                raise UserError("empty continuation in a loglikelihood request")
+            if len(whole) > self.context_length:  # keep the end, as lm-eval does
+                whole = whole[-self.context_length :]
+                n_cont = min(n_cont, len(whole) - 1)
+            encoded.append((whole, n_cont))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                chunk = order[s : s + batch_size]
+                width = max(len(encoded[i][0]) for i in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for b, i in enumerate(chunk):  # right padding: positions start at 0 everywhere
+                    w = encoded[i][0]
+                    ids[b, : len(w)] = torch.tensor(w)
+                    mask[b, : len(w)] = 1
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                for b, i in enumerate(chunk):
+                    w, n_cont = encoded[i]
+                    L = len(w)
+                    lp = torch.log_softmax(logits[b, L - n_cont - 1 : L - 1], -1)
+                    target = torch.tensor(w[L - n_cont :])
+                    total = float(lp.gather(1, target[:, None]).sum())
+                    greedy = bool((lp.argmax(-1) == target).all())
+                    results[i] = (total, greedy)
+        return results

@@ -1,0 +1,10 @@
+"""Serving: an OpenAI-compatible HTTP API with batching, limits and auth, a web chat page, and
+feedback collected from it (exported as SFT and preference data).
+
+    oficina serve smollm2-135m-instruct          # then open http://127.0.0.1:8000/
+    oficina feedback export --out data/feedback
+
+Modules: ``app`` (routes, the verb), ``scheduler`` (batching thread), ``limits`` (admission,
+body size), ``auth`` (API keys), ``errors`` (OpenAI error bodies), ``protocol`` (request
+schemas), ``feedback`` (storage and export), ``static/index.html`` (the chat page).
+"""

@@ -1,0 +1,99 @@
+"""Log-probabilities in the OpenAI formats, and exact scoring of prompts given as token ids.
+
+``legacy_logprobs`` builds the /v1/completions object (tokens, token_logprobs, top_logprobs,
+text_offset); ``chat_logprobs`` the /v1/chat/completions one (content: token, logprob, bytes,
+top_logprobs). ``score_ids`` runs one forward pass over token ids exactly as a client sent them:
+lm-eval's ``local-completions`` sends context + continuation ids with ``echo`` and
+``logprobs`` and slices the answer by token position, so re-tokenizing decoded text (which can
+merge differently at the boundary) would shift its slice.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+
+def legacy_logprobs(items: list, start_offset: int = 0) -> dict:
+    """Engine TokenLogprobs -> the /v1/completions logprobs object (tokens, offsets...)."""
+    tokens, lps, tops, offsets = [], [], [], []
+    pos = start_offset
+    for t in items:
+        tokens.append(t.token)
+        lps.append(t.logprob)
+        tops.append(dict(t.top) if t.logprob is not None else None)
+        offsets.append(pos)
+        pos += len(t.token)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(items: list | None) -> dict | None:
+    if items is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))}
+                    for k, v in t.top.items()
+                ],
+            }
+            for t in items
+        ]
+    }
+
+
+def score_ids(
+    engine, ids_list: list[list[int]], top: int, add_next: bool, temperature: float, seed
+):
+    """Exact scoring of given token ids (echo), plus one greedy/sampled token if asked."""
+    import torch
+
+    from oficina.infer.engine import TokenLogprob
+
+    results = []
+    with torch.inference_mode():
+        for ids in ids_list:
+            logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+
+            def tops(row):
+                if top <= 0:
+                    return {}
+                vals, idx = torch.topk(row, min(top, row.shape[-1]))
+                return {
+                    engine.tokenizer.decode([int(i)]): float(v)
+                    for v, i in zip(vals, idx, strict=True)
+                }
+
+            items = [TokenLogprob(engine.tokenizer.decode([ids[0]]), ids[0], None, {})]
+            for t in range(1, len(ids)):
+                items.append(
+                    TokenLogprob(
+                        engine.tokenizer.decode([ids[t]]),
+                        ids[t],
+                        float(lp[t - 1, ids[t]]),
+                        tops(lp[t - 1]),
+                    )
+                )
+            new: list = []
+            if add_next:
+                row = lp[-1]
+                if temperature > 0:
+                    g = torch.Generator().manual_seed(
+                        seed if seed is not None else secrets.randbits(63)
+                    )
+                    tid = int(
+                        torch.multinomial(
+                            torch.softmax(logits[-1] / temperature, -1), 1, generator=g
+                        )
+                    )
+                else:
+                    tid = int(torch.argmax(row))
+                new.append(
+                    TokenLogprob(engine.tokenizer.decode([tid]), tid, float(row[tid]), tops(row))
+                )
+            results.append((items, new))
+    return results

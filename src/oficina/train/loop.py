@@ -1,0 +1,499 @@
+"""The one training loop. Pretraining, continued pretraining, SFT, LoRA, classification heads and
+distillation all run through ``fit``; what differs is the objective object and the data.
+
+What it does, step by step: AdamW (fused on CPU; no weight decay on norms and biases) with
+linear warm-up then cosine decay to ``min_lr_ratio * lr``; ``grad_accum`` micro-batches per
+step; bf16 autocast (the fast path on CPUs with AMX) or fp32; gradient clipping; a NaN/inf
+loss or gradient stops the step *before* the optimizer touches the weights; validation every
+``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
+without improvement and a warning when validation loss rises while training loss falls;
+atomic checkpoints every ``save_every`` steps that ``resume=True`` continues exactly; a
+progress bar (loss, tokens/s, time left); metrics to the run folder (and TensorBoard/MLflow
+with ``report_to``); a loss-curve PNG at the end.
+
+Under ``torchrun --nproc_per_node=N`` the same call uses DDP (gloo on CPU) or, with
+``parallel: fsdp``, FSDP2 ``fully_shard`` on an explicit CPU mesh. Each rank reads its own
+slice of every global batch, so N ranks × B rows train like 1 rank × N·B rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from oficina.config import Section
+from oficina.errors import UserError
+from oficina.train.checkpoint import Checkpointer, unwrap
+from oficina.train.data import BatchStream, eval_batches
+
+
+class TrainArgs(Section):
+    """Hyperparameters and loop settings shared by every training verb (``--train.X``)."""
+
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    batch_size: int = Field(8, ge=1, description="rows per micro-batch per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms/biases)")
+    beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip gradients to this norm (0 = off)")
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="bf16 autocast (fast on AMX CPUs) or plain fp32"
+    )
+    compile: bool = Field(False, description="torch.compile the model (first steps slower)")
+    deterministic: bool = Field(
+        False, description="torch.use_deterministic_algorithms: bitwise-repeatable runs"
+    )
+    seed: int = Field(0, description="seed for initialisation, data order and dropout")
+    eval_every: int = Field(50, ge=1, description="validate every N steps (and at the end)")
+    eval_batches: int = Field(20, ge=1, description="at most this many validation batches")
+    patience: int = Field(
+        0, ge=0, description="stop after N evaluations without a better val loss (0 = never)"
+    )
+    save_every: int = Field(100, ge=1, description="write a resumable checkpoint every N steps")
+    log_every: int = Field(10, ge=1, description="log training metrics every N steps")
+    keep_checkpoints: bool = Field(
+        False, description="keep <out>/checkpoints after a successful run"
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="also send metrics to these trackers"
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: DDP, or FSDP2 fully_shard (shards weights)"
+    )
+
+
+class TrainingStopped(UserError):
+    """A NaN/inf loss or gradient: the step was abandoned before the optimizer ran."""
+
+
+# ---------------------------------------------------------------------------- distributed
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size); initialises gloo when started by torchrun with >1 process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap(model, parallel: str, world: int):
+    if world == 1:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        inner = unwrap(model)
+        layers = getattr(getattr(inner, "model", inner), "layers", None)
+        for layer in layers or []:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model)
+
+
+def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        torch.distributed.all_reduce(x)
+        x = x / world
+    return x
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(total, trainable), counting tied weights once."""
+    m = unwrap(model)
+    seen, total, trainable = set(), 0, 0
+    for p in m.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def make_optimizer(model, args: TrainArgs, fsdp: bool = False) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _name, p in unwrap(model).named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kw = {"foreach": True} if fsdp else {"fused": True}
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), **kw)
+
+
+def make_scheduler(opt, args: TrainArgs, max_steps: int):
+    warm, floor = args.warmup_steps, args.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        span = max(1, max_steps - warm)
+        progress = min(1.0, (step - warm) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", lw=1, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", lw=2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class _Trackers:
+    """Optional TensorBoard / MLflow sinks beside metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, names: list[str], run, params: dict):
+        self.tb = self.mlflow = None
+        if "tensorboard" in names:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run.dir) / "tensorboard"))
+        if "mlflow" in names:
+            try:
+                import mlflow
+            except ImportError:
+                raise UserError(
+                    "report_to mlflow needs the mlflow package: pip install mlflow"
+                ) from None
+            self.mlflow = mlflow
+            mlflow.start_run(run_name=str(run.id))
+            mlflow.log_params({k: v for k, v in params.items() if isinstance(v, int | float | str)})
+
+    def log(self, metrics: dict, step: int) -> None:
+        nums = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        if self.tb:
+            for k, v in nums.items():
+                self.tb.add_scalar(k, v, step)
+        if self.mlflow:
+            self.mlflow.log_metrics(nums, step=step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.mlflow:
+            self.mlflow.end_run()
+
+
+class NullRun:
+    """Stands in for ``workspace.Run`` on ranks > 0: only rank 0 records."""
+
+    def __init__(self):
+        self.summary: dict = {}
+        self.dir = None
+        self.id = None
+
+    def log(self, *a, **k) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitResult:
+    steps: int
+    train_tokens: int
+    train_time_s: float
+    tokens_per_s: float
+    best_val_loss: float | None
+    best_step: int | None
+    final_train_loss: float | None
+    stopped: str  # "max_steps" | "early_stopping"
+    overfit_warnings: list[str] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _say(msg: str, rank: int) -> None:
+    if rank == 0:
+        from tqdm import tqdm
+
+        tqdm.write(msg)
+
+
+def evaluate(model, objective, batches: list[dict], precision: str) -> float:
+    """Token-weighted mean loss over fixed batches."""
+    was = model.training
+    model.eval()
+    total, weight = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        for b in batches:
+            loss, n = objective(model, b)
+            w = max(n, 1)
+            total += float(loss) * w
+            weight += w
+    model.train(was)
+    return total / max(weight, 1)
+
+
+def fit(
+    model,
+    objective,
+    train_ds,
+    val_ds,
+    args: TrainArgs,
+    max_steps: int,
+    out_dir: str | Path,
+    run=None,
+    resume: bool = False,
+    eval_objective=None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the best validation weights (or the last).
+
+    ``objective(model, batch) -> (loss, n_target_tokens)``; ``eval_objective`` (default: the
+    same) scores validation batches — distillation validates on plain cross-entropy.
+    """
+    rank, world = dist_env()
+    run = run or NullRun()
+    torch.manual_seed(args.seed + rank)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    ckpt = Checkpointer(Path(out_dir) / "checkpoints", rank, world)
+    if not resume and ckpt.latest() is not None:
+        raise UserError(
+            f"{out_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
+            "or choose another --out"
+        )
+
+    total, trainable = param_counts(model)
+    if trainable == 0:
+        raise UserError("the model has no trainable parameters")
+    wrapped = _wrap(model, args.parallel, world)
+    fsdp = world > 1 and args.parallel == "fsdp"
+    opt = make_optimizer(model, args, fsdp=fsdp)
+    sched = make_scheduler(opt, args, max_steps)
+    train_model = torch.compile(wrapped) if args.compile else wrapped
+    eval_objective = eval_objective or objective
+
+    if fsdp and (resume or args.keep_checkpoints):
+        raise UserError(
+            "resumable checkpoints are not implemented under --train.parallel fsdp yet (the "
+            "sharded optimizer state); use ddp for runs you may need to resume"
+        )
+    stream = BatchStream(train_ds, args.batch_size, args.seed, rank, world)
+    val = eval_batches(val_ds, args.batch_size, args.eval_batches) if val_ds is not None else []
+
+    state = {
+        "step": 0,
+        "micro": 0,
+        "train_tokens": 0,
+        "train_time_s": 0.0,
+        "best_val": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "history": [],
+        "val_history": [],
+        "train_at_eval": [],
+        "warnings": [],
+    }
+    if resume:
+        loaded = ckpt.load(model, opt, sched)
+        if loaded is None:
+            _say(f"no checkpoint in {ckpt.root}: starting from step 0", rank)
+        else:
+            state.update(loaded)
+            _say(f"resumed from step {state['step']} ({ckpt.latest()})", rank)
+    step = state["step"]
+    _say(
+        f"parameters: {total:,} total, {trainable:,} trainable ({100 * trainable / total:.2f}%)"
+        f" · {world} process(es) · global batch {stream.global_batch * args.grad_accum} rows",
+        rank,
+    )
+
+    trackers = _Trackers(args.report_to, run, args.model_dump()) if rank == 0 else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
+    ddp = world > 1 and args.parallel == "ddp"
+    stopped = "max_steps"
+    window_tokens, window_t0 = 0, time.perf_counter()
+    train_model.train()
+
+    while step < max_steps:
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros(())
+        step_tokens = 0
+        for a in range(args.grad_accum):
+            batch = stream.batch(state["micro"] + a)
+            sync = ddp and a < args.grad_accum - 1
+            with train_model.no_sync() if sync else contextlib.nullcontext(), autocast:
+                loss, _n = objective(train_model, batch)
+            (loss / args.grad_accum).backward()
+            loss_sum += loss.detach().float()
+            mask = batch.get("attention_mask")
+            step_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        loss_val = float(_all_mean(loss_sum / args.grad_accum, world))
+        if not math.isfinite(loss_val):
+            opt.zero_grad(set_to_none=True)
+            bar.close()
+            raise TrainingStopped(
+                f"loss is {loss_val} at step {step + 1}: stopped before the optimizer step, so "
+                f"the weights are those after step {step}; lower --train.lr, keep "
+                "--train.max_grad_norm on, or check the data (resume from the last checkpoint)"
+            )
+        if args.max_grad_norm > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        else:
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if hasattr(gnorm, "full_tensor"):
+            gnorm = gnorm.full_tensor()
+        gnorm = float(gnorm)
+        if not math.isfinite(gnorm):
+            opt.zero_grad(set_to_none=True)
+            bar.close()
+            raise TrainingStopped(
+                f"gradient norm is {gnorm} at step {step + 1}: stopped before the optimizer "
+                f"step (weights are those after step {step}); lower --train.lr"
+            )
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        state["micro"] += args.grad_accum
+        step_tokens *= world
+        state["train_tokens"] += step_tokens
+        state["train_time_s"] += time.perf_counter() - t0
+        state["history"].append((step, loss_val))
+        window_tokens += step_tokens
+
+        if step % args.log_every == 0 or step == max_steps:
+            now = time.perf_counter()
+            tps = window_tokens / max(now - window_t0, 1e-9)
+            window_tokens, window_t0 = 0, now
+            metrics = {
+                "loss": loss_val,  # full precision: resumed runs are compared bitwise
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": round(gnorm, 4),
+                "tokens_per_s": round(tps, 1),
+                "epoch": round(stream.epoch_of(state["micro"]), 3),
+            }
+            if rank == 0:
+                run.log(metrics, step=step)
+                trackers.log(metrics, step)
+            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tps:,.0f}")
+        bar.update(1)
+
+        at_end = step == max_steps
+        if val and (step % args.eval_every == 0 or at_end):
+            v = evaluate(train_model, eval_objective, val, args.precision)
+            recent = [x for s, x in state["history"] if s > step - args.eval_every]
+            train_avg = sum(recent) / max(len(recent), 1)
+            state["val_history"].append((step, v))
+            state["train_at_eval"].append(train_avg)
+            improved = state["best_val"] is None or v < state["best_val"]
+            if improved:
+                state["best_val"], state["best_step"], state["bad_evals"] = v, step, 0
+                ckpt.save_best(model)
+            else:
+                state["bad_evals"] += 1
+            if rank == 0:
+                run.log({"val_loss": round(v, 6), "train_loss_avg": round(train_avg, 6)}, step)
+                trackers.log({"val_loss": v}, step)
+            vh, th = state["val_history"], state["train_at_eval"]
+            if len(vh) >= 2 and vh[-1][1] > vh[-2][1] and th[-1] < th[-2]:
+                msg = (
+                    f"overfitting? at step {step} validation loss rose {vh[-2][1]:.4f} -> "
+                    f"{vh[-1][1]:.4f} while training loss fell {th[-2]:.4f} -> {th[-1]:.4f}"
+                )
+                state["warnings"].append(msg)
+                _say("warning: " + msg, rank)
+                if rank == 0:
+                    run.log({"event": "overfitting_warning", "message": msg}, step)
+            _say(
+                f"step {step}: val loss {v:.4f} (best {state['best_val']:.4f} at step "
+                f"{state['best_step']})",
+                rank,
+            )
+            if args.patience and state["bad_evals"] >= args.patience and not at_end:
+                stopped = "early_stopping"
+                _say(
+                    f"early stopping at step {step}: no better validation loss in "
+                    f"{args.patience} evaluations; keeping step {state['best_step']}",
+                    rank,
+                )
+                if rank == 0:
+                    run.log({"event": "early_stopping", "best_step": state["best_step"]}, step)
+                break
+        if step % args.save_every == 0 and not at_end and not fsdp:
+            state["step"] = step
+            ckpt.save(step, model, opt, sched, state)
+
+    bar.close()
+    if trackers:
+        trackers.close()
+    state["step"] = step
+    if args.keep_checkpoints:
+        ckpt.save(step, model, opt, sched, state)  # the last state, before restoring the best
+    if val and ckpt.load_best(model):
+        _say(f"restored the best weights (step {state['best_step']})", rank)
+    if rank == 0 and run.dir is not None:
+        plot_losses(state["history"], state["val_history"], Path(run.dir) / "loss_curve.png")
+    if not args.keep_checkpoints:
+        ckpt.clear()
+    torch.use_deterministic_algorithms(was_deterministic)
+    tt = max(state["train_time_s"], 1e-9)
+    hist = state["history"]
+    return FitResult(
+        steps=step,
+        train_tokens=state["train_tokens"],
+        train_time_s=tt,
+        tokens_per_s=state["train_tokens"] / tt,
+        best_val_loss=state["best_val"],
+        best_step=state["best_step"],
+        final_train_loss=hist[-1][1] if hist else None,
+        stopped=stopped,
+        overfit_warnings=list(state["warnings"]),
+        history=[tuple(x) for x in hist],
+        val_history=[tuple(x) for x in state["val_history"]],
+    )

@@ -1,0 +1,119 @@
+"""Objectives: small objects that turn a batch into a loss. The one loop calls them all alike.
+
+    loss, n_tokens = objective(model, batch)
+
+* ``CausalLM``       next-token cross-entropy (pretraining, continued pretraining);
+* ``SFT``            the same, where the data set the prompt's targets to -100, so only the
+                     response tokens carry loss;
+* ``Classification`` / ``Regression``  a sequence head (cross-entropy / mean squared error);
+* ``KD``             forward KL(teacher || student) at temperature T, times T², mixed with the
+                     cross-entropy on the real next token: ``alpha*KL + (1-alpha)*CE``.
+                     Token-level KD needs one vocabulary; ``check_same_vocab`` says otherwise
+                     and points at sequence-level distillation (teacher generations as SFT
+                     targets, ``oficina distill --method sequence``).
+
+Losses are computed in float32 even under bf16 autocast (a softmax over 49k logits in bf16
+loses the small probabilities that make up most of the loss).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from oficina.errors import UserError
+from oficina.train.data import IGNORE
+
+
+def _model_inputs(batch: dict) -> dict:
+    kw = {"input_ids": batch["input_ids"]}
+    if "attention_mask" in batch:
+        kw["attention_mask"] = batch["attention_mask"]
+    return kw
+
+
+class Objective:
+    name = "objective"
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class CausalLM(Objective):
+    """Mean next-token cross-entropy over the target tokens that are not -100."""
+
+    name = "causal-lm"
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        logits = model(**_model_inputs(batch)).logits
+        targets = batch["targets"]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        return loss, int((targets != IGNORE).sum())
+
+
+class SFT(CausalLM):
+    """Supervised fine-tuning: CausalLM on data whose prompt targets are masked (-100)."""
+
+    name = "sft"
+
+
+class Classification(Objective):
+    name = "classification"
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        logits = model(**_model_inputs(batch)).logits
+        return F.cross_entropy(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
+
+
+class Regression(Objective):
+    name = "regression"
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        pred = model(**_model_inputs(batch)).logits.float().squeeze(-1)
+        return F.mse_loss(pred, batch["labels"].float()), int(batch["attention_mask"].sum())
+
+
+def check_same_vocab(teacher_tok, student_tok, teacher_vocab: int, student_vocab: int) -> None:
+    """Token-level KD compares distributions over the same token ids: refuse anything else."""
+    if teacher_vocab != student_vocab or teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise UserError(
+            f"teacher and student vocabularies differ ({teacher_vocab} vs {student_vocab} "
+            "logits, or different token ids), so token-level distillation cannot compare their "
+            "distributions; use sequence-level distillation instead (--method sequence: the "
+            "teacher's generations become the student's SFT targets)"
+        )
+
+
+class KD(Objective):
+    """alpha * T² * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, next token)."""
+
+    name = "kd"
+
+    def __init__(self, teacher, temperature: float = 2.0, alpha: float = 0.5):
+        if temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"alpha must be in [0, 1], got {alpha}")
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.T, self.alpha = temperature, alpha
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        inputs = _model_inputs(batch)
+        targets = batch["targets"].flatten()
+        keep = targets != IGNORE
+        with torch.no_grad():
+            t_logits = self.teacher(**inputs).logits.float().flatten(0, 1)[keep]
+        s_all = model(**inputs).logits.float().flatten(0, 1)
+        if s_all.shape[-1] != t_logits.shape[-1]:
+            raise UserError(
+                f"teacher has {t_logits.shape[-1]} logits, student {s_all.shape[-1]}: use "
+                "sequence-level distillation (--method sequence)"
+            )
+        ce = F.cross_entropy(s_all, targets, ignore_index=IGNORE)
+        s = s_all[keep]
+        log_ps = F.log_softmax(s / self.T, dim=-1)
+        log_pt = F.log_softmax(t_logits / self.T, dim=-1)
+        kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean") * self.T**2
+        return self.alpha * kl + (1 - self.alpha) * ce, int(keep.sum())

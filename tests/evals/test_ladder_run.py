@@ -1,0 +1,78 @@
+"""The ladder end to end on a tiny model: every rung runs, the report renders in Chromium."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from oficina.cli import main
+
+
+@pytest.mark.integration  # the RAG rung embeds the corpus with the packaged MiniLM
+def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
+    out = tmp_path / "ladder"
+    argv = [
+        "ladder", str(repo_root / "examples/ladder.yaml"), "--out", str(out), "--quick",
+        "--base-model", str(tiny_lm), "--task", str(repo_root / "examples/demo/task/task.json"),
+        "--corpus", str(repo_root / "examples/demo/reference.jsonl"),
+        "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1",
+        "--rungs.lora.steps", "2", "--rungs.full.steps", "2", "--rungs.cpt_lora.steps", "2",
+        "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.steps", "2", "--rungs.distill.keep_layers", "1",
+        "--target", "0.0", "--requests", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    by = {r["name"]: r for r in s["rungs"]}
+    assert list(by) == [
+        "zero_shot",
+        "few_shot",
+        "rag",
+        "lora",
+        "full",
+        "cpt_lora",
+        "distill",
+        "quantize",
+    ]
+    assert all(r["status"] == "ok" for r in by.values()), {n: r["reason"] for n, r in by.items()}
+    for r in by.values():
+        assert 0.0 <= r["quality"] <= 1.0 and r["ci"][0] <= r["quality"] <= r["ci"][1]
+    # The seeds' claims, measured: prompting trains nothing, fine-tuning keeps the count,
+    # distillation reduces it; prompting pays in prompt tokens.
+    base = by["zero_shot"]["parameters"]
+    assert by["few_shot"]["params_changed"] == by["rag"]["params_changed"] == 0
+    assert by["full"]["parameters"] == by["lora"]["parameters"] == base
+    assert by["distill"]["parameters"] < base
+    assert (
+        by["few_shot"]["inference_cost"]["prompt_tokens_mean"]
+        > by["zero_shot"]["inference_cost"]["prompt_tokens_mean"]
+    )
+    assert (
+        by["lora"]["training_cost"]["flops"] > 0 and by["zero_shot"]["training_cost"]["flops"] == 0
+    )
+    # Target 0 and no traffic: every rung meets the bar and only training costs count, so the
+    # rungs that train nothing tie and the simplest of them (zero-shot) is picked.
+    assert s["recommended"] == "zero_shot" and s["met_target"]
+    assert "Recommendation: zero_shot" in (out / "summary.md").read_text()
+
+    # Look at the report in headless Chromium and keep a screenshot with the test artifacts.
+    sys.path.insert(0, str(repo_root / "tests/serve"))
+    from playwright.sync_api import sync_playwright
+    from test_serve_browser import chromium_path
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium_path(),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        page.goto((out / "report.html").as_uri())
+        assert page.locator("tr.pick td").first.inner_text() == "zero_shot"
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) == 3 and all(w > 100 for w in widths)  # the plots decoded
+        shot = Path(tmp_path / "ladder-report.png")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000
