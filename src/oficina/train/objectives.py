@@ -18,6 +18,8 @@ loses the small probabilities that make up most of the loss).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -32,11 +34,12 @@ def _model_inputs(batch: dict) -> dict:
     return kw
 
 
-class Objective:
+class Objective(ABC):
     name = "objective"
 
+    @abstractmethod
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
-        raise NotImplementedError
+        """(summed loss over the batch's target tokens or rows, how many there were)."""
 
 
 class CausalLM(Objective):

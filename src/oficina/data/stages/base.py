@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -20,33 +21,36 @@ import numpy as np
 Outcome = tuple[str | None, dict[str, int] | None]
 
 
-class MapStage:
+class MapStage(ABC):
     kind = "map"
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
         self.name: str = cfg.name or cfg.type
 
-    def process(self, doc: dict) -> Outcome:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def process(self, doc: dict) -> Outcome:
+        """Keep (possibly rewritten) or drop one document, with the reason."""
 
 
-class DedupStage:
+class DedupStage(ABC):
     kind = "dedup"
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
         self.name: str = cfg.name or cfg.type
 
-    def key(self, text: str) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def key(self, text: str) -> Any:
+        """What identifies a document for this stage (a hash, a MinHash signature)."""
 
-    def decide(self, doc: dict, key: Any) -> str | None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def decide(self, doc: dict, key: Any) -> str | None:
+        """None to keep the document, else the reason it duplicates an earlier one."""
 
+    @abstractmethod
     def take_shard_state(self) -> dict[str, np.ndarray]:
         """What this stage added since the last call (saved with the finished shard)."""
-        raise NotImplementedError  # pragma: no cover
 
     def load_shard_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Replay a finished shard's additions (on resume)."""
