@@ -69,3 +69,97 @@ def test_missing_evidence_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_questions, "QUESTIONS", [("q?", "absent quote")])
     with pytest.raises(ValueError, match="not in the reference"):
         demo_questions.build_questions(ref)
+
+
+def test_weighted_rrf_hand_computed():
+    from oficina.rag.retrieve import rrf
+
+    bm25 = [(1, 9.0), (2, 5.0), (3, 1.0)]
+    dense = [(3, 0.9), (1, 0.8)]
+    # depth 2: BM25 contributes chunks 1, 2; dense contributes 3, 1.
+    out = dict(rrf([bm25, dense], [0.5, 1.0], depth=2))
+    assert out[1] == pytest.approx(0.5 / 61 + 1 / 62)
+    assert out[2] == pytest.approx(0.5 / 62)
+    assert out[3] == pytest.approx(1 / 61)
+    assert [c for c, _ in rrf([bm25, dense], [0.5, 1.0], depth=2)] == [1, 3, 2]
+    # weight 0: the BM25 list has no vote at all, hybrid is the dense order
+    assert [c for c, _ in rrf([bm25, dense], [0.0, 1.0], depth=3)] == [3, 1]
+
+
+def _questions():
+    return [
+        {"question": "knead dough and bake the loaf", "relevant": ["cooking/bread.md"]},
+        {"question": "simmer the vegetable stock", "relevant": ["cooking/soup.md"]},
+        {"question": "tomatoes need sun and water", "relevant": ["garden/tomatoes.txt"]},
+        {"question": "prune roses in winter", "relevant": ["garden/roses.txt"]},
+        {"question": "season with salt and pepper", "relevant": ["cooking/soup.md"]},
+        {"question": "harvest red fruit", "relevant": ["garden/tomatoes.txt"]},
+    ]
+
+
+def test_calibration_is_cross_validated_and_stored(
+    corpus_dir, tmp_path, hash_embedder, capsys, monkeypatch
+):
+    import oficina.rag.embed as embed_mod
+    from oficina.cli import main
+
+    docs, _ = read_documents([corpus_dir])
+    build_index(docs, tmp_path / "idx", embedder=hash_embedder, progress=False)
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in _questions()))
+    monkeypatch.setattr(
+        embed_mod, "Embedder", lambda spec="minilm-l6", batch_size=64: hash_embedder
+    )
+    assert (
+        main(
+            [
+                "index",
+                "eval",
+                str(tmp_path / "idx"),
+                "--questions",
+                str(q),
+                "--calibrate",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    fusion = out["fusion"]
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["fusion"] == fusion  # stored for every later search
+    assert fusion["bm25_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert fusion["questions"] == 6 and fusion["calibrated_on"] == str(q)
+    assert set(out["results"]) == {"bm25", "dense", "hybrid", "hybrid calibrated"}
+    # these questions are easy for every retriever: cross-validation finds them all
+    assert out["results"]["hybrid calibrated"]["recall@5"] == 1.0
+    # later searches use the stored weight: with weight 0 the hybrid order is the dense one
+    meta["fusion"]["bm25_weight"] = 0.0
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    index = Index.open(tmp_path / "idx", embedder=hash_embedder)
+    query = "bake bread with salt"
+    dense = [h.chunk_id for h in index.search(query, k=5, mode="dense")]
+    assert [h.chunk_id for h in index.search(query, k=5, mode="hybrid")] == dense
+    # and an evaluation on the same questions says it is in-sample
+    assert main(["index", "eval", str(tmp_path / "idx"), "--questions", str(q)]) == 0
+    assert "in-sample" in capsys.readouterr().out
+
+
+def test_calibration_picks_the_better_weight(corpus_dir, tmp_path, hash_embedder):
+    """A BM25 list that is pure noise must be voted down: plain RRF suffers, calibration not."""
+    from oficina.rag.evaluate import calibrate
+
+    docs, _ = read_documents([corpus_dir])
+    build_index(docs, tmp_path / "idx", embedder=hash_embedder, progress=False)
+    index = Index.open(tmp_path / "idx", embedder=hash_embedder)
+    ids = [r[0] for r in index.con.execute("SELECT id FROM chunks ORDER BY id DESC")]
+    # BM25 replaced by a retriever that ranks chunks in reverse id order whatever the query
+    index.bm25_search = lambda query, n, allowed=None: [(c, 1.0) for c in ids[:n]]
+    res = calibrate(index, _questions(), [1, 5], progress=False)
+    plain = evaluate(index, _questions(), [1, 5], progress=False)
+    assert plain["hybrid"]["mrr"] < plain["dense"]["mrr"]  # the noise costs plain RRF
+    assert res["bm25_weight"] < 1.0
+    assert res["in_sample"]["mrr"] == plain["dense"]["mrr"]
+    assert res["cv"]["mrr"] >= plain["hybrid"]["mrr"]
+    with pytest.raises(UserError, match="at least 5 questions"):
+        calibrate(index, _questions()[:3], [5], progress=False)

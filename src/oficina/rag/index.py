@@ -247,6 +247,8 @@ def build_index(
     rebuild = old_meta is not None and any(old_meta.get(k) != meta[k] for k in keys)
     if old_meta is not None and not rebuild:
         meta["bm25"] = old_meta["bm25"]  # keep the tokenizer the BM25 index was built with
+        if "fusion" in old_meta:  # hybrid weights calibrated on this corpus still apply
+            meta["fusion"] = old_meta["fusion"]
     reuse: dict[str, bytes] = {}  # text hash -> embedding, for chunks about to be deleted
     if rebuild:
         # Different chunking, encoder or store: stored chunks and vectors no longer apply, but

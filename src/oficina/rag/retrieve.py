@@ -1,11 +1,14 @@
 """Search an index: BM25 (lexical), dense (embedding cosine) and hybrid (reciprocal rank fusion).
 
-Hybrid fuses the two ranked lists with RRF: ``score(c) = sum over lists of 1 / (60 + rank)``
-(Cormack et al., 2009, k = 60), taking the top ``depth`` (default 20, at least k) of each
-list — on the demo question set fusing deeper lists let many mid-ranked chunks of the long
-documents outvote a single strong hit (recall@5 0.927 at depth 50-100 vs 0.947 at 20). It needs no score
-calibration between BM25 and cosine, which live on different scales. Every hit still carries
-both raw scores (``bm25``, ``dense``) so a caller can judge relevance (``oficina ask`` does).
+Hybrid fuses the two ranked lists with RRF: ``score(c) = sum over lists of w / (60 + rank)``
+(Cormack et al., 2009, k = 60), taking the top ``depth`` of each list. Plain RRF weighs both
+lists alike (``w = 1``, depth 20). When one retriever is much weaker on a corpus — BM25 on
+questions phrased in other words than the documents — equal votes let it pull good dense hits
+down, so the BM25 weight and the depth can be *calibrated* on the user's own labelled questions
+(``oficina index eval --calibrate``, which reports a cross-validated figure and stores them in
+``index.json``). RRF needs no score calibration between BM25 and cosine, which live on different
+scales. Every hit still carries both raw scores (``bm25``, ``dense``) so a caller can judge
+relevance (``oficina ask`` does).
 
     from oficina.rag import Index
     index = Index.open("workspace/indexes/demo")
@@ -27,6 +30,24 @@ from oficina.rag import store
 
 RRF_K = 60
 MODES = ("bm25", "dense", "hybrid")
+DEFAULT_FUSION = {"bm25_weight": 1.0, "depth": 20}  # plain RRF
+
+
+def rrf(
+    lists: list[list[tuple[int, float]]], weights: list[float], depth: int, k: int = RRF_K
+) -> list[tuple[int, float]]:
+    """Weighted reciprocal rank fusion of ranked (id, score) lists, best first.
+
+    Each list contributes ``weight / (k + rank)`` for its first ``depth`` entries; ties break
+    on the id so the order is deterministic.
+    """
+    fused: dict[int, float] = {}
+    for lst, w in zip(lists, weights, strict=True):
+        if w <= 0:
+            continue
+        for rank, (cid, _) in enumerate(lst[:depth], start=1):
+            fused[cid] = fused.get(cid, 0.0) + w / (k + rank)
+    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
 @dataclass
@@ -123,6 +144,17 @@ class Index:
                 self._bm25 = bm25s.BM25.load(str(bdir), show_progress=False)
         return self._bm25
 
+    @property
+    def fusion(self) -> dict:
+        """Hybrid settings: plain RRF unless ``index eval --calibrate`` stored others."""
+        return {**DEFAULT_FUSION, **self.meta.get("fusion", {})}
+
+    def doc_ids(self, chunk_ids: list[int]) -> dict[int, str]:
+        if not chunk_ids:
+            return {}
+        q = f"SELECT id, doc_id FROM chunks WHERE id IN ({','.join('?' * len(chunk_ids))})"
+        return dict(self.con.execute(q, list(chunk_ids)).fetchall())
+
     def count(self) -> int:
         return int(self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
@@ -175,15 +207,21 @@ class Index:
         k: int = 5,
         mode: str = "hybrid",
         filters: dict | None = None,
-        depth: int = 20,
+        depth: int | None = None,
+        bm25_weight: float | None = None,
     ) -> list[Hit]:
-        """The top ``k`` chunks for ``query``; ``filters`` restrict to matching documents."""
+        """The top ``k`` chunks for ``query``; ``filters`` restrict to matching documents.
+
+        ``depth`` and ``bm25_weight`` (hybrid only) default to the index's fusion settings.
+        """
         if mode not in MODES:
             raise UserError(f"unknown retrieval mode {mode!r}; choose one of {', '.join(MODES)}")
         if not query.strip():
             raise UserError("empty query")
         allowed = store.filter_ids(self.con, filters)
-        depth = max(depth, k)
+        fusion = self.fusion
+        depth = max(fusion["depth"] if depth is None else depth, k)
+        weight = fusion["bm25_weight"] if bm25_weight is None else bm25_weight
         bm25_scores: dict[int, float] = {}
         dense_scores: dict[int, float] = {}
         qvec = None
@@ -199,11 +237,7 @@ class Index:
         elif mode == "dense":
             ranked = dense_list
         else:
-            fused: dict[int, float] = {}
-            for lst in (bm25_list, dense_list):
-                for rank, (cid, _) in enumerate(lst, start=1):
-                    fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
-            ranked = sorted(fused.items(), key=lambda x: (-x[1], x[0]))
+            ranked = rrf([bm25_list, dense_list], [weight, 1.0], depth)
         ranked = ranked[:k]
         hits = self._hits(ranked)
         for h in hits:
