@@ -45,6 +45,7 @@ from oficina.config import VerbConfig
 from oficina.errors import UserError
 from oficina.evals import metrics as M
 from oficina.evals import tasks as T
+from oficina.jsonl import read_jsonl
 
 TaskType = Literal["classification", "multiple_choice", "generation", "perplexity"]
 
@@ -126,27 +127,6 @@ class Task:
     split_files: dict[str, Path] = field(default_factory=dict)
 
 
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """Rows of a JSONL file; malformed or non-object lines are counted and set aside."""
-    if not path.is_file():
-        raise UserError(f"task file not found: {path}")
-    rows, bad = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
-    return rows, bad
-
-
 def demo_task_path() -> Path:
     """The bundled demo task: the repository's examples/, else built once into the cache."""
     here = Path(__file__).resolve().parents[3] / "examples" / "demo" / "task" / "task.json"
@@ -217,7 +197,7 @@ def load_task(path: str | None, split: str = "test") -> Task:
         split_files = {f.stem: f for f in p.parent.glob("*.jsonl")}
     else:
         raise UserError(f"a task is a .json description or a .jsonl of items, not {p.name}")
-    rows, bad = read_jsonl(data)
+    rows, bad = read_jsonl(data, "task file")
     if not rows:
         raise UserError(f"{data} holds no items" + (f" ({bad} malformed lines)" if bad else ""))
     kind = spec.get("type") or _infer_type(rows[0])
@@ -395,7 +375,7 @@ def _fewshot(cfg: EvalConfig, task: Task):
     f = task.split_files.get(cfg.fewshot_split)
     if f is None:
         raise UserError(f"task has no '{cfg.fewshot_split}' split to draw few-shot examples from")
-    pool, _ = read_jsonl(f)
+    pool, _ = read_jsonl(f, "few-shot split")
     if not pool:
         raise UserError(f"few-shot split {f} is empty")
     from oficina.infer.prompting import example_text, select_examples

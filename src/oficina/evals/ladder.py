@@ -28,6 +28,7 @@ from pydantic import Field
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
 from oficina.evals.report import Cost, InferenceCost, RungResult, recommend, write
+from oficina.jsonl import read_jsonl
 from oficina.workspace import atomic_write_text, start_run
 
 # ---------------------------------------------------------------------------- config
@@ -159,17 +160,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit and len(rows) >= limit:
-                    break
-    return rows
-
-
 def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -193,9 +183,9 @@ class Ladder:
         for split in ("train", "validation", "test"):
             if not (split_dir / f"{split}.jsonl").is_file():
                 raise UserError(f"task split missing: {split_dir / f'{split}.jsonl'}")
-        self.train = read_jsonl(split_dir / "train.jsonl", cfg.limit_train)
-        self.val = read_jsonl(split_dir / "validation.jsonl")
-        self.test = read_jsonl(split_dir / "test.jsonl", cfg.limit_test)
+        self.train = read_jsonl(split_dir / "train.jsonl", "training split")[0][: cfg.limit_train]
+        self.val = read_jsonl(split_dir / "validation.jsonl", "validation split")[0]
+        self.test = read_jsonl(split_dir / "test.jsonl", "test split")[0][: cfg.limit_test]
         if not Path(cfg.corpus).is_file():
             raise UserError(f"corpus not found: {cfg.corpus}")
         self.labels: list[str] = self.task["labels"]
