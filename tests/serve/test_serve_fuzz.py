@@ -39,14 +39,16 @@ def test_schemathesis_finds_no_server_errors(tiny_engine, tmp_path):
                 exe, "run", url + "/openapi.json",
                 "--checks", "not_a_server_error,negative_data_rejection,content_type_conformance,"
                 "response_schema_conformance,status_code_conformance",
-                "--max-examples", "10", "--max-time", "20", "--phases", "coverage,fuzzing", "--seed", "1", "--workers", "1",
+                "--max-examples", "10", "--max-time", "30", "--phases", "coverage,fuzzing", "--seed", "1", "--workers", "1",
                 "--no-color", "--generation-database", "none",
                 "--report", "junit", "--report-dir", str(tmp_path),
             ],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )  # fmt: skip
     summary = proc.stdout[-3000:]
-    assert sum(statuses.values()) > 100, (statuses, summary)
+    # enough requests that every operation was tried with good and bad data (bounded by
+    # --max-time, so a loaded machine sends fewer)
+    assert sum(statuses.values()) >= 60, (statuses, summary)
     assert statuses[200] >= 10, statuses  # the fuzzer got past validation into the model
     assert not [s for s in statuses if s >= 500], (statuses, summary)
     assert proc.returncode == 0, summary

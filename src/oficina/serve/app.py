@@ -35,7 +35,7 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -480,6 +480,30 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
                     )
                 return
 
+    async def sse_events(
+        job: Job,
+        chunk: Callable[[list[dict]], dict],
+        head: list[dict],
+        delta_choice: Callable[[int, str], dict],
+        final_choice: Callable[[int, Any], dict],
+        usage: Callable[[list], dict] | None,
+    ) -> AsyncIterator[str]:
+        """The SSE stream both generation routes send: head chunks, one chunk per text delta,
+        one closing chunk per choice, the usage chunk if asked, then ``[DONE]``."""
+        for choice in head:
+            yield _sse(chunk([choice]))
+        async for item in job_events(job):
+            if item[0] == "delta":
+                _, k, delta = item
+                yield _sse(chunk([delta_choice(k, delta)]))
+                continue
+            comps = item[1]
+            for k, c in enumerate(comps):
+                yield _sse(chunk([final_choice(k, c)]))
+            if usage is not None:
+                yield _sse({**chunk([]), "usage": usage(comps)})
+        yield "data: [DONE]\n\n"
+
     # -- /v1/completions ------------------------------------------------------------
     def completion_prompts(engine, req: CompletionRequest) -> list[tuple[str, list[int] | None]]:
         p = req.prompt
@@ -602,62 +626,42 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
                     "usage": _usage(sum(counts), sum(c.completion_tokens for c in comps)),
                 }
 
-            async def events() -> AsyncIterator[str]:
-                def chunk(choices: list[dict]) -> dict:
-                    return {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": req.model,
-                        "choices": choices,
-                    }
+            def chunk(choices: list[dict]) -> dict:
+                return {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": req.model,
+                    "choices": choices,
+                }
 
-                if req.echo:
-                    for k, t in enumerate(texts):
-                        yield _sse(
-                            chunk(
-                                [{"index": k, "text": t, "logprobs": None, "finish_reason": None}]
-                            )
-                        )
-                async for item in job_events(job):
-                    if item[0] == "delta":
-                        _, k, delta = item
-                        yield _sse(
-                            chunk(
-                                [
-                                    {
-                                        "index": k,
-                                        "text": delta,
-                                        "logprobs": None,
-                                        "finish_reason": None,
-                                    }
-                                ]
-                            )
-                        )
-                    else:
-                        comps = item[1]
-                        for k, c in enumerate(comps):
-                            yield _sse(
-                                chunk(
-                                    [
-                                        {
-                                            "index": k,
-                                            "text": "",
-                                            "logprobs": choice_logprobs(c),
-                                            "finish_reason": c.finish_reason,
-                                        }
-                                    ]
-                                )
-                            )
-                        if req.stream_options and req.stream_options.include_usage:
-                            u = chunk([])
-                            u["usage"] = _usage(
-                                sum(counts), sum(c.completion_tokens for c in comps)
-                            )
-                            yield _sse(u)
-                yield "data: [DONE]\n\n"
-
-            return stream_response(job, slot, events())
+            events = sse_events(
+                job,
+                chunk,
+                head=[
+                    {"index": k, "text": t, "logprobs": None, "finish_reason": None}
+                    for k, t in enumerate(texts)
+                    if req.echo
+                ],
+                delta_choice=lambda k, d: {
+                    "index": k,
+                    "text": d,
+                    "logprobs": None,
+                    "finish_reason": None,
+                },
+                final_choice=lambda k, c: {
+                    "index": k,
+                    "text": "",
+                    "logprobs": choice_logprobs(c),
+                    "finish_reason": c.finish_reason,
+                },
+                usage=(
+                    (lambda comps: _usage(sum(counts), sum(c.completion_tokens for c in comps)))
+                    if req.stream_options and req.stream_options.include_usage
+                    else None
+                ),
+            )
+            return stream_response(job, slot, events)
 
         return await admitted(handler, request)
 
@@ -713,66 +717,46 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
                     "usage": _usage(n_prompt, sum(c.completion_tokens for c in comps)),
                 }
 
-            async def events() -> AsyncIterator[str]:
-                def chunk(choices: list[dict]) -> dict:
-                    return {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": req.model,
-                        "choices": choices,
+            def chunk(choices: list[dict]) -> dict:
+                return {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": req.model,
+                    "choices": choices,
+                }
+
+            events = sse_events(
+                job,
+                chunk,
+                head=[
+                    {
+                        "index": k,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
                     }
-
-                for k in range(req.n):
-                    yield _sse(
-                        chunk(
-                            [
-                                {
-                                    "index": k,
-                                    "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ]
-                        )
-                    )
-                async for item in job_events(job):
-                    if item[0] == "delta":
-                        _, k, delta = item
-                        yield _sse(
-                            chunk(
-                                [
-                                    {
-                                        "index": k,
-                                        "delta": {"content": delta},
-                                        "logprobs": None,
-                                        "finish_reason": None,
-                                    }
-                                ]
-                            )
-                        )
-                    else:
-                        comps = item[1]
-                        for k, c in enumerate(comps):
-                            yield _sse(
-                                chunk(
-                                    [
-                                        {
-                                            "index": k,
-                                            "delta": {},
-                                            "logprobs": chat_logprobs(c.logprobs),
-                                            "finish_reason": c.finish_reason,
-                                        }
-                                    ]
-                                )
-                            )
-                        if req.stream_options and req.stream_options.include_usage:
-                            u = chunk([])
-                            u["usage"] = _usage(n_prompt, sum(c.completion_tokens for c in comps))
-                            yield _sse(u)
-                yield "data: [DONE]\n\n"
-
-            return stream_response(job, slot, events())
+                    for k in range(req.n)
+                ],
+                delta_choice=lambda k, d: {
+                    "index": k,
+                    "delta": {"content": d},
+                    "logprobs": None,
+                    "finish_reason": None,
+                },
+                final_choice=lambda k, c: {
+                    "index": k,
+                    "delta": {},
+                    "logprobs": chat_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
+                },
+                usage=(
+                    (lambda comps: _usage(n_prompt, sum(c.completion_tokens for c in comps)))
+                    if req.stream_options and req.stream_options.include_usage
+                    else None
+                ),
+            )
+            return stream_response(job, slot, events)
 
         return await admitted(handler, request)
 
