@@ -40,7 +40,17 @@ def test_int8_writes_a_recipe_dir_the_engine_quantizes_at_load(
     assert f["tokens_per_s"] > 0 and q["tokens_per_s"] > 0
     assert abs(q["perplexity"] / f["perplexity"] - 1) < 0.05  # quality barely moves
     eng = Engine.from_spec(str(out))
-    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in eng.model.modules())
+    qlinear = torch.ao.nn.quantized.dynamic.Linear
+    kinds = {name: type(m) for name, m in eng.model.named_modules()}
+    # The recipe's skip list holds: lm_head and the MLP down projections stay float, the rest
+    # of the Linear layers are int8.
+    assert json.loads((out / "oficina-quantization.json").read_text())["skip"] == [
+        "lm_head",
+        "down_proj",
+    ]
+    assert kinds["lm_head"] is torch.nn.Linear
+    assert all(k is torch.nn.Linear for n, k in kinds.items() if n.endswith("down_proj"))
+    assert all(k is qlinear for n, k in kinds.items() if n.endswith(("q_proj", "up_proj")))
     base = Engine.from_spec(str(tiny_lm))
     assert eng.model_hash != base.model_hash  # cached results never mix float and int8
     c = eng.generate(["def"], SamplingParams(max_new_tokens=5))[0]
