@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/train.py --what pretrain|lora|distill|all [--quick]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
-           Oficina's loop (bf16 autocast, fused AdamW) vs transformers.Trainer (bf16, same
-           model init, data, batch, optimizer and schedule), tokens/s and model-FLOPs
-           utilisation against fp32 and bf16 matmul peaks measured in the same run.
+           Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
+           cross-entropy) vs the same loop with plain logits and vs transformers.Trainer
+           (bf16, same model init, data, batch, optimizer and schedule), tokens/s and
+           model-FLOPs utilisation against fp32 and bf16 matmul peaks measured in the same run.
 * pretrain `mini` from random weights on the demo reference: validation loss before/after.
 * lora     LoRA on smollm2-135m-instruct for the demo task: test accuracy by the
            log-likelihood of each label, untouched model vs the adapter.
@@ -128,12 +129,14 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
     bs, warm = 8, 3
     args = dict(lr=1e-3, warmup_steps=5, batch_size=bs, weight_decay=0.1, log_every=steps)
 
-    def ours(compiled: bool) -> tuple[float, float]:
+    def ours(compiled: bool, fused: bool = True) -> tuple[float, float]:
         model.load_state_dict(init)
         a = TrainArgs(**args, precision="bf16", compile=compiled)
-        fit(model, CausalLM(), ds, None, a, warm, work / f"warm-{compiled}")  # warm-up/compile
+        tag = f"{compiled}-{fused}-{time.monotonic_ns()}"
+        obj = CausalLM(fused=fused)
+        fit(model, obj, ds, None, a, warm, work / f"warm-{tag}")  # warm-up/compile
         model.load_state_dict(init)
-        r = fit(model, CausalLM(), ds, None, a, steps, work / f"ours-{compiled}")
+        r = fit(model, obj, ds, None, a, steps, work / f"ours-{tag}")
         return r.tokens_per_s, sum(x for _, x in r.history) / len(r.history)
 
     # -- transformers.Trainer on the same model init, data windows, batch and schedule
@@ -165,16 +168,21 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
     # Interleaved trials, best of each: the machine is shared and its load drifts, so measuring
     # one side first and the other later would favour whichever ran in the quieter minutes.
     best: dict[str, tuple[float, float]] = {}
+    setups = [
+        ("oficina loop, bf16 autocast, fused AdamW, chunked fused CE", lambda: ours(False)),
+        ("oficina loop, plain logits + fp32 CE (before #4)", lambda: ours(False, False)),
+        ("transformers.Trainer, bf16, fused AdamW", lambda: hf(steps)),
+    ]
+    if compile_:
+        setups += [
+            ("oficina loop + torch.compile (decoder; CE kernel)", lambda: ours(True)),
+            ("oficina loop + torch.compile, plain logits (before #4)", lambda: ours(True, False)),
+        ]
     for _ in range(trials):
-        for name, fn in (
-            ("oficina loop, bf16 autocast, fused AdamW", lambda: ours(False)),
-            ("transformers.Trainer, bf16, fused AdamW", lambda: hf(steps)),
-        ):
+        for name, fn in setups:
             t, lo = fn()
             if t > best.get(name, (0.0, 0.0))[0]:
                 best[name] = (t, lo)
-    if compile_:
-        best["oficina loop + torch.compile"] = ours(True)
     tps_hf = best["transformers.Trainer, bf16, fused AdamW"][0]
     rows = [[name, t, lo] for name, (t, lo) in best.items()]
     peak32 = max(peak32, matmul_peak(torch.float32))
@@ -204,6 +212,7 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
             for name, t, lo in rows
         ],
     )
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
     table(
         "matmul peaks measured in this run (2048x2048, best of 5, at the start and at the end)",
         ["dtype", "GFLOP/s"],

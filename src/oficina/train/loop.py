@@ -9,7 +9,9 @@ loss or gradient stops the step *before* the optimizer touches the weights; vali
 without improvement and a warning when validation loss rises while training loss falls;
 atomic checkpoints every ``save_every`` steps that ``resume=True`` continues exactly; a
 progress bar (loss, tokens/s, time left); metrics to the run folder (and TensorBoard/MLflow
-with ``report_to``); a loss-curve PNG at the end.
+with ``report_to``); a loss-curve PNG at the end. Causal-LM objectives take the chunked fused
+output layer + cross-entropy of ``oficina.train.fused_ce`` when the model allows; with
+``compile`` that path compiles the decoder stack and the loss's softmax kernel separately.
 
 Under ``torchrun --nproc_per_node=N`` the same call uses DDP (gloo on CPU) or, with
 ``parallel: fsdp``, FSDP2 ``fully_shard`` on an explicit CPU mesh. Each rank reads its own
@@ -34,6 +36,7 @@ from oficina.config import Section
 from oficina.errors import UserError
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
+from oficina.train.fused_ce import COMPILE_KERNEL, causal_lm_parts, compile_decoder
 
 
 class TrainArgs(Section):
@@ -291,6 +294,34 @@ def fit(
     ``objective(model, batch) -> (loss, n_target_tokens)``; ``eval_objective`` (default: the
     same) scores validation batches — distillation validates on plain cross-entropy.
     """
+    restore: list = []
+    try:
+        return _fit(
+            model, objective, train_ds, val_ds, args, max_steps, out_dir, run, resume,
+            eval_objective, restore,
+        )  # fmt: skip
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+def _compile(wrapped, objective, restore: list):
+    """``--train.compile``: the decoder stack alone when the objective takes the fused
+    cross-entropy path (the loss stays outside the graph, its softmax kernel compiled on its
+    own); otherwise the whole model. Undone when ``fit`` returns."""
+    if getattr(objective, "fused", False) and causal_lm_parts(wrapped) is not None:
+        restore.append(compile_decoder(wrapped))
+        was = COMPILE_KERNEL["on"]
+        COMPILE_KERNEL["on"] = True
+        restore.append(lambda: COMPILE_KERNEL.update(on=was))
+        return wrapped
+    return torch.compile(wrapped)
+
+
+def _fit(
+    model, objective, train_ds, val_ds, args: TrainArgs, max_steps: int, out_dir, run,
+    resume: bool, eval_objective, restore: list,
+) -> FitResult:  # fmt: skip
     rank, world = dist_env()
     run = run or NullRun()
     torch.manual_seed(args.seed + rank)
@@ -311,7 +342,7 @@ def fit(
     fsdp = world > 1 and args.parallel == "fsdp"
     opt = make_optimizer(model, args, fsdp=fsdp)
     sched = make_scheduler(opt, args, max_steps)
-    train_model = torch.compile(wrapped) if args.compile else wrapped
+    train_model = _compile(wrapped, objective, restore) if args.compile else wrapped
     eval_objective = eval_objective or objective
 
     if fsdp and (resume or args.keep_checkpoints):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from oficina.errors import UserError
 from oficina.train.data import IGNORE
+from oficina.train.fused_ce import DEFAULT_CHUNK, causal_lm_parts, fused_linear_cross_entropy
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -43,15 +44,33 @@ class Objective(ABC):
 
 
 class CausalLM(Objective):
-    """Mean next-token cross-entropy over the target tokens that are not -100."""
+    """Mean next-token cross-entropy over the target tokens that are not -100.
+
+    ``fused=True`` (the default) computes it from the decoder's last hidden state with the
+    chunked output-layer + cross-entropy of ``oficina.train.fused_ce`` whenever the model
+    allows (see ``causal_lm_parts``: not under DDP/FSDP, not for heads with soft-capping);
+    the same loss and gradients without the ``[tokens, vocab]`` float32 logits.
+    """
 
     name = "causal-lm"
 
+    def __init__(self, fused: bool = True, chunk_size: int = DEFAULT_CHUNK):
+        self.fused, self.chunk_size = fused, chunk_size
+
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
-        logits = model(**_model_inputs(batch)).logits
         targets = batch["targets"]
+        n = int((targets != IGNORE).sum())
+        parts = causal_lm_parts(model) if self.fused else None
+        if parts is not None:
+            decoder, head = parts
+            hidden = decoder(**_model_inputs(batch), use_cache=False).last_hidden_state
+            loss = fused_linear_cross_entropy(
+                hidden, head.weight, targets, IGNORE, chunk_size=self.chunk_size
+            )
+            return loss, n
+        logits = model(**_model_inputs(batch)).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-        return loss, int((targets != IGNORE).sum())
+        return loss, n
 
 
 class SFT(CausalLM):
