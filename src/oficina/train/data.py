@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from oficina.errors import UserError
+from oficina.jsonl import read_jsonl
 
 IGNORE = -100
 PACK_FORMAT = "oficina-pack-v1"
@@ -90,28 +91,6 @@ class PackedDataset:
 
 
 # ---------------------------------------------------------------------------- JSONL datasets
-
-
-def read_jsonl(path: str | Path) -> tuple[list[dict], int]:
-    """Rows that parse as JSON objects, and how many lines did not (set aside, not fatal)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"data file not found: {p}")
-    rows, bad = [], 0
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
-    return rows, bad
 
 
 def _is_number(x: Any) -> bool:

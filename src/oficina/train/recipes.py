@@ -509,8 +509,8 @@ def _teacher_generations(
 
 
 def distill(cfg: DistillConfig) -> Summary:
+    from oficina.jsonl import read_jsonl
     from oficina.models.presets import is_preset
-    from oficina.train.data import read_jsonl
 
     t0 = time.perf_counter()
     rank, world = dist_env()
