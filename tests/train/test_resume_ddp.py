@@ -1,5 +1,6 @@
-"""Fault tolerance and scale-out, with real processes: a SIGKILLed run resumes bitwise, and
-two DDP processes on gloo match one process at the same global batch."""
+"""Fault tolerance and scale-out, with real processes: a SIGKILLed run resumes bitwise (one
+process, and two FSDP2 processes on gloo with sharded DCP checkpoints), and two DDP or FSDP
+processes on gloo match one process at the same global batch."""
 
 from __future__ import annotations
 
@@ -104,27 +105,175 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run_bitwise(
     assert statuses == ["completed", "failed"]
 
 
+def _two_process_cmd(tiny_lm, shards, out, parallel: str, *extra) -> list[str]:
+    """torchrun, 2 gloo processes × 2 rows: the same global batch as the 1 × 4 reference."""
+    cmd = _pretrain_cmd(tiny_lm, shards, out, STEPS, "--train.parallel", parallel, *extra)
+    cmd[cmd.index("--train.batch-size") + 1] = "2"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return torchrun + cmd[1:]
+
+
+def _two_process_env(home: Path) -> dict:
+    env = _env(home)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _run_two_processes(tiny_lm, shards, home: Path, parallel: str) -> Path:
+    """An uninterrupted 2-process run of STEPS steps; its workspace is ``home``, its model
+    ``home / "out"``."""
+    done = subprocess.run(
+        _two_process_cmd(tiny_lm, shards, home / "out", parallel),
+        env=_two_process_env(home), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout + done.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_lm, shards, tmp_path_factory) -> Path:
+    """One uninterrupted FSDP2 run (2 gloo processes), shared by the two FSDP tests."""
+    return _run_two_processes(tiny_lm, shards, tmp_path_factory.mktemp("fsdp"), "fsdp")
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The torchrun agent's worker processes (its children running oficina), from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid and b"oficina.cli" in cmdline:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_gloo_processes_match_one_process(tiny_lm, shards, tmp_path, reference, parallel):
+def test_two_gloo_processes_match_one_process(
+    tiny_lm, shards, tmp_path, reference, parallel, request
+):
     """Global batch 4: one process × 4 rows vs two processes × 2 rows (DDP, or FSDP2 with
     fully_shard on a CPU mesh). Tolerance 1e-4 on each step's loss: the gradient all-reduce
     (or reduce-scatter) only changes the order of float additions (seen: ~1e-6)."""
     steps = STEPS
-    cmd = _pretrain_cmd(tiny_lm, shards, tmp_path / "two", steps, "--train.parallel", parallel)
-    cmd[cmd.index("--train.batch-size") + 1] = "2"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = _env(tmp_path / "h2")
-    env["OMP_NUM_THREADS"] = "1"
-    ddp = subprocess.run(torchrun + cmd[1:], env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "2 process(es)" in ddp.stdout + ddp.stderr
-    one, two = _losses(reference), _losses(tmp_path / "h2")
+    if parallel == "fsdp":
+        home = request.getfixturevalue("fsdp_run")
+    else:
+        home = _run_two_processes(tiny_lm, shards, tmp_path / "h2", parallel)
+    one, two = _losses(reference), _losses(home)
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     for s in one:
         assert two[s] == pytest.approx(one[s], abs=1e-4), (s, one[s], two[s])
     print(f"max |loss difference| {parallel} vs single:", max(abs(one[s] - two[s]) for s in one))
-    assert len(list((tmp_path / "h2" / "runs").iterdir())) == 1  # one record, from rank 0
+    assert len(list((home / "runs").iterdir())) == 1  # one record, from rank 0
     a = load_file(reference / "out" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "model.safetensors")
+    b = load_file(home / "out" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp_sigkill_mid_run_then_resume_matches_an_uninterrupted_fsdp_run_bitwise(
+    tiny_lm, shards, tmp_path, fsdp_run
+):
+    """Both FSDP2 workers SIGKILLed after the step-10 checkpoint (sharded: DCP, one file of
+    weight and AdamW-moment shards per rank), then ``--resume`` under torchrun: every step's
+    loss equals the uninterrupted FSDP run's bitwise, and so does the exported model."""
+    steps, home, out = STEPS, tmp_path / "killed", tmp_path / "out"
+    proc = subprocess.Popen(
+        _two_process_cmd(tiny_lm, shards, out, "fsdp"), env=_two_process_env(home),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text() >= "step-000010":
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:  # a node failure: both ranks die at once, mid-step
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) != 0  # the torchrun agent reports the failed workers
+    assert not (out / "model.safetensors").exists()
+    killed_at = max(_losses(home))
+    assert 10 <= killed_at < steps
+
+    ckpt = out / "checkpoints" / latest.read_text().strip()
+    assert (ckpt / "sharded" / ".metadata").is_file()
+    assert len(list((ckpt / "sharded").glob("*.distcp"))) == 2  # one shard file per rank
+    assert sorted(p.name for p in ckpt.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert not (ckpt / "weights.safetensors").exists()  # no rank gathered the whole model
+    from oficina.errors import UserError
+    from oficina.train.checkpoint import Checkpointer
+
+    with pytest.raises(UserError, match="--train.parallel fsdp"):  # not in one process
+        Checkpointer(out / "checkpoints").load(None, None, None)
+
+    resumed = subprocess.run(
+        _two_process_cmd(tiny_lm, shards, out, "fsdp", "--resume"),
+        env=_two_process_env(home), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stdout + resumed.stderr
+
+    want, got = _losses(fsdp_run), _losses(home)
+    assert sorted(got) == sorted(want) == list(range(1, steps + 1))
+    assert got == want  # every step's loss, bitwise (floats round-trip through JSON exactly)
+    a, b = load_file(fsdp_run / "out" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a plain HF model, gathered on rank 0
+    assert not (out / "checkpoints").exists()  # cleared after the successful run
+    from oficina.workspace import list_runs
+
+    statuses = sorted(r["status"] for r in list_runs(root=home))
+    assert statuses == ["completed", "failed"]
+
+
+def test_sharded_checkpoint_loading_refuses_pickled_code(tmp_path):
+    """A tampered DCP folder cannot run code: ``.metadata`` and the non-tensor entries are
+    unpickled with allow-lists (DCP itself would ``pickle.load`` them)."""
+    import io
+    import pickle
+
+    from oficina.train.checkpoint import _safe_planner, _safe_reader
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
+        _safe_reader(tmp_path).read_metadata()
+    with pytest.raises(pickle.UnpicklingError):
+        _safe_planner().load_bytes(None, io.BytesIO(pickle.dumps(Evil())))
+
+
+def test_sharded_checkpoint_round_trips_in_one_process(tmp_path):
+    """The allow-listed reader and planner load what DCP writes: tensors and the optimizer's
+    plain hyperparameters come back equal."""
+    import torch.distributed.checkpoint as dcp
+
+    from oficina.train.checkpoint import _safe_planner, _safe_reader
+
+    saved = {"w": torch.randn(3, 4), "groups": [{"lr": 1e-3, "betas": (0.9, 0.95), "p": ["w"]}]}
+    dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
+    back = {"w": torch.zeros(3, 4), "groups": [{"lr": 0.0, "betas": (0.0, 0.0), "p": []}]}
+    dcp.load(back, storage_reader=_safe_reader(tmp_path), planner=_safe_planner(), no_dist=True)
+    assert torch.equal(back["w"], saved["w"])
+    assert back["groups"] == saved["groups"]
+
+
+def test_an_unsharded_checkpoint_is_not_resumed_under_fsdp(tmp_path):
+    from oficina.errors import UserError
+    from oficina.train.checkpoint import Checkpointer
+
+    step = tmp_path / "step-000005"
+    step.mkdir()
+    (step / "state.json").write_text('{"step": 5}')
+    with pytest.raises(UserError, match="written without FSDP"):
+        Checkpointer(tmp_path, sharded=True).load(None, None, None)

@@ -15,7 +15,9 @@ output layer + cross-entropy of ``oficina.train.fused_ce`` when the model allows
 
 Under ``torchrun --nproc_per_node=N`` the same call uses DDP (gloo on CPU) or, with
 ``parallel: fsdp``, FSDP2 ``fully_shard`` on an explicit CPU mesh. Each rank reads its own
-slice of every global batch, so N ranks × B rows train like 1 rank × N·B rows.
+slice of every global batch, so N ranks × B rows train like 1 rank × N·B rows. Under FSDP the
+checkpoints are sharded (``torch.distributed.checkpoint``: each rank writes its own slice of
+the weights and AdamW moments) and ``resume`` continues them just as exactly.
 """
 
 from __future__ import annotations
@@ -328,7 +330,8 @@ def _fit(
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
-    ckpt = Checkpointer(Path(out_dir) / "checkpoints", rank, world)
+    fsdp = world > 1 and args.parallel == "fsdp"
+    ckpt = Checkpointer(Path(out_dir) / "checkpoints", rank, world, sharded=fsdp)
     if not resume and ckpt.latest() is not None:
         raise UserError(
             f"{out_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
@@ -339,17 +342,11 @@ def _fit(
     if trainable == 0:
         raise UserError("the model has no trainable parameters")
     wrapped = _wrap(model, args.parallel, world)
-    fsdp = world > 1 and args.parallel == "fsdp"
     opt = make_optimizer(model, args, fsdp=fsdp)
     sched = make_scheduler(opt, args, max_steps)
     train_model = _compile(wrapped, objective, restore) if args.compile else wrapped
     eval_objective = eval_objective or objective
 
-    if fsdp and (resume or args.keep_checkpoints):
-        raise UserError(
-            "resumable checkpoints are not implemented under --train.parallel fsdp yet (the "
-            "sharded optimizer state); use ddp for runs you may need to resume"
-        )
     stream = BatchStream(train_ds, args.batch_size, args.seed, rank, world)
     val = eval_batches(val_ds, args.batch_size, args.eval_batches) if val_ds is not None else []
 
@@ -496,7 +493,7 @@ def _fit(
                 if rank == 0:
                     run.log({"event": "early_stopping", "best_step": state["best_step"]}, step)
                 break
-        if step % args.save_every == 0 and not at_end and not fsdp:
+        if step % args.save_every == 0 and not at_end:
             state["step"] = step
             ckpt.save(step, model, opt, sched, state)
 
