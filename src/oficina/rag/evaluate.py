@@ -160,7 +160,8 @@ def calibrate(
     folds = [order[f::FOLDS] for f in range(FOLDS)]
     held_out: list[dict[str, float]] = []
     for fold in folds:
-        members = [i for i in order if i not in set(fold)]
+        held = set(fold)
+        members = [i for i in order if i not in held]
         g = best(members)
         held_out += [table[g][i] for i in fold]
     w, d = best(order)

@@ -52,6 +52,6 @@ class DedupStage(ABC):
     def take_shard_state(self) -> dict[str, np.ndarray]:
         """What this stage added since the last call (saved with the finished shard)."""
 
+    @abstractmethod
     def load_shard_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Replay a finished shard's additions (on resume)."""
-        raise NotImplementedError  # pragma: no cover
