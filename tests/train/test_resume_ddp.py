@@ -277,3 +277,25 @@ def test_an_unsharded_checkpoint_is_not_resumed_under_fsdp(tmp_path):
     (step / "state.json").write_text('{"step": 5}')
     with pytest.raises(UserError, match="written without FSDP"):
         Checkpointer(tmp_path, sharded=True).load(None, None, None)
+
+
+def test_a_checkpoint_resumes_only_with_the_world_size_it_was_written_with(tmp_path):
+    """Data position, per-rank RNG files and the global batch assume the writer's world size:
+    a one-process checkpoint resumed by 2 ranks (or the reverse) is refused before loading."""
+    from oficina.errors import UserError
+    from oficina.train.checkpoint import Checkpointer
+
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    Checkpointer(tmp_path).save(3, model, opt, sched, {"history": []})
+    state = json.loads((tmp_path / "step-000003" / "state.json").read_text())
+    assert state["world"] == 1 and state["step"] == 3
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    with pytest.raises(UserError, match="written by 1 process.*this run has 2.*nproc-per-node 1"):
+        Checkpointer(tmp_path, rank=0, world=2).load(model, opt, sched)
+    assert torch.count_nonzero(model.weight) == 0  # refused before touching the model
+    assert Checkpointer(tmp_path).load(model, opt, sched)["step"] == 3
+    assert torch.equal(model.weight, before)

@@ -253,7 +253,10 @@ class Checkpointer:
         final = self.root / name
         if self.rank == 0:
             # state.json last: its presence marks a complete folder.
-            _fsync_write(tmp / "state.json", json.dumps({**state, "step": step}).encode())
+            _fsync_write(
+                tmp / "state.json",
+                json.dumps({**state, "step": step, "world": self.world}).encode(),
+            )
             if self.sharded:
                 _fsync_dir(tmp / SHARDED)
             _fsync_dir(tmp)
@@ -298,6 +301,16 @@ class Checkpointer:
                 f"{d} was written without FSDP: resume it with --train.parallel ddp (or in "
                 "one process)"
             )
+        state = json.loads((d / "state.json").read_text())
+        # The data position, the per-rank RNG files and the global batch all assume the world
+        # size they were written with; another one would resume a different run.
+        written_world = state.get("world", 1)
+        if written_world != self.world:
+            raise UserError(
+                f"{d} was written by {written_world} process(es) but this run has {self.world}: "
+                f"resume with the same number of processes (torchrun --nproc-per-node "
+                f"{written_world})"
+            )
         opt = torch.load(d / "optim.pt", weights_only=True)
         if self.sharded:  # a collective: every rank reads its own shards
             import torch.distributed.checkpoint as dcp
@@ -319,7 +332,7 @@ class Checkpointer:
         rng = d / f"rng-{self.rank}.pt"
         if rng.is_file():
             torch.set_rng_state(torch.load(rng, weights_only=True))
-        return json.loads((d / "state.json").read_text())
+        return state
 
     def load_best(self, model) -> bool:
         p = self.root / "best.safetensors"
