@@ -163,7 +163,9 @@ def test_cli_ask_json(garden_index, tiny_lm_long, monkeypatch, hash_embedder, ca
     from oficina.cli import main
 
     monkeypatch.setattr(
-        embed_mod, "Embedder", lambda spec="minilm-l6", batch_size=64: hash_embedder
+        embed_mod,
+        "Embedder",
+        lambda spec="minilm-l6", batch_size=64, precision="fp32": hash_embedder,
     )
     idx = str(garden_index.dir)
     code = main(

@@ -108,7 +108,9 @@ def test_calibration_is_cross_validated_and_stored(
     q = tmp_path / "q.jsonl"
     q.write_text("".join(json.dumps(r) + "\n" for r in _questions()))
     monkeypatch.setattr(
-        embed_mod, "Embedder", lambda spec="minilm-l6", batch_size=64: hash_embedder
+        embed_mod,
+        "Embedder",
+        lambda spec="minilm-l6", batch_size=64, precision="fp32": hash_embedder,
     )
     assert (
         main(

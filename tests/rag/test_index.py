@@ -179,7 +179,9 @@ def test_cli_index_and_eval(corpus_dir, tmp_path, monkeypatch, hash_embedder, ca
     from oficina.cli import main
 
     monkeypatch.setattr(
-        embed_mod, "Embedder", lambda spec="minilm-l6", batch_size=64: hash_embedder
+        embed_mod,
+        "Embedder",
+        lambda spec="minilm-l6", batch_size=64, precision="fp32": hash_embedder,
     )
     out = tmp_path / "idx"
     assert (

@@ -48,6 +48,9 @@ class FewShotRung(Rung):
 class RagRung(Rung):
     k: int = Field(3, ge=1, description="passages retrieved per query")
     mode: Literal["bm25", "dense", "hybrid"] = Field("hybrid", description="retriever")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="embedding precision (bf16: ~2.3x faster index build on AMX CPUs)"
+    )
 
 
 class TrainRung(Rung):
@@ -95,11 +98,11 @@ QUICK = {
     "limit_train": 32,
     "rungs": {
         "few_shot": {"shots": 2},
-        "rag": {"k": 2},
-        "lora": {"steps": 6, "batch_size": 4},
-        "full": {"steps": 4, "batch_size": 4},
-        "cpt_lora": {"steps": 4, "batch_size": 4, "cpt_steps": 3, "seq_len": 128},
-        "distill": {"steps": 4, "batch_size": 4, "keep_layers": 8},
+        "rag": {"k": 2, "precision": "bf16"},
+        "lora": {"steps": 4, "batch_size": 4},
+        "full": {"steps": 3, "batch_size": 4},
+        "cpt_lora": {"steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128},
+        "distill": {"steps": 3, "batch_size": 4, "keep_layers": 8},
     },
 }
 
@@ -114,7 +117,7 @@ class LadderConfig(VerbConfig):
     )
     quick: bool = Field(
         False,
-        description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, 3-6 steps per trained rung; replaces the config file's values, flags still win",
+        description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, bf16 embeddings, 2-4 steps per trained rung; replaces the config file's values, flags still win",
     )
     base_model: str = Field("smollm2-135m-instruct", description="model spec of the base model")
     task: str = Field(
@@ -348,9 +351,13 @@ def rung_rag(L: Ladder) -> RungResult:
     index_dir = L.out / "rag-index"
     t0 = time.perf_counter()
     docs, _ = read_documents([L.cfg.corpus])
-    build_index(docs, index_dir, progress=False)  # incremental: a rerun re-embeds nothing
+    from oficina.rag.embed import Embedder
+
+    embedder = Embedder("minilm-l6", precision=c.precision)
+    # incremental: a rerun re-embeds nothing
+    build_index(docs, index_dir, embedder=embedder, progress=False)
     build_s = time.perf_counter() - t0
-    index = Index.open(index_dir)
+    index = Index.open(index_dir, embedder=embedder)
     titles = {d.doc_id: d.meta.get("title", d.doc_id) for d in docs}
 
     def with_context(row: dict) -> dict:

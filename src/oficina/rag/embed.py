@@ -6,6 +6,12 @@ model's sentence-transformers files when present (``1_Pooling/config.json``,
 ``sentence_bert_config.json``), so the vectors equal what ``sentence-transformers`` produces:
 token embeddings averaged over the attention mask, then divided by their L2 norm.
 
+``precision="bf16"`` runs the encoder under bfloat16 autocast (pooling and normalisation stay
+float32): on a CPU with AMX MiniLM embeds ~2.3x faster and every vector keeps a cosine of
+>= 0.9999 with the float32 one, but near-ties between passages can swap (on the demo questions
+dense recall@5 is unchanged, the calibrated hybrid's cross-validated figure loses one question
+of 75), so float32 — the vectors sentence-transformers gives — stays the default.
+
     from oficina.rag.embed import Embedder
     emb = Embedder()                       # minilm-l6
     vecs = emb.encode(["what does yield do?", "the yield statement"])   # (2, 384) float32
@@ -44,8 +50,12 @@ def _max_length(path: Path, tokenizer, model_config) -> int:
 class Embedder:
     """A text encoder turning strings into unit vectors (float32, shape (n, dim))."""
 
-    def __init__(self, spec: str = "minilm-l6", batch_size: int = 64):
+    def __init__(self, spec: str = "minilm-l6", batch_size: int = 64, precision: str = "fp32"):
         import torch
+
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision = precision
         from transformers import AutoModel, AutoTokenizer
 
         from oficina.models.sources import resolve
@@ -79,7 +89,8 @@ class Embedder:
         self.texts_encoded += len(texts)
         # Sort by length so each batch pads to similar lengths (less wasted compute).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
+        bf16 = torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), bf16:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
                 enc = self.tokenizer(
@@ -89,7 +100,7 @@ class Embedder:
                     max_length=self.max_length,
                     return_tensors="pt",
                 )
-                hidden = self.model(**enc).last_hidden_state
+                hidden = self.model(**enc).last_hidden_state.float()
                 if self.pooling == "cls":
                     vec = hidden[:, 0]
                 else:

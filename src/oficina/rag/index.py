@@ -61,6 +61,10 @@ class IndexConfig(VerbConfig):
         description="Milvus URI: http://host:19530 for a server, or a file (milvus-lite) relative to the index folder",
     )
     batch_size: int = Field(64, ge=1, description="texts per embedding batch")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="encoder precision: fp32 (exact) or bf16 autocast (~2.3x faster on AMX CPUs, vectors within cosine 0.9999; queries use the same)",
+    )
 
 
 @dataclass
@@ -231,6 +235,7 @@ def build_index(
         "format": FORMAT,
         "embedder": embedder.name,
         "embedder_hash": embedder.model_hash,
+        "embed_precision": getattr(embedder, "precision", "fp32"),  # lineage only
         "dim": int(embedder.dim),
         "chunk_chars": chunk_chars,
         "overlap_chars": overlap_chars,
@@ -392,7 +397,7 @@ def run(cfg: IndexConfig) -> int:
         summary = build_index(
             docs,
             out,
-            embedder=Embedder(cfg.embedder, batch_size=cfg.batch_size),
+            embedder=Embedder(cfg.embedder, batch_size=cfg.batch_size, precision=cfg.precision),
             chunk_chars=cfg.chunk_chars,
             overlap_chars=cfg.overlap_chars,
             store_kind=cfg.store,

@@ -120,7 +120,10 @@ class Index:
         if self._embedder is None:
             from oficina.rag.embed import Embedder
 
-            self._embedder = Embedder(self.meta["embedder"])
+            # queries in the precision the passages were embedded in
+            self._embedder = Embedder(
+                self.meta["embedder"], precision=self.meta.get("embed_precision", "fp32")
+            )
         if getattr(self._embedder, "dim", self.meta["dim"]) != self.meta["dim"]:
             raise UserError(
                 f"embedder {self._embedder.name} gives {self._embedder.dim}-d vectors, "
