@@ -5,9 +5,11 @@
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
-           cross-entropy) vs the same loop with plain logits and vs transformers.Trainer
-           (bf16, same model init, data, batch, optimizer and schedule), tokens/s and
-           model-FLOPs utilisation against fp32 and bf16 matmul peaks measured in the same run.
+           cross-entropy, freed memory kept mapped) vs the same loop with plain logits and vs
+           transformers.Trainer (bf16, same model init, data, batch, optimizer and schedule),
+           also given Oficina's allocator setting to show what that alone is worth; tokens/s
+           and model-FLOPs utilisation against fp32 and bf16 matmul peaks measured in the same
+           run.
 * pretrain `mini` from random weights on the demo reference: validation loss before/after.
 * lora     LoRA on smollm2-135m-instruct for the demo task: test accuracy by the
            log-likelihood of each label, untouched model vs the adapter.
@@ -151,7 +153,9 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
             w = torch.from_numpy(np.asarray(ds.tokens[i * s : i * s + s]).astype(np.int64))
             return {"input_ids": w, "labels": w}
 
-    def hf(step_count: int) -> tuple[float, float]:
+    def hf(step_count: int, keep_memory: bool = False) -> tuple[float, float]:
+        from oficina.train.memory import keep_freed_memory
+
         model.load_state_dict(init)
         targs = TrainingArguments(
             output_dir=str(work / "hf"), per_device_train_batch_size=bs, max_steps=step_count,
@@ -161,7 +165,12 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
             optim="adamw_torch_fused", disable_tqdm=True,
         )  # fmt: skip
         tr = Trainer(model=model, args=targs, train_dataset=Windows())
-        out = tr.train()
+        undo = keep_freed_memory() if keep_memory else None
+        try:
+            out = tr.train()
+        finally:
+            if undo:
+                undo()
         return step_count * bs * ds.seq_len / out.metrics["train_runtime"], out.training_loss
 
     hf(warm)
@@ -172,6 +181,10 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
         ("oficina loop, bf16 autocast, fused AdamW, chunked fused CE", lambda: ours(False)),
         ("oficina loop, plain logits + fp32 CE (before #4)", lambda: ours(False, False)),
         ("transformers.Trainer, bf16, fused AdamW", lambda: hf(steps)),
+        (
+            "transformers.Trainer + oficina's allocator setting (train/memory.py)",
+            lambda: hf(steps, keep_memory=True),
+        ),
     ]
     if compile_:
         setups += [

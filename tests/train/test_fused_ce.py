@@ -228,3 +228,15 @@ def test_compile_decoder_is_undone_and_skips_models_off_the_fused_path():
     assert model.model._compiled_call_impl is None
     model.config.final_logit_softcapping = 30.0
     assert compile_decoder(model) is None
+
+
+def test_auto_chunk_bounds_one_chunk_of_logits():
+    from oficina.train.fused_ce import auto_chunk
+
+    assert auto_chunk(49152) == 2048  # SmolLM2: 100 MB of bf16 logits per chunk
+    assert auto_chunk(128256) == 1024  # Llama 3
+    assert auto_chunk(32000) == 4096
+    assert auto_chunk(256) == 8192 and auto_chunk(10**7) == 256  # the clamps
+    for v in (1000, 49152, 151936):
+        c = auto_chunk(v)
+        assert c & (c - 1) == 0 and (c * v <= 2**27 or c == 256)

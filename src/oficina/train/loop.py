@@ -39,6 +39,7 @@ from oficina.errors import UserError
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
 from oficina.train.fused_ce import COMPILE_KERNEL, causal_lm_parts, compile_decoder
+from oficina.train.memory import keep_freed_memory
 
 
 class TrainArgs(Section):
@@ -297,6 +298,9 @@ def fit(
     same) scores validation batches — distillation validates on plain cross-entropy.
     """
     restore: list = []
+    undo_memory = keep_freed_memory()  # big tensors reuse mapped pages: see train/memory.py
+    if undo_memory is not None:
+        restore.append(undo_memory)
     try:
         return _fit(
             model, objective, train_ds, val_ds, args, max_steps, out_dir, run, resume,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from oficina.errors import UserError
 from oficina.train.data import IGNORE
-from oficina.train.fused_ce import DEFAULT_CHUNK, causal_lm_parts, fused_linear_cross_entropy
+from oficina.train.fused_ce import causal_lm_parts, fused_linear_cross_entropy
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -54,7 +54,7 @@ class CausalLM(Objective):
 
     name = "causal-lm"
 
-    def __init__(self, fused: bool = True, chunk_size: int = DEFAULT_CHUNK):
+    def __init__(self, fused: bool = True, chunk_size: int | None = None):
         self.fused, self.chunk_size = fused, chunk_size
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
