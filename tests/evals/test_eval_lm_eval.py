@@ -12,14 +12,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from process_helpers import free_port, wait_healthy
 
 from oficina.evals.evaluate import (
     LM_EVAL_DATA_PLACEHOLDER,
@@ -116,17 +115,9 @@ def test_lm_eval_hf_scores_an_oficina_checkpoint(smollm2, oficina_scores, tmp_pa
     assert "acc_norm,none" in res
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
 def test_lm_eval_local_completions_against_oficina_serve(smollm2, oficina_scores, tmp_path):
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "oficina.cli", "serve", f"smol={smollm2}", "--port", str(port),
@@ -135,16 +126,7 @@ def test_lm_eval_local_completions_against_oficina_serve(smollm2, oficina_scores
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "oficina serve did not come up"
-            time.sleep(0.5)
+        wait_healthy(base, server, 180, lambda: (tmp_path / "serve.log").read_text()[-2000:])
         task_dir = lm_eval_task_dir(tmp_path / "task")
         args = (
             f"model=smol,base_url={base}/v1/completions,tokenizer_backend=huggingface,"

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
+from process_helpers import free_port
+
+__all__ = ["free_port", "http", "running_server", "wait_for", "health"]
 
 # Generous timeouts: the CI machine may be busy, and a first request warms the model up.
 http = httpx.Client(timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

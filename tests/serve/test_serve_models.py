@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from process_helpers import wait_healthy
 from serve_helpers import free_port, http, running_server
 
 from oficina.errors import UserError
@@ -146,16 +145,7 @@ def test_oficina_serve_command(tiny_lm, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if http.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_healthy(url, proc, 90, lambda: proc.stdout.read())
         c = openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0)
         assert [m.id for m in c.models.list().data][0] == "tiny"
         with pytest.raises(openai.AuthenticationError):

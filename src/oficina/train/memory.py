@@ -10,8 +10,8 @@ eager, same code). Serving big blocks from the heap (``M_MMAP_MAX=0``) and not t
 tcmalloc, which Intel recommends preloading for PyTorch on CPU, do by design.
 
 The cost: memory freed during training stays with the process until ``fit`` returns (then
-``malloc_trim`` hands it back), so RSS stays near its high-water mark instead of dipping between
-steps. On other C libraries (macOS, musl) this is a no-op.
+``malloc_trim`` hands it back), and the heap fragments, so peak RSS is higher (``mini``, batch
+8x256: 2.24 -> 2.67 GB). On other C libraries (macOS, musl) this is a no-op.
 
     from oficina.train.memory import keep_freed_memory
     undo = keep_freed_memory()     # None when not on glibc
