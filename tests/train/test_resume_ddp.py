@@ -299,3 +299,55 @@ def test_a_checkpoint_resumes_only_with_the_world_size_it_was_written_with(tmp_p
     assert torch.count_nonzero(model.weight) == 0  # refused before touching the model
     assert Checkpointer(tmp_path).load(model, opt, sched)["step"] == 3
     assert torch.equal(model.weight, before)
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_resumes_from_a_mid_run_checkpoint_bitwise(tiny_lm, repo_root, tmp_path):
+    """LoRA adapters on an FSDP2-sharded base (2 gloo processes): resuming from the step-25
+    sharded checkpoint replays steps 26-30 with the same losses, bitwise, and writes the same
+    adapter (a PEFT directory) as the run that went through."""
+    import shutil
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "oficina.cli", "finetune", str(tiny_lm), "--method", "lora",
+            "--data", str(repo_root / "examples/demo/task/train.jsonl"),
+            "--template", "Passage: {text}\nAnswer:", "--out", str(out), "--max-steps", "30",
+            "--max-len", "64", "--val-fraction", "0", "--train.batch-size", "2",
+            "--train.precision", "fp32", "--train.deterministic", "--train.log-every", "1",
+            "--train.save-every", "5", "--train.eval-every", "1000", "--train.lr", "1e-2",
+            "--train.parallel", "fsdp", *extra,
+        ]  # fmt: skip
+
+    full, out = tmp_path / "full", tmp_path / "full" / "out"
+    done = subprocess.run(
+        cmd(out, "--train.keep-checkpoints"), env=_two_process_env(full),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000025", "step-000030"]
+    assert (ckpts / "step-000025" / "sharded" / ".metadata").is_file()
+    want_adapter = load_file(out / "adapter_model.safetensors")
+
+    # the same run, stopped after its step-25 checkpoint: that checkpoint and nothing after it
+    again = tmp_path / "again" / "out"
+    (again / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpts / "step-000025", again / "checkpoints" / "step-000025")
+    (again / "checkpoints" / "latest").write_text("step-000025")
+    resumed = subprocess.run(
+        cmd(again, "--resume"), env=_two_process_env(tmp_path / "again"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 25" in resumed.stdout + resumed.stderr
+
+    want, got = _losses(full), _losses(tmp_path / "again")
+    assert sorted(got) == [26, 27, 28, 29, 30]
+    assert {s: want[s] for s in got} == got  # bitwise
+    assert len(set(got.values())) > 1  # the adapter is learning: losses move
+    adapter = load_file(again / "adapter_model.safetensors")
+    assert sorted(adapter) == sorted(want_adapter)
+    assert all(torch.equal(adapter[k], want_adapter[k]) for k in adapter)
+    assert (again / "adapter_config.json").is_file() and not (again / "model.safetensors").exists()
