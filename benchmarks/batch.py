@@ -14,22 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
+from _machine import machine  # noqa: E402
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores, loadavg at start {open('/proc/loadavg').read().split()[:3]}"
 
 
 def throughput(eng, prompts, n, batch):

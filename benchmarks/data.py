@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import machine  # noqa: E402
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -284,19 +286,6 @@ def tokenizer_time(data: Path, vocab: int) -> dict:
         "mb": n_bytes / 1e6,
         "bytes_per_token": sum(len(t.encode()) for t in sample) / n_tok,
     }
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else "?"
-    return f"{cpu}, {os.cpu_count()} cores, loadavg at start {' '.join(load)}"
 
 
 def main() -> int:

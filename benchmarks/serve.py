@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _machine import machine  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 TOPICS = [
@@ -36,19 +36,6 @@ TOPICS = [
     "a small bakery", "the night sky", "a bicycle ride", "a river", "a forgotten key",
     "a violin", "the desert at noon",
 ]  # fmt: skip
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        load = ["?"] * 3
-    return f"{cpu}, {os.cpu_count()} cores, loadavg {' '.join(load)} at start, {platform.python_version()}"
 
 
 def free_port() -> int:

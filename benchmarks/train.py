@@ -34,23 +34,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _machine import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in open("/proc/cpuinfo")
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
-    return (
-        f"CPU: {cpu} · {os.cpu_count()} cores · torch {torch.__version__} · "
-        f"threads {torch.get_num_threads()} · loadavg at start {open('/proc/loadavg').read().split()[:3]}"
-    )
 
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
