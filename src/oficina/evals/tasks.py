@@ -323,6 +323,43 @@ def _flat(res: dict) -> dict:
     return res
 
 
+def _score_rows(engine, rows, template, shots, conts, text_field, answer_field, delimiter,
+                batch_size):  # fmt: skip
+    """Render each row's prompt and score its continuations:
+    (scores, prompt tokens per row, truncated prompts, wall seconds)."""
+    prompts = [
+        render_prompt(
+            template,
+            r,
+            shots,
+            text_field=text_field,
+            answer_field=answer_field,
+            delimiter=delimiter,
+        )  # fmt: skip
+        for r in rows
+    ]
+    t0 = time.perf_counter()
+    scores, n_prompt, truncated = score_continuations(engine, prompts, conts, batch_size=batch_size)
+    return scores, n_prompt, truncated, time.perf_counter() - t0
+
+
+def _choice_result(rows, scores, per_item, n_prompt, truncated, wall, batch_size, alpha,
+                   normalize) -> dict:  # fmt: skip
+    """The keys classification and multiple choice report alike."""
+    return {
+        "n": len(rows),
+        "ids": [r.get("id", k) for k, r in enumerate(rows)],
+        "per_item": per_item,
+        "scores": [[s.logprob for s in row] for row in scores],
+        "alpha": alpha,
+        "normalize": normalize,
+        "prompt_tokens": _prompt_stats(n_prompt),
+        "prompt_tokens_per_item": n_prompt,
+        "truncated_prompts": truncated,
+        "timing": _timing(wall, len(rows), sum(n_prompt), batch_size),
+    }
+
+
 # ---------------------------------------------------------------------------- classification
 
 
@@ -357,23 +394,11 @@ def classify(
             f"{len(bad)} row(s) have a {label_field!r} that is not one of the labels "
             f"{labels} (first: {bad[0]!r})"
         )
-    prompts = [
-        render_prompt(
-            template,
-            r,
-            fewshot,
-            text_field=text_field,
-            answer_field=label_field,
-            delimiter=delimiter,
-        )
-        for r in rows
-    ]
     answers = [delimiter + lab for lab in labels]
-    t0 = time.perf_counter()
-    scores, n_prompt, truncated = score_continuations(
-        engine, prompts, [answers] * len(prompts), batch_size=batch_size
-    )
-    wall = time.perf_counter() - t0
+    scores, n_prompt, truncated, wall = _score_rows(
+        engine, rows, template, fewshot, [answers] * len(rows), text_field, label_field,
+        delimiter, batch_size,
+    )  # fmt: skip
     preds = [labels[_choose(s, labels, normalize)] for s in scores]
     golds = [str(r[label_field]) for r in rows]
     per_item = [float(p == g) for p, g in zip(preds, golds, strict=True)]
@@ -383,24 +408,17 @@ def classify(
     return _flat(
         {
             "task_type": "classification",
-            "n": len(rows),
             "labels": labels,
-            "ids": [r.get("id", k) for k, r in enumerate(rows)],
             "predictions": preds,
             "golds": golds,
-            "per_item": per_item,
-            "scores": [[s.logprob for s in row] for row in scores],
             "accuracy": acc["value"],
             "macro_f1": f1["value"],
             "ci": {"accuracy": acc["ci"], "macro_f1": f1["ci"]},
-            "alpha": alpha,
             "per_label_f1": M.per_label_f1(preds, golds, labels),
             "confusion": M.confusion(preds, golds, labels),
-            "normalize": normalize,
-            "prompt_tokens": _prompt_stats(n_prompt),
-            "prompt_tokens_per_item": n_prompt,
-            "truncated_prompts": truncated,
-            "timing": _timing(wall, len(rows), sum(n_prompt), batch_size),
+            **_choice_result(
+                rows, scores, per_item, n_prompt, truncated, wall, batch_size, alpha, normalize
+            ),
         }
     )
 
@@ -461,21 +479,10 @@ def multiple_choice(
             if callable(fewshot)
             else [_resolve(e) for e in fewshot]
         )
-    prompts = [
-        render_prompt(
-            template,
-            r,
-            shots,
-            text_field=text_field,
-            answer_field=answer_field,
-            delimiter=delimiter,
-        )
-        for r in rows
-    ]
     conts = [[delimiter + str(c) for c in r[choices_field]] for r in rows]
-    t0 = time.perf_counter()
-    scores, n_prompt, truncated = score_continuations(engine, prompts, conts, batch_size=batch_size)
-    wall = time.perf_counter() - t0
+    scores, n_prompt, truncated, wall = _score_rows(
+        engine, rows, template, shots, conts, text_field, answer_field, delimiter, batch_size
+    )
     choice_text = [[str(c) for c in r[choices_field]] for r in rows]
     pred_sel = [_choose(s, ch, normalize) for s, ch in zip(scores, choice_text, strict=True)]
     pred_raw = [_choose(s, ch, "none") for s, ch in zip(scores, choice_text, strict=True)]
@@ -489,22 +496,15 @@ def multiple_choice(
     return _flat(
         {
             "task_type": "multiple_choice",
-            "n": len(rows),
-            "ids": [r.get("id", k) for k, r in enumerate(rows)],
             "predictions": pred_sel,
             "golds": golds,
-            "per_item": per_item,
-            "scores": [[s.logprob for s in row] for row in scores],
             "accuracy": acc["value"],
             "acc": acc_raw["value"],
             "acc_norm": acc_chr["value"],
             "ci": {"accuracy": acc["ci"], "acc": acc_raw["ci"], "acc_norm": acc_chr["ci"]},
-            "alpha": alpha,
-            "normalize": normalize,
-            "prompt_tokens": _prompt_stats(n_prompt),
-            "prompt_tokens_per_item": n_prompt,
-            "truncated_prompts": truncated,
-            "timing": _timing(wall, len(rows), sum(n_prompt), batch_size),
+            **_choice_result(
+                rows, scores, per_item, n_prompt, truncated, wall, batch_size, alpha, normalize
+            ),
         }
     )
 
