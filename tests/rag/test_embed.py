@@ -119,3 +119,8 @@ def test_an_index_embeds_queries_in_the_precision_of_its_passages(tmp_path):
     assert index.embedder.precision == "bf16"
     assert index.search("what does pass do?", k=1, mode="dense")[0].doc_id == "a"
     index.close()
+    # another precision is another encoder: every chunk is embedded again, none reused
+    again = build_index(docs, tmp_path / "i", embedder=Embedder(precision="fp32"), progress=False)
+    assert again["rebuilt"] and again["chunks_embedded"] == again["chunks"] == 2
+    assert again["chunks_reused_embedding"] == 0
+    assert json.loads((tmp_path / "i" / "index.json").read_text())["embed_precision"] == "fp32"

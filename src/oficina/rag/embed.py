@@ -52,15 +52,14 @@ class Embedder:
 
     def __init__(self, spec: str = "minilm-l6", batch_size: int = 64, precision: str = "fp32"):
         import torch
-
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.precision = precision
         from transformers import AutoModel, AutoTokenizer
 
         from oficina.models.sources import resolve
         from oficina.workspace import content_hash
 
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision = precision
         self.name = str(spec)
         self.path = resolve(str(spec))
         self.batch_size = int(batch_size)

@@ -235,7 +235,7 @@ def build_index(
         "format": FORMAT,
         "embedder": embedder.name,
         "embedder_hash": embedder.model_hash,
-        "embed_precision": getattr(embedder, "precision", "fp32"),  # lineage only
+        "embed_precision": getattr(embedder, "precision", "fp32"),
         "dim": int(embedder.dim),
         "chunk_chars": chunk_chars,
         "overlap_chars": overlap_chars,
@@ -248,7 +248,10 @@ def build_index(
         json.loads((out / "index.json").read_text()) if (out / "index.json").is_file() else None
     )
     con = store.connect(out)
-    keys = ("embedder_hash", "dim", "chunk_chars", "overlap_chars", "store", "milvus_uri")
+    if old_meta is not None:
+        old_meta.setdefault("embed_precision", "fp32")  # indexes from before the option
+    keys = ("embedder_hash", "embed_precision", "dim", "chunk_chars", "overlap_chars", "store",
+            "milvus_uri")  # fmt: skip
     rebuild = old_meta is not None and any(old_meta.get(k) != meta[k] for k in keys)
     if old_meta is not None and not rebuild:
         meta["bm25"] = old_meta["bm25"]  # keep the tokenizer the BM25 index was built with
@@ -257,8 +260,9 @@ def build_index(
     reuse: dict[str, bytes] = {}  # text hash -> embedding, for chunks about to be deleted
     if rebuild:
         # Different chunking, encoder or store: stored chunks and vectors no longer apply, but
-        # with the same encoder an unchanged chunk text keeps its embedding.
-        if old_meta.get("embedder_hash") == meta["embedder_hash"]:
+        # with the same encoder (weights and precision) an unchanged chunk keeps its embedding.
+        encoder = ("embedder_hash", "embed_precision")
+        if all(old_meta[k] == meta[k] for k in encoder):
             reuse = dict(con.execute("SELECT text_hash, vec FROM chunks WHERE vec IS NOT NULL"))
         old_vectors = store.open_vector_store(out, old_meta)
         old_vectors.clear()
