@@ -25,9 +25,10 @@ def wait_healthy(
     while True:
         assert proc.poll() is None, f"the server exited with {proc.returncode}:\n{output()}"
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
+            up = httpx.get(url + "/health", timeout=2).status_code == 200
         except httpx.TransportError:  # not listening yet
-            pass
+            up = False
+        if up:
+            return
         assert time.monotonic() < deadline, f"{url} did not come up in {timeout:.0f}s\n{output()}"
         time.sleep(0.2)

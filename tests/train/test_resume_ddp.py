@@ -44,6 +44,17 @@ def _pretrain_cmd(tiny_lm, shards, out, steps, *extra) -> list[str]:
     ]  # fmt: skip
 
 
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, step: str) -> None:
+    """Return once ``out``'s latest checkpoint is ``step`` or later, with the run still going."""
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text() >= step:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+
+
 STEPS = 50  # the kill lands at step ~10: 40 steps of margin before the run would end
 
 
@@ -70,13 +81,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run_bitwise(
         _pretrain_cmd(tiny_lm, shards, out, steps), env=_env(home),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text() >= "step-000010":
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    _wait_for_checkpoint(proc, out, "step-000010")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (out / "model.safetensors").exists()
@@ -187,13 +192,7 @@ def test_fsdp_sigkill_mid_run_then_resume_matches_an_uninterrupted_fsdp_run_bitw
         _two_process_cmd(tiny_lm, shards, out, "fsdp"), env=_two_process_env(home),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text() >= "step-000010":
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    _wait_for_checkpoint(proc, out, "step-000010")
     workers = _workers_of(proc.pid)
     assert len(workers) == 2, workers
     for pid in workers:  # a node failure: both ranks die at once, mid-step
@@ -203,7 +202,7 @@ def test_fsdp_sigkill_mid_run_then_resume_matches_an_uninterrupted_fsdp_run_bitw
     killed_at = max(_losses(home))
     assert 10 <= killed_at < steps
 
-    ckpt = out / "checkpoints" / latest.read_text().strip()
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
     assert (ckpt / "sharded" / ".metadata").is_file()
     assert len(list((ckpt / "sharded").glob("*.distcp"))) == 2  # one shard file per rank
     assert sorted(p.name for p in ckpt.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]

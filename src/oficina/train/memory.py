@@ -57,12 +57,13 @@ def keep_freed_memory() -> Callable[[], None] | None:
     ):
         return None
     _active["depth"] += 1
-    done = {"undone": False}
+    undone = False
 
     def undo() -> None:
-        if done["undone"]:
+        nonlocal undone
+        if undone:
             return
-        done["undone"] = True
+        undone = True
         _active["depth"] -= 1
         if _active["depth"] == 0:
             libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
