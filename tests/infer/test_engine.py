@@ -155,7 +155,8 @@ def test_logprobs_and_echo_match_a_plain_forward(engine):
         pos = len(ids) + j - 1
         assert tl.token_id == c.token_ids[j]
         assert tl.logprob == pytest.approx(float(lp[pos, tl.token_id]), abs=1e-4)
-        assert len(tl.top) <= 3 and max(tl.top.values()) == pytest.approx(tl.logprob, abs=1e-5)
+        assert len(tl.top) == 3 and tl.top[0][1] == pytest.approx(tl.logprob, abs=1e-5)
+        assert [v for _, v in tl.top] == sorted((v for _, v in tl.top), reverse=True)
     # echo with zero new tokens: the lm-eval "score this text" request
     c0 = engine.generate([prompt], SamplingParams(max_new_tokens=0, echo=True, logprobs=0))[0]
     assert c0.text == "" and c0.completion_tokens == 0

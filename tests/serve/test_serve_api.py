@@ -392,3 +392,18 @@ def test_lm_eval_local_completions_scores_like_the_engine(serve, tiny_lm, tiny_e
     )
     for (g, g_greedy), (w, w_greedy) in zip(got, tiny_engine.loglikelihood(reqs), strict=True):
         assert math.isclose(g, w, rel_tol=1e-4, abs_tol=1e-4) and g_greedy == w_greedy
+
+
+def test_alternatives_that_decode_to_the_same_text_are_all_kept():
+    """Byte pieces of one character both decode to U+FFFD: chat keeps both, legacy the likelier."""
+    from oficina.infer.engine import TokenLogprob
+    from oficina.serve.logprobs import chat_logprobs, legacy_logprobs
+
+    items = [TokenLogprob("\ufffd", 7, -0.5, [("\ufffd", -0.5), ("\ufffd", -1.5), ("a", -2.0)])]
+    chat = chat_logprobs(items)["content"][0]["top_logprobs"]
+    assert [(t["token"], t["logprob"]) for t in chat] == [
+        ("\ufffd", -0.5),
+        ("\ufffd", -1.5),
+        ("a", -2.0),
+    ]
+    assert legacy_logprobs(items)["top_logprobs"] == [{"\ufffd": -0.5, "a": -2.0}]

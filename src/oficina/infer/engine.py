@@ -105,7 +105,10 @@ class TokenLogprob:
     token: str
     token_id: int
     logprob: float | None
-    top: dict[str, float]
+    # Best alternatives, most likely first. A list, not a dict: two ids can decode to the same
+    # text (byte-level pieces of one character both decode to U+FFFD), and a dict keyed by text
+    # would silently drop one of them.
+    top: list[tuple[str, float]]
 
 
 @dataclass
@@ -274,11 +277,11 @@ class Engine:
     def _token_str(self, tid: int) -> str:
         return self.tokenizer.decode([tid])
 
-    def _top(self, logp: torch.Tensor, n: int) -> dict[str, float]:
+    def _top(self, logp: torch.Tensor, n: int) -> list[tuple[str, float]]:
         if n <= 0:
-            return {}
+            return []
         vals, ids = torch.topk(logp, min(n, logp.shape[-1]))
-        return {self._token_str(int(i)): float(v) for v, i in zip(vals, ids, strict=True)}
+        return [(self._token_str(int(i)), float(v)) for v, i in zip(vals, ids, strict=True)]
 
     # ------------------------------------------------------------------ sampling
     @staticmethod
@@ -454,7 +457,7 @@ class Engine:
     def _score(self, logits: torch.Tensor, ids: list[int], top: int) -> list[TokenLogprob]:
         """Per-token logprobs of a sequence from the logits at its positions (first is None)."""
         lp = torch.log_softmax(logits, -1)
-        out = [TokenLogprob(self._token_str(ids[0]), ids[0], None, {})]
+        out = [TokenLogprob(self._token_str(ids[0]), ids[0], None, [])]
         for t in range(1, len(ids)):
             row = lp[t - 1]
             out.append(

@@ -20,10 +20,19 @@ def legacy_logprobs(items: list, start_offset: int = 0) -> dict:
     for t in items:
         tokens.append(t.token)
         lps.append(t.logprob)
-        tops.append(dict(t.top) if t.logprob is not None else None)
+        tops.append(_as_dict(t.top) if t.logprob is not None else None)
         offsets.append(pos)
         pos += len(t.token)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _as_dict(top: list[tuple[str, float]]) -> dict[str, float]:
+    # The legacy format is a dict keyed by token text; when two ids share a text, keep the
+    # likelier one (the list is sorted), as vLLM does.
+    out: dict[str, float] = {}
+    for k, v in top:
+        out.setdefault(k, v)
+    return out
 
 
 def chat_logprobs(items: list | None) -> dict | None:
@@ -36,8 +45,7 @@ def chat_logprobs(items: list | None) -> dict | None:
                 "logprob": t.logprob,
                 "bytes": list(t.token.encode("utf-8")),
                 "top_logprobs": [
-                    {"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))}
-                    for k, v in t.top.items()
+                    {"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))} for k, v in t.top
                 ],
             }
             for t in items
@@ -61,14 +69,14 @@ def score_ids(
 
             def tops(row):
                 if top <= 0:
-                    return {}
+                    return []
                 vals, idx = torch.topk(row, min(top, row.shape[-1]))
-                return {
-                    engine.tokenizer.decode([int(i)]): float(v)
+                return [
+                    (engine.tokenizer.decode([int(i)]), float(v))
                     for v, i in zip(vals, idx, strict=True)
-                }
+                ]
 
-            items = [TokenLogprob(engine.tokenizer.decode([ids[0]]), ids[0], None, {})]
+            items = [TokenLogprob(engine.tokenizer.decode([ids[0]]), ids[0], None, [])]
             for t in range(1, len(ids)):
                 items.append(
                     TokenLogprob(
