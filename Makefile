@@ -54,7 +54,7 @@ demo: setup
 
 # pytest exits 5 when it collects nothing; that is a broken suite, not a pass, so say so.
 test: setup
-	$(BIN)/python -m pytest -q -x --durations=15; rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: setup
