@@ -127,30 +127,59 @@ def bench_speed(work: Path, steps: int, compile_: bool, trials: int = 2) -> None
         r = fit(model, obj, ds, None, a, steps, work / f"ours-{tag}")
         return r.tokens_per_s, sum(x for _, x in r.history) / len(r.history)
 
-    # -- transformers.Trainer on the same model init, data windows, batch and schedule
+    # -- transformers.Trainer on the same model init, windows in the same order, optimizer and
+    # schedule: it is handed Oficina's AdamW (same groups and betas) and LR schedule, and a
+    # sampler that yields BatchStream's rows; each window goes in as input_ids + shift_labels
+    # (HF's loss then skips its own shift), so both sides compute the very same losses and the
+    # mean train loss column must agree — a check that the two do the same work.
     from transformers import Trainer, TrainingArguments
+
+    from oficina.train.data import BatchStream
+    from oficina.train.loop import make_optimizer, make_scheduler
 
     class Windows(torch.utils.data.Dataset):
         def __len__(self):
             return len(ds)
 
         def __getitem__(self, i):
-            s = ds.seq_len
-            w = torch.from_numpy(np.asarray(ds.tokens[i * s : i * s + s]).astype(np.int64))
-            return {"input_ids": w, "labels": w}
+            w = ds.collate([i])
+            x, y = w["input_ids"][0], w["targets"][0]
+            return {"input_ids": x, "labels": x, "shift_labels": y}
+
+    class SameRows(torch.utils.data.Sampler):
+        def __init__(self, step_count: int):
+            stream = BatchStream(ds, bs, seed=0)
+            self.idx = [int(r) for i in range(step_count) for r in stream.rows(i)]
+
+        def __iter__(self):
+            return iter(self.idx)
+
+        def __len__(self):
+            return len(self.idx)
 
     def hf(step_count: int, keep_memory: bool = False) -> tuple[float, float]:
         from oficina.train.memory import keep_freed_memory
 
         model.load_state_dict(init)
+        a = TrainArgs(**args, precision="bf16")
+        opt = make_optimizer(model, a)
         targs = TrainingArguments(
             output_dir=str(work / "hf"), per_device_train_batch_size=bs, max_steps=step_count,
-            learning_rate=1e-3, warmup_steps=5, lr_scheduler_type="cosine", weight_decay=0.1,
-            max_grad_norm=1.0, bf16=True, use_cpu=True, save_strategy="no", report_to=[],
-            logging_steps=max(1, step_count), dataloader_num_workers=0, seed=0,
-            optim="adamw_torch_fused", disable_tqdm=True,
+            max_grad_norm=a.max_grad_norm, bf16=True, use_cpu=True, save_strategy="no",
+            report_to=[], logging_steps=max(1, step_count), dataloader_num_workers=0, seed=0,
+            remove_unused_columns=False, disable_tqdm=True,
         )  # fmt: skip
-        tr = Trainer(model=model, args=targs, train_dataset=Windows())
+
+        class SameOrderTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return SameRows(step_count)
+
+        tr = SameOrderTrainer(
+            model=model,
+            args=targs,
+            train_dataset=Windows(),
+            optimizers=(opt, make_scheduler(opt, a, step_count)),
+        )
         undo = keep_freed_memory() if keep_memory else None
         try:
             out = tr.train()

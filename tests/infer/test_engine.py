@@ -29,7 +29,7 @@ def _hf_greedy(engine, prompt, n, **kw):
     return [t for t in ids if t not in engine.eos_ids]
 
 
-@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize("penalty", [1.0, 1.3, 5.0])
 def test_greedy_equals_hf_generate_batched_and_alone(engine, penalty):
     params = SamplingParams(max_new_tokens=24, repetition_penalty=penalty)
     batched = engine.generate(PROMPTS, params)
@@ -39,7 +39,7 @@ def test_greedy_equals_hf_generate_batched_and_alone(engine, penalty):
         alone = engine.generate([prompt], params)[0]
         assert alone.token_ids == c.token_ids and alone.text == c.text
         assert c.prompt_tokens == len(engine.tokenizer(prompt).input_ids)
-    if penalty > 1:  # the penalty is really applied: output differs from plain greedy
+    if penalty >= 5:  # really applied: output differs from plain greedy (1.3 may not, by seed)
         plain = engine.generate(PROMPTS, SamplingParams(max_new_tokens=24))
         assert [c.token_ids for c in plain] != [c.token_ids for c in batched]
 
@@ -215,8 +215,9 @@ def test_lora_adapter_loads_and_changes_output_and_hash(engine, tiny_lm, tmp_pat
     peft_model.save_pretrained(adir)
     tuned = Engine.from_spec(str(tiny_lm), adapter=str(adir))
     assert tuned.model_hash != engine.model_hash
-    p = SamplingParams(max_new_tokens=12)
-    assert tuned.generate(PROMPTS, p)[1].token_ids != engine.generate(PROMPTS, p)[1].token_ids
+    # Scores, not greedy tokens: a random model repeating one token can keep repeating it.
+    pair = [(PROMPTS[1], " and then")]
+    assert abs(tuned.loglikelihood(pair)[0][0] - engine.loglikelihood(pair)[0][0]) > 1e-3
     with pytest.raises(UserError):
         Engine.from_spec(str(tiny_lm), adapter=str(tmp_path))
 

@@ -211,3 +211,26 @@ def test_oficina_loads_its_own_gguf_export(tiny_lm, tmp_path):
     a = Engine.from_spec(str(tiny_lm)).generate(prompts, p)
     b = Engine.from_spec(str(out)).generate(prompts, p)
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+def test_a_re_exported_gguf_of_the_same_name_and_size_is_converted_again(tiny_lm, tmp_path):
+    """The conversion cache is keyed by content, not name + size (a stale model was served)."""
+    from safetensors.torch import load_file, save_file
+
+    from oficina.models.sources import resolve
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_lm, changed)
+    sd = load_file(changed / "model.safetensors")
+    sd["model.norm.weight"] = sd["model.norm.weight"] * 2
+    save_file(sd, changed / "model.safetensors", metadata={"format": "pt"})
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    export_gguf(tiny_lm, tmp_path / "a" / "m.gguf", "f32")
+    export_gguf(changed, tmp_path / "b" / "m.gguf", "f32")
+    assert (tmp_path / "a" / "m.gguf").stat().st_size == (tmp_path / "b" / "m.gguf").stat().st_size
+    first = resolve(str(tmp_path / "a" / "m.gguf"))
+    second = resolve(str(tmp_path / "b" / "m.gguf"))
+    assert first != second
+    norm = [load_file(d / "model.safetensors")["model.norm.weight"] for d in (first, second)]
+    assert torch.equal(norm[1], norm[0] * 2)

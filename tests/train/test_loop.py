@@ -43,7 +43,7 @@ def test_pretrain_lowers_val_loss_and_writes_a_hf_dir(tiny_lm, shards, tmp_path)
         for x in (run / "metrics.jsonl").read_text().splitlines()
         if "val_loss" in x
     ]
-    assert len(vals) == 4 and vals[-1] < vals[0] - 0.3, vals
+    assert len(vals) == 4 and vals[-1] < vals[0] - 0.2, vals
     assert s["best_val_loss"] == pytest.approx(min(vals))
     assert s["params_total"] == s["params_trainable"] > 100_000
     assert s["steps"] == 40 and s["train_tokens"] == 40 * 4 * 32 and s["tokens_per_s"] > 0

@@ -173,7 +173,7 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
             f"GGUF read-back mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     deq = Engine(model, base.tokenizer, name=f"{base.name} (gguf {cfg.gguf_type})")
-    res["perplexity_torch_dequantized"] = round(perplexity(deq, texts, cfg.max_tokens), 3)
+    res["perplexity_torch_dequantized"] = perplexity(deq, texts, cfg.max_tokens)
     del deq, model, state
     version = gx.llama_cpp_version()
     if version is None:
@@ -187,7 +187,7 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
     threads = torch.get_num_threads()
     ids = [base.encode(t)[: cfg.max_tokens] for t in texts]
     llm = gx.load_llama(out, n_ctx=max(64, max(len(i) for i in ids)), logits_all=True)
-    res["perplexity"] = round(gx.llama_perplexity(llm, ids), 3)
+    res["perplexity"] = gx.llama_perplexity(llm, ids)
     del llm
     prompt = base.encode(BENCH_PROMPT)
     llm = gx.load_llama(out, n_ctx=len(prompt) + cfg.bench_tokens + 8)
@@ -227,7 +227,7 @@ def run(cfg: QuantizeConfig) -> int:
             "size_on_disk_bytes": dir_bytes(src),
             "state_bytes": state_bytes(base.model),
             "tokens_per_s": round(tokens_per_s(base, cfg.bench_tokens), 2),
-            "perplexity": round(perplexity(base, texts, cfg.max_tokens), 3),
+            "perplexity": perplexity(base, texts, cfg.max_tokens),
         }
         if cfg.method == "int8":
             tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
@@ -253,7 +253,7 @@ def run(cfg: QuantizeConfig) -> int:
                 "size_on_disk_bytes": dir_bytes(out),
                 "state_bytes": state_bytes(q.model),
                 "tokens_per_s": round(tokens_per_s(q, cfg.bench_tokens), 2),
-                "perplexity": round(perplexity(q, texts, cfg.max_tokens), 3),
+                "perplexity": perplexity(q, texts, cfg.max_tokens),
             }
         else:
             res["quantized"] = measure_gguf(base, out, texts, cfg)
@@ -320,7 +320,7 @@ def _table(res: dict) -> None:
     t.add_row(
         f"perplexity ({res['eval']['texts']} texts)",
         f"{f['perplexity']:.3f}",
-        str(q.get("perplexity") or "-"),
+        f"{q['perplexity']:.3f}" if q.get("perplexity") else "-",
         f"{r['perplexity_change']:+.2%}" if r["perplexity_change"] is not None else "-",
     )
     if "perplexity_torch_dequantized" in q and q.get("tokens_per_s") is not None:

@@ -18,6 +18,7 @@ that holds only pickle weights (``pytorch_model.bin``) is refused with an explan
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -194,7 +195,11 @@ def resolve(spec: str, allow_pickle: bool = False) -> Path:
         _check_safe(p, allow_pickle)
         return p.resolve()
     if p.is_file() and p.suffix == ".gguf":
-        out = models_cache() / f"gguf-{p.stem}-{p.stat().st_size}"
+        # Keyed by content: a re-exported file keeps its name and often its size (same shapes),
+        # and must not be served the previous conversion.
+        with p.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        out = models_cache() / f"gguf-{p.stem}-{digest}"
         return out if (out / "config.json").is_file() else gguf_to_hf(p, out)
     if p.is_file() and p.name == "config.json":
         return p.parent.resolve()

@@ -306,11 +306,14 @@ class BatchStream:
     def epoch_of(self, i: int) -> float:
         return i / self.per_epoch
 
-    def batch(self, i: int) -> dict[str, torch.Tensor]:
+    def rows(self, i: int) -> np.ndarray:
+        """The dataset indices of this rank's part of global micro-batch ``i``."""
         epoch, j = divmod(i, self.per_epoch)
-        order = self._order(epoch)
         start = j * self.global_batch + self.rank * self.per_rank
-        return self.ds.collate(order[start : start + self.per_rank])
+        return self._order(epoch)[start : start + self.per_rank]
+
+    def batch(self, i: int) -> dict[str, torch.Tensor]:
+        return self.ds.collate(self.rows(i))
 
 
 def eval_batches(dataset, batch_size: int, max_batches: int | None) -> list[dict]:
