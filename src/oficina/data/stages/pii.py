@@ -7,7 +7,7 @@ confirmed by a check before it is redacted:
     and bare digit runs only right after the word "CPF" / "CNPJ";
   * IPv4: four octets ≤ 255 not embedded in a longer dotted number; IPv6 via ``ipaddress``;
   * phones: an international ``+CC`` prefix, an area code in parentheses, a Brazilian mobile
-    ``9XXXX-XXXX``, or the North American ``XXX-XXX-XXXX`` shape; 8-15 digits in all.
+    ``9dddd-dddd``, or the North American ``ddd-ddd-dddd`` shape (d: a digit); 8-15 digits.
 Secrets: well-known key prefixes (OpenAI ``sk-``, GitHub ``ghp_``, AWS ``AKIA``, Google
 ``AIza``, Slack ``xox?-``, Hugging Face ``hf_``, GitLab ``glpat-``), JWTs, ``Bearer`` tokens and
 ``api_key = ...`` style assignments (the value only is redacted).
