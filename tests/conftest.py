@@ -85,6 +85,11 @@ def make_tiny_lm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64) ->
     return out
 
 
+def random_model_seed() -> int:
+    """OFICINA_TEST_SEED (default 0): the seed of tiny_lm's random weights."""
+    return int(os.environ.get("OFICINA_TEST_SEED", "0"))
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> Path:
     """A tiny random Llama HF directory (safetensors + tokenizer.json + chat template).
@@ -92,8 +97,7 @@ def tiny_lm(tmp_path_factory) -> Path:
     OFICINA_TEST_SEED draws other random weights: a test that passes only for seed 0 leans on
     what one random model happens to generate, which another CPU can change (CI did).
     """
-    seed = int(os.environ.get("OFICINA_TEST_SEED", "0"))
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), seed=seed)
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), seed=random_model_seed())
 
 
 @pytest.fixture(scope="session")

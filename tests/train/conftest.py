@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +60,9 @@ def root_conftest():
 @pytest.fixture(scope="session")
 def other_lm(tmp_path_factory) -> Path:
     """A second tiny model: same tokenizer and shape as tiny_lm, different random weights."""
-    seed = int(os.environ.get("OFICINA_TEST_SEED", "0")) + 1  # never tiny_lm's seed
-    return root_conftest().make_tiny_lm(tmp_path_factory.mktemp("other-lm"), seed=seed)
+    root = root_conftest()
+    seed = root.random_model_seed() + 1  # never tiny_lm's seed
+    return root.make_tiny_lm(tmp_path_factory.mktemp("other-lm"), seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -364,7 +364,7 @@ class Engine:
                 for b, r in enumerate(rows):
                     if r.params.echo:
                         n = len(r.prompt_ids)
-                        r.prompt_logprobs = self._score(
+                        r.prompt_logprobs = self.score_sequence(
                             out.logits[b, width - n :].float(), r.prompt_ids, r.params.logprobs or 0
                         )
             logits = out.logits[:, -1, :].float()
@@ -384,14 +384,7 @@ class Engine:
                     r.steps += 1
                     if r.logprobs is not None:
                         lp = torch.log_softmax(logits[b], -1)
-                        r.logprobs.append(
-                            TokenLogprob(
-                                self._token_str(tid),
-                                tid,
-                                float(lp[tid]),
-                                self._top(lp, r.params.logprobs),
-                            )
-                        )
+                        r.logprobs.append(self.token_logprob(lp, tid, r.params.logprobs))
                     if tid in self.eos_ids:
                         r.finish = "stop"
                         continue
@@ -454,18 +447,15 @@ class Engine:
             return delta
         return ""
 
-    def _score(self, logits: torch.Tensor, ids: list[int], top: int) -> list[TokenLogprob]:
+    def token_logprob(self, logp: torch.Tensor, tid: int, top: int) -> TokenLogprob:
+        """Token ``tid`` under one row of log-probabilities, with its ``top`` alternatives."""
+        return TokenLogprob(self._token_str(tid), tid, float(logp[tid]), self._top(logp, top))
+
+    def score_sequence(self, logits: torch.Tensor, ids: list[int], top: int) -> list[TokenLogprob]:
         """Per-token logprobs of a sequence from the logits at its positions (first is None)."""
         lp = torch.log_softmax(logits, -1)
-        out = [TokenLogprob(self._token_str(ids[0]), ids[0], None, [])]
-        for t in range(1, len(ids)):
-            row = lp[t - 1]
-            out.append(
-                TokenLogprob(
-                    self._token_str(ids[t]), ids[t], float(row[ids[t]]), self._top(row, top)
-                )
-            )
-        return out
+        first = TokenLogprob(self._token_str(ids[0]), ids[0], None, [])
+        return [first] + [self.token_logprob(lp[t - 1], ids[t], top) for t in range(1, len(ids))]
 
     def _completion(self, r: _Row) -> Completion:
         return Completion(

@@ -59,36 +59,14 @@ def score_ids(
     """Exact scoring of given token ids (echo), plus one greedy/sampled token if asked."""
     import torch
 
-    from oficina.infer.engine import TokenLogprob
-
     results = []
     with torch.inference_mode():
         for ids in ids_list:
             logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
-            lp = torch.log_softmax(logits, -1)
-
-            def tops(row):
-                if top <= 0:
-                    return []
-                vals, idx = torch.topk(row, min(top, row.shape[-1]))
-                return [
-                    (engine.tokenizer.decode([int(i)]), float(v))
-                    for v, i in zip(vals, idx, strict=True)
-                ]
-
-            items = [TokenLogprob(engine.tokenizer.decode([ids[0]]), ids[0], None, [])]
-            for t in range(1, len(ids)):
-                items.append(
-                    TokenLogprob(
-                        engine.tokenizer.decode([ids[t]]),
-                        ids[t],
-                        float(lp[t - 1, ids[t]]),
-                        tops(lp[t - 1]),
-                    )
-                )
+            items = engine.score_sequence(logits, ids, top)
             new: list = []
             if add_next:
-                row = lp[-1]
+                row = torch.log_softmax(logits[-1], -1)
                 if temperature > 0:
                     g = torch.Generator().manual_seed(
                         seed if seed is not None else secrets.randbits(63)
@@ -100,8 +78,6 @@ def score_ids(
                     )
                 else:
                     tid = int(torch.argmax(row))
-                new.append(
-                    TokenLogprob(engine.tokenizer.decode([tid]), tid, float(row[tid]), tops(row))
-                )
+                new.append(engine.token_logprob(row, tid, top))
             results.append((items, new))
     return results
