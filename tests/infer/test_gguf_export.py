@@ -200,9 +200,11 @@ def test_smollm2_tokenizer_is_recognised_as_llama_cpp_does(smollm2):
     assert detect_pre(tok, tj) == "smollm"
 
 
-def test_oficina_loads_its_own_gguf_export(tiny_lm, tmp_path):
+def test_oficina_loads_its_own_gguf_export(tiny_lm, tmp_path, monkeypatch):
     """A ``.gguf`` spec goes through oficina.models.sources: same greedy text as the original."""
     from oficina.infer.engine import Engine, SamplingParams
+
+    monkeypatch.setenv("OFICINA_CACHE", str(tmp_path / "cache"))  # keep the user's cache clean
 
     out = tmp_path / "m.gguf"
     export_gguf(tiny_lm, out, "f32")
@@ -213,11 +215,15 @@ def test_oficina_loads_its_own_gguf_export(tiny_lm, tmp_path):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
 
 
-def test_a_re_exported_gguf_of_the_same_name_and_size_is_converted_again(tiny_lm, tmp_path):
+def test_a_re_exported_gguf_of_the_same_name_and_size_is_converted_again(
+    tiny_lm, tmp_path, monkeypatch
+):
     """The conversion cache is keyed by content, not name + size (a stale model was served)."""
     from safetensors.torch import load_file, save_file
 
     from oficina.models.sources import resolve
+
+    monkeypatch.setenv("OFICINA_CACHE", str(tmp_path / "cache"))
 
     changed = tmp_path / "changed"
     shutil.copytree(tiny_lm, changed)
@@ -231,6 +237,6 @@ def test_a_re_exported_gguf_of_the_same_name_and_size_is_converted_again(tiny_lm
     assert (tmp_path / "a" / "m.gguf").stat().st_size == (tmp_path / "b" / "m.gguf").stat().st_size
     first = resolve(str(tmp_path / "a" / "m.gguf"))
     second = resolve(str(tmp_path / "b" / "m.gguf"))
-    assert first != second
+    assert first != second and first.parent == tmp_path / "cache" / "models"
     norm = [load_file(d / "model.safetensors")["model.norm.weight"] for d in (first, second)]
     assert torch.equal(norm[1], norm[0] * 2)
