@@ -234,3 +234,53 @@ def test_extreme_sampling_parameters_stay_finite(tiny_lm):
             SamplingParams(max_new_tokens=4, temperature=kw.pop("temperature", 1.0), seed=0, **kw),
         )
         assert out[0].completion_tokens == 4 or out[0].finish_reason == "stop"
+
+
+def _greedy_first(engine, prompt: str) -> int:
+    return engine.generate([prompt], SamplingParams(max_new_tokens=1))[0].token_ids[0]
+
+
+def test_min_tokens_and_ignore_eos_make_the_length_deterministic(engine, monkeypatch):
+    """Make the model's own greedy choice the end-of-sequence token: without the two controls the
+    row stops at once; min_tokens forbids EOS (and stop strings) for that many tokens, ignore_eos
+    runs to max_new_tokens — whatever the random weights are."""
+    prompt = PROMPTS[0]
+    eos = _greedy_first(engine, prompt)
+    monkeypatch.setattr(engine, "eos_ids", {eos})
+    plain = engine.generate([prompt], SamplingParams(max_new_tokens=12))[0]
+    assert plain.finish_reason == "stop" and plain.completion_tokens == 1 and plain.token_ids == []
+
+    held = engine.generate([prompt], SamplingParams(max_new_tokens=12, min_tokens=5))[0]
+    assert len(held.token_ids) >= 5 and eos not in held.token_ids[:5]
+
+    forced = engine.generate([prompt], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
+    assert forced.finish_reason == "length" and forced.completion_tokens == 12
+    assert forced.token_ids[0] == eos  # generated, kept, and generation went on
+
+    # a stop string that the first token's text would hit is not applied before min_tokens
+    monkeypatch.setattr(engine, "eos_ids", set())
+    first_text = engine.generate([prompt], SamplingParams(max_new_tokens=1))[0].text
+    if first_text:
+        stop = [first_text[0]]
+        cut = engine.generate([prompt], SamplingParams(max_new_tokens=12, stop=stop))[0]
+        assert cut.text == "" and cut.finish_reason == "stop"
+        late = engine.generate([prompt], SamplingParams(max_new_tokens=12, stop=stop, min_tokens=4))
+        assert late[0].completion_tokens >= 4
+
+
+def test_on_token_is_called_every_step(engine):
+    """A caller's per-token check (the server's deadline) runs on every step of a row, even
+    when the step's text is held back, so it cannot be skipped by what the model generates."""
+    calls: list[int] = []
+    out = engine.generate(
+        [PROMPTS[2]],
+        SamplingParams(max_new_tokens=20, ignore_eos=True),
+        lambda i, delta: calls.append(i),
+    )[0]
+    assert out.completion_tokens == 20 and len(calls) == 20
+
+
+@pytest.mark.parametrize("bad", [{"min_tokens": -1}, {"min_tokens": 9, "max_new_tokens": 8}])
+def test_min_tokens_is_validated(bad):
+    with pytest.raises(UserError, match="min_tokens"):
+        SamplingParams(**bad).validate()

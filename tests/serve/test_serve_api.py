@@ -146,7 +146,7 @@ def test_api_key(serve):
 
 def test_overload_is_429_with_retry_after(serve):
     url = serve(max_concurrent=1, max_queue=0)
-    # A long streaming request (greedy on a random model: no early EOS) holds the only slot.
+    # A long streaming request (480 forced tokens per choice) holds the only slot.
     with http.stream(
         "POST",
         url + "/v1/completions",
@@ -154,6 +154,7 @@ def test_overload_is_429_with_retry_after(serve):
             "model": "tiny",
             "prompt": "a",
             "max_tokens": 480,
+            "ignore_eos": True,  # 4 x 480 tokens whatever the random model generates
             "n": 4,
             "stream": True,
             "temperature": 0,
@@ -171,7 +172,8 @@ def test_overload_is_429_with_retry_after(serve):
 
 
 def test_queue_timeout_is_429(serve):
-    url = serve(max_concurrent=1, max_queue=4, queue_timeout_s=0.3)
+    # 0.05 s in the queue against >= 4 x 480 decode steps of the holder: any CPU takes longer.
+    url = serve(max_concurrent=1, max_queue=4, queue_timeout_s=0.05)
     with http.stream(
         "POST",
         url + "/v1/completions",
@@ -179,6 +181,7 @@ def test_queue_timeout_is_429(serve):
             "model": "tiny",
             "prompt": "a",
             "max_tokens": 480,
+            "ignore_eos": True,  # 4 x 480 tokens whatever the random model generates
             "n": 4,
             "stream": True,
             "temperature": 0,
@@ -189,7 +192,7 @@ def test_queue_timeout_is_429(serve):
         r = http.post(
             url + "/v1/completions", json={"model": "tiny", "prompt": "b", "max_tokens": 2}
         )
-        assert r.status_code == 429 and "waited 0.3s" in r.json()["error"]["message"]
+        assert r.status_code == 429 and "waited 0.05s" in r.json()["error"]["message"]
         assert r.headers["retry-after"] == "1"
 
 
@@ -303,6 +306,7 @@ def test_client_disconnect_cancels_generation(serve):
             "model": "tiny",
             "prompt": "a",
             "max_tokens": 500,
+            "ignore_eos": True,  # cannot end on its own before the client leaves
             "stream": True,
             "temperature": 1,
             "seed": 3,
@@ -318,8 +322,17 @@ def test_client_disconnect_cancels_generation(serve):
 
 
 def test_timeouts(serve):
-    url = serve(request_timeout_s=0.05)
-    body = {"model": "tiny", "prompt": "a", "max_tokens": 500, "temperature": 1, "seed": 3}
+    # 480 forced tokens (ignore_eos) take far longer than 0.02 s on any CPU, and the deadline is
+    # checked on every decode step: the verdict depends on neither the machine nor the weights.
+    url = serve(request_timeout_s=0.02)
+    body = {
+        "model": "tiny",
+        "prompt": "a",
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "temperature": 1,
+        "seed": 3,
+    }
     r = http.post(url + "/v1/completions", json=body)
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     # mid-stream: an error event, then [DONE]
@@ -407,3 +420,24 @@ def test_alternatives_that_decode_to_the_same_text_are_all_kept():
         ("a", -2.0),
     ]
     assert legacy_logprobs(items)["top_logprobs"] == [{"\ufffd": -0.5, "a": -2.0}]
+
+
+def test_ignore_eos_and_min_tokens_fields(serve):
+    """vLLM's length fields: ignore_eos runs to max_tokens; min_tokens above max_tokens is a 400."""
+    url = serve()
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+    r = http.post(url + "/v1/completions", json=body).json()
+    assert r["usage"]["completion_tokens"] == 30 and r["choices"][0]["finish_reason"] == "length"
+    chat = http.post(
+        url + "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 25,
+            "min_tokens": 25,
+            "temperature": 0,
+        },
+    ).json()
+    assert chat["usage"]["completion_tokens"] == 25
+    bad = http.post(url + "/v1/completions", json={**body, "min_tokens": 31})
+    assert bad.status_code == 400 and "min_tokens" in bad.json()["error"]["message"]

@@ -14,8 +14,10 @@ What it does, and why it is written out rather than calling ``model.generate``:
     penalty, seed — each row has its own ``torch.Generator``, so a seed gives the same text
     whatever else shares the batch);
   * stop strings cut from the text, EOS, ``max_new_tokens`` bounded by the context length;
-  * **streaming**: ``on_token(i, delta)`` as row i's text grows (text that might be the start of
-    a stop string, or half a UTF-8 character, is held back); returning False cancels that row;
+    ``min_tokens`` and ``ignore_eos`` (vLLM's fields) make the length deterministic;
+  * **streaming**: ``on_token(i, delta)`` once per decode step of each running row, with the text
+    row i gained (possibly empty: text that might be the start of a stop string, or half a UTF-8
+    character, is held back); returning False cancels that row;
   * **log-probabilities** of completion tokens (chosen + top-N) and, with ``echo``, of the prompt
     tokens; ``loglikelihood`` for evaluation harnesses (lm-eval style).
 Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model).
@@ -81,6 +83,12 @@ class SamplingParams:
     seed: int | None = None  # same seed -> same text
     logprobs: int | None = None  # None: off; N: chosen token + top-N alternatives per token
     echo: bool = False  # also score the prompt tokens (prompt_logprobs)
+    # vLLM's two length controls (OpenAI-compatible servers accept them as request fields):
+    # no end-of-sequence token and no stop string before min_tokens tokens; ignore_eos keeps
+    # generating past EOS up to max_new_tokens. They make length independent of what a model
+    # happens to generate — benchmarks and tests rely on that.
+    min_tokens: int = 0
+    ignore_eos: bool = False
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field (the server maps it to a 400)."""
@@ -94,6 +102,11 @@ class SamplingParams:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
             raise UserError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (0 <= self.min_tokens <= self.max_new_tokens):
+            raise UserError(
+                f"min_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
+                f"got {self.min_tokens}"
+            )
         if self.logprobs is not None and not (0 <= self.logprobs <= 20):
             raise UserError(f"logprobs must be between 0 and 20, got {self.logprobs}")
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -349,6 +362,7 @@ class Engine:
         # it would alone; pads get 1 (never attended to, any value is fine — HF uses 1 too).
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         echo = any(r.params.echo for r in rows)
+        eos_list = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
         cache = DynamicCache(config=self.model.config)
         active = list(range(len(rows)))  # batch position -> index into rows
         with torch.inference_mode():
@@ -379,21 +393,25 @@ class Engine:
                         r.finish = "length"
                         chosen.append(pad)
                         continue
-                    tid = self._choose(logits[b], r)
+                    row_logits = logits[b]
+                    if len(r.generated) < r.params.min_tokens and eos_list.numel():
+                        # As HF's MinNewTokensLengthLogitsProcessor: EOS cannot be chosen yet.
+                        row_logits = row_logits.index_fill(0, eos_list, float("-inf"))
+                    tid = self._choose(row_logits, r)
                     chosen.append(tid)
                     r.steps += 1
-                    if r.logprobs is not None:
+                    if r.logprobs is not None:  # the model's own distribution, as vLLM reports
                         lp = torch.log_softmax(logits[b], -1)
                         r.logprobs.append(self.token_logprob(lp, tid, r.params.logprobs))
-                    if tid in self.eos_ids:
+                    if tid in self.eos_ids and not r.params.ignore_eos:
                         r.finish = "stop"
                         continue
                     r.generated.append(tid)
                     if r.params.repetition_penalty != 1.0:
                         r.seen = torch.unique(torch.cat([r.seen, torch.tensor([tid])]))
-                    delta = self._advance(r)
-                    if delta:
-                        yield ri, delta
+                    # Yielded every step, even with no new text, so a caller's on_token sees each
+                    # step (a deadline is checked per token, not per visible piece of text).
+                    yield ri, self._advance(r)
                     if ri in cancelled and r.finish is None:
                         r.finish = "cancelled"
                     if r.finish is None and len(r.generated) >= r.limit:
@@ -431,7 +449,8 @@ class Engine:
     def _advance(self, r: _Row) -> str:
         """Re-decode row r's text, apply stop strings; return the text that is now safe to show."""
         text = self._decode(r.generated)
-        stops = r.params.stop
+        # No stop string before min_tokens tokens (vLLM's rule): it would end the row early.
+        stops = r.params.stop if len(r.generated) >= r.params.min_tokens else []
         if stops:
             # Only the new tail can hold a new stop string; search from just before it.
             start = max(0, len(r.text) - max(len(s) for s in stops))
@@ -491,7 +510,7 @@ class Engine:
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Text deltas of one prompt as they are produced; stop iterating to cancel."""
         rows = self._rows([prompt], [params])
-        yield from (delta for _, delta in self._loop(rows, set()))
+        yield from (delta for _, delta in self._loop(rows, set()) if delta)
 
     def loglikelihood(
         self, requests: list[tuple[str, str]], batch_size: int = 8

@@ -281,6 +281,8 @@ class Server:
             seed=seed,
             logprobs=logprobs,
             echo=echo,
+            min_tokens=req.min_tokens,
+            ignore_eos=req.ignore_eos,
         )
         try:
             p.validate()

@@ -36,6 +36,14 @@ class _Sampling(_Body):
         None
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        description="vLLM extension: no end-of-sequence or stop string before this many tokens",
+    )
+    ignore_eos: bool = Field(
+        False, description="vLLM extension: keep generating past end-of-sequence up to max_tokens"
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -211,7 +211,7 @@ class Scheduler:
             if time.monotonic() > job.deadline:
                 job.timed_out = True
                 return False
-            if job.stream:
+            if job.stream and delta:
                 job.push(("delta", k, delta))
             return None
 
