@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup llama demo test lint format bench clean
+.PHONY: setup system-test-deps llama demo test lint format bench clean
 
 setup: $(STAMP)
 
@@ -52,8 +52,24 @@ demo: setup
 	@echo; echo "== 4/4 The adaptation ladder: which adaptation is cheapest for this domain? =="
 	$(OFI) ladder examples/ladder.yaml --out out/ladder
 
+# What the tests need from Debian, as "command=package": the browser tests drive Debian's
+# chromium. Installed with apt when missing and we are root; otherwise one line says what to
+# install and make stops before any test runs (never a red test that looks like a bug).
+DEB_TEST := chromium=chromium
+system-test-deps:
+	@missing=""; for cp in $(DEB_TEST); do command -v $${cp%%=*} >/dev/null 2>&1 || missing="$$missing $${cp#*=}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing from Debian for the tests:$$missing"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; } \
+	      || { echo "make: apt-get could not install$$missing; install it, then run make test again" >&2; exit 1; }; \
+	  else \
+	    echo "make: the tests need Debian's$$missing: run 'sudo apt-get install -y$$missing', then make test again" >&2; exit 1; \
+	  fi; \
+	fi
+
 # pytest exits 5 when it collects nothing; that is a broken suite, not a pass, so say so.
-test: setup
+test: setup system-test-deps
 	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

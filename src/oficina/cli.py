@@ -15,6 +15,12 @@ import os
 import sys
 from dataclasses import dataclass
 
+# Before anything loads torch (OpenMP reads this once, at load): a waiting OpenMP thread sleeps
+# instead of spinning. With the default busy-wait, two oficina processes on one machine spin
+# against each other — a LoRA step measured 1.4 s alone took 12.9 s beside a second busy
+# oficina process (benchmarks/omp_wait.py measures it). A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from oficina import __version__
 from oficina.errors import UserError
 
