@@ -16,7 +16,6 @@ word on held-out text, for several tokenizers side by side.
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import Field
 from oficina.config import VerbConfig
 from oficina.data.readers import iter_texts
 from oficina.errors import UserError
+from oficina.measure import start_span
 from oficina.workspace import start_run
 
 CHATML = (
@@ -112,6 +112,7 @@ def train(cfg: TokenizerTrainConfig) -> int:
         if t not in cfg.special_tokens:
             raise UserError(f"token {t!r} must be one of --special-tokens {cfg.special_tokens}")
     out = Path(cfg.out)
+    mem = start_span()
     with start_run("tokenizer train", cfg) as run:
         for spec in cfg.inputs:
             run.add_input("text", spec)
@@ -150,7 +151,7 @@ def train(cfg: TokenizerTrainConfig) -> int:
             "wall_time_s": round(wall, 3),
             "mb_per_s": round(counter["bytes"] / 1e6 / wall, 3) if wall > 0 else None,
             "bytes_per_token_train_sample": round(len(sample.encode("utf-8")) / n_tok, 3),
-            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory_mb": round(mem.stop().peak_mb, 1),
         }
         run.summary.update(summary)
         run.add_output("tokenizer", out)

@@ -17,10 +17,8 @@ Reported, each metric with a percentile-bootstrap interval over items (seeded): 
 macro-F1 (classification), accuracy and lm-eval's acc/acc_norm (multiple choice), exact match,
 token F1 and ROUGE-L (generation), perplexity and bits per byte (held-out text, sliding window).
 Inference cost: latency per item, tokens/s, prompt tokens, parameters and peak memory — the
-process's resident-set high-water mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
-when this command starts, so it covers loading the model plus evaluating it; elsewhere
-``getrusage`` ru_maxrss, the whole process's peak). tracemalloc is not used: it does not see
-PyTorch's C++ allocations.
+resident-set high-water mark of this command's span of work (``oficina.measure``: Linux
+``VmHWM`` reset when the command starts, so it covers loading the model plus evaluating it).
 
 Everything lands in the run folder: ``metrics.json`` (all numbers), ``predictions.jsonl`` (one
 line per item, what a later ``--baseline`` comparison reads) and the registry row.
@@ -32,7 +30,6 @@ import json
 import os
 import random
 import re
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ from oficina.errors import UserError
 from oficina.evals import metrics as M
 from oficina.evals import tasks as T
 from oficina.jsonl import read_jsonl
+from oficina.measure import current_mb, param_counts, start_span
 
 TaskType = Literal["classification", "multiple_choice", "generation", "perplexity"]
 
@@ -271,51 +269,6 @@ def read_texts(path: Path, text_field: str = "text") -> list[str]:
     if not texts:
         raise UserError(f"{path} holds no text to compute perplexity on")
     return texts
-
-
-# ---------------------------------------------------------------------------- memory
-
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        m = re.search(rf"^{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-class PeakMemory:
-    """Resident-set high-water mark of this process from ``reset()`` on.
-
-    Linux: ``VmHWM`` after writing 5 to ``/proc/self/clear_refs`` (which resets it to the
-    current RSS). Elsewhere: ``getrusage`` ru_maxrss, the peak of the whole process.
-    """
-
-    def __init__(self) -> None:
-        self.method = "ru_maxrss (process lifetime)"
-
-    def reset(self) -> PeakMemory:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            if _proc_status_kb("VmHWM") is not None:
-                self.method = "VmHWM (reset at start)"
-        except OSError:
-            pass
-        return self
-
-    @staticmethod
-    def current_mb() -> float | None:
-        kb = _proc_status_kb("VmRSS")
-        return kb / 1024 if kb is not None else None
-
-    def peak_mb(self) -> float:
-        if self.method.startswith("VmHWM"):
-            kb = _proc_status_kb("VmHWM")
-            if kb is not None:
-                return kb / 1024
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -562,8 +515,8 @@ def run(cfg: EvalConfig) -> int:
     from oficina.workspace import atomic_write_json, atomic_write_text, start_run
 
     t_start = time.perf_counter()
-    mem = PeakMemory().reset()
-    rss_start = PeakMemory.current_mb()
+    mem = start_span()
+    rss_start = current_mb()
     task = load_task(cfg.task, cfg.split)
     task.rows = sample(task.rows, cfg.limit, cfg.seed)
     texts: list[str] | None = None
@@ -590,8 +543,8 @@ def run(cfg: EvalConfig) -> int:
         t0 = time.perf_counter()
         engine = Engine.from_spec(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
         load_s = time.perf_counter() - t0
-        rss_loaded = PeakMemory.current_mb()
-        params = sum(p.numel() for p in engine.model.parameters())
+        rss_loaded = current_mb()
+        params = param_counts(engine.model)[0]
         weights_mb = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
 
         res = evaluate(cfg, engine, task, texts)
@@ -599,7 +552,7 @@ def run(cfg: EvalConfig) -> int:
         res["inference"].update(
             load_s=load_s,
             total_wall_s=time.perf_counter() - t_start,
-            peak_rss_mb=mem.peak_mb(),
+            peak_rss_mb=mem.stop().peak_mb,
             rss_before_load_mb=rss_start,
             rss_after_load_mb=rss_loaded,
             weights_mb=weights_mb,

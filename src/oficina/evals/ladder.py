@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
 from oficina.evals.report import Cost, InferenceCost, RungResult, recommend, write
 from oficina.jsonl import read_jsonl
+from oficina.measure import param_counts, peak_memory, usd
 from oficina.workspace import atomic_write_text, start_run
 
 # ---------------------------------------------------------------------------- config
@@ -155,20 +155,6 @@ class LadderConfig(VerbConfig):
     rungs: Rungs = Rungs()
 
 
-# ---------------------------------------------------------------------------- measurement helpers
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (the kernel's high-water mark)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def count_params(model) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
-
-
 class Ladder:
     """Holds the shared state of one ladder run: data, the base engine, costs, results."""
 
@@ -206,7 +192,7 @@ class Ladder:
 
     # -- costs ------------------------------------------------------------------
     def usd_for_seconds(self, seconds: float) -> float:
-        return seconds / 3600.0 * self.cfg.usd_per_hour
+        return usd(seconds, self.cfg.usd_per_hour)
 
     def training_usd(self, wall_s: float, flops: float) -> float:
         """Dollars to train: measured time here, or FLOPs at the stated utilisation elsewhere."""
@@ -224,7 +210,7 @@ class Ladder:
         return self._base_engine
 
     def base_params(self) -> int:
-        return count_params(self.base_engine().model)[0]
+        return param_counts(self.base_engine().model)[0]
 
     # -- evaluation shared by every rung ----------------------------------------
     def evaluate(
@@ -238,10 +224,12 @@ class Ladder:
         from oficina.evals.tasks import classify
 
         rows = rows if rows is not None else self.test
-        t0 = time.perf_counter()
-        res = classify(engine, rows, self.labels, template or self.template, fewshot=fewshot)
-        wall = time.perf_counter() - t0
+        # This rung's own inference peak (not the process's: a training rung ran before it).
+        with peak_memory() as mem:
+            res = classify(engine, rows, self.labels, template or self.template, fewshot=fewshot)
+        wall = mem.wall_s
         res.setdefault("latency_s_per_item", wall / max(1, len(rows)))
+        res["peak_memory_mb"] = mem.peak_mb
         self.run.log(
             {"rung": name, "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "eval_s": wall}
         )
@@ -263,7 +251,7 @@ class Ladder:
         metric = self.cfg.metric
         quality = float(res[metric])
         ci = res.get("ci", {}).get(metric) if isinstance(res.get("ci"), dict) else None
-        total, trainable = count_params(engine.model)
+        total, trainable = param_counts(engine.model)
         prompt_tokens = float(res.get("prompt_tokens_mean", 0.0))
         latency = float(res["latency_s_per_item"])
         # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
@@ -279,7 +267,7 @@ class Ladder:
             inference=InferenceCost(
                 latency_s_per_item=latency,
                 tokens_per_s=tps,
-                peak_memory_mb=peak_rss_mb(),
+                peak_memory_mb=float(res["peak_memory_mb"]),
                 prompt_tokens_mean=prompt_tokens,
                 usd_per_1k_requests=self.usd_for_seconds(latency * 1000.0),
             ),
@@ -349,14 +337,14 @@ def rung_rag(L: Ladder) -> RungResult:
 
     c = L.cfg.rungs.rag
     index_dir = L.out / "rag-index"
-    t0 = time.perf_counter()
-    docs, _ = read_documents([L.cfg.corpus])
     from oficina.rag.embed import Embedder
 
-    embedder = Embedder("minilm-l6", precision=c.precision)
-    # incremental: a rerun re-embeds nothing
-    build_index(docs, index_dir, embedder=embedder, progress=False)
-    build_s = time.perf_counter() - t0
+    with peak_memory() as build:
+        docs, _ = read_documents([L.cfg.corpus])
+        embedder = Embedder("minilm-l6", precision=c.precision)
+        # incremental: a rerun re-embeds nothing
+        build_index(docs, index_dir, embedder=embedder, progress=False)
+    build_s = build.wall_s
     index = Index.open(index_dir, embedder=embedder)
     titles = {d.doc_id: d.meta.get("title", d.doc_id) for d in docs}
 
@@ -381,7 +369,7 @@ def rung_rag(L: Ladder) -> RungResult:
         res,
         # Building the index is the one-off cost of RAG: embedding the corpus.
         training=Cost(
-            wall_time_s=build_s, peak_memory_mb=peak_rss_mb(), usd=L.usd_for_seconds(build_s)
+            wall_time_s=build_s, peak_memory_mb=build.peak_mb, usd=L.usd_for_seconds(build_s)
         ),
         data={"labelled_examples": 0, "corpus_documents": len(docs), "chunks": n_chunks},
         artifacts={"index": str(index_dir)},
@@ -662,24 +650,24 @@ def rung_quantize(L: Ladder) -> RungResult:
         plain = _as_plain_model(L, base, adapter, name="best")
     else:
         source, plain = "zero_shot", L.cfg.base_model
-    t0 = time.perf_counter()
-    fp = Engine.from_spec(plain)
-    float_bytes = state_bytes(fp.model)
-    eng = Engine(quantize_int8(fp.model), fp.tokenizer, name=f"{source}-int8")
-    q_bytes = state_bytes(eng.model)
-    wall = time.perf_counter() - t0
+    with peak_memory() as work:
+        fp = Engine.from_spec(plain)
+        float_bytes = state_bytes(fp.model)
+        eng = Engine(quantize_int8(fp.model), fp.tokenizer, name=f"{source}-int8")
+        q_bytes = state_bytes(eng.model)
+    wall = work.wall_s
     res = L.evaluate(eng, "quantize")
     r = L.measured(
         "quantize",
         f"{RUNG_TEXT['quantize']} (from {source}): weights {q_bytes / 1e6:.0f} MB vs {float_bytes / 1e6:.0f} MB float",
         eng,
         res,
-        training=Cost(wall_time_s=wall, usd=L.usd_for_seconds(wall)),
+        training=Cost(wall_time_s=wall, peak_memory_mb=work.peak_mb, usd=L.usd_for_seconds(wall)),
         data={"labelled_examples": 0 if source == "zero_shot" else len(L.train)},
         artifacts={"from": plain},
     )
     # Quantized Linear layers hide their weights from .parameters(): count the float model's.
-    r.params_total = count_params(fp.model)[0]
+    r.params_total = param_counts(fp.model)[0]
     r.extra_metrics["weights_mb"] = q_bytes / 1e6
     r.extra_metrics["float_weights_mb"] = float_bytes / 1e6
     return r

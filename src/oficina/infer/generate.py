@@ -14,7 +14,6 @@ is given (few-shot prompts are plain continuations, as in the seed's ``lemon:`` 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from typing import Literal
@@ -23,6 +22,7 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
+from oficina.measure import param_counts, start_span
 
 
 def unescape(s: str) -> str:
@@ -166,18 +166,11 @@ def build_prompt(cfg: GenerateConfig, engine) -> tuple[str, dict]:
     return text, info
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run(cfg: GenerateConfig) -> int:
     from oficina.infer.engine import Engine
     from oficina.workspace import atomic_write_text, start_run
 
+    mem = start_span()
     with start_run("generate", cfg) as rec:
         t_load = time.perf_counter()
         engine = Engine.from_spec(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
@@ -210,8 +203,8 @@ def run(cfg: GenerateConfig) -> int:
             "wall_time_s": round(wall, 3),
             "load_time_s": round(load_s, 3),
             "finish_reason": c.finish_reason,
-            "parameters": _params(engine.model),
-            "peak_memory_mb": round(_peak_rss_mb(), 1),
+            "parameters": param_counts(engine.model)[0],
+            "peak_memory_mb": round(mem.stop().peak_mb, 1),
             **info,
         }
         rec.summary.update(stats)
@@ -250,6 +243,7 @@ def chat(cfg: ChatConfig) -> int:
     from oficina.infer.engine import ContextLengthError, Engine
     from oficina.workspace import start_run
 
+    mem = start_span()
     with start_run("chat", cfg) as rec:
         engine = Engine.from_spec(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
         rec.add_input("model", engine.path or cfg.model)
@@ -317,8 +311,8 @@ def chat(cfg: ChatConfig) -> int:
             turns=turns,
             completion_tokens=total_tokens,
             tokens_per_s=round(total_tokens / total_time, 2) if total_time else 0.0,
-            parameters=_params(engine.model),
-            peak_memory_mb=round(_peak_rss_mb(), 1),
+            parameters=param_counts(engine.model)[0],
+            peak_memory_mb=round(mem.stop().peak_mb, 1),
         )
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import secrets
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
+from oficina.measure import param_counts, start_span
 from oficina.rag.retrieve import Hit, Index
 from oficina.workspace import start_run
 
@@ -250,6 +250,7 @@ def run(cfg: AskConfig) -> int:
     if not cfg.question.strip():
         raise UserError("the question is empty")
     t0 = time.perf_counter()
+    mem = start_span()
     with start_run("ask", cfg) as run_:
         run_.add_input("index", Path(cfg.index_dir) / "index.json")
         run_.add_input("model", cfg.model)
@@ -269,8 +270,8 @@ def run(cfg: AskConfig) -> int:
             answer_prefix=cfg.answer_prefix,
         )
         index.close()
-        out["parameters"] = sum(p.numel() for p in engine.model.parameters())
-        out["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        out["parameters"] = param_counts(engine.model)[0]
+        out["peak_memory_mb"] = round(mem.stop().peak_mb, 1)
         out["wall_time_s"] = round(time.perf_counter() - t0, 3)
         (run_.dir / "answer.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
         run_.add_output("answer", run_.dir / "answer.json")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from pydantic import Field
 
 from oficina.config import Section
 from oficina.errors import UserError
+from oficina.measure import param_counts
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
 from oficina.train.fused_ce import COMPILE_KERNEL, causal_lm_parts, compile_decoder
@@ -127,19 +127,6 @@ def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- pieces
 
 
-def param_counts(model) -> tuple[int, int]:
-    """(total, trainable), counting tied weights once."""
-    m = unwrap(model)
-    seen, total, trainable = set(), 0, 0
-    for p in m.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return total, trainable
-
-
 def make_optimizer(model, args: TrainArgs, fsdp: bool = False) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for _name, p in unwrap(model).named_parameters():
@@ -164,10 +151,6 @@ def make_scheduler(opt, args: TrainArgs, max_steps: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def peak_memory_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -29,9 +28,10 @@ from pydantic import Field
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
+from oficina.measure import MemorySpan, param_counts, start_span
 from oficina.train.checkpoint import unwrap
 from oficina.train.data import JsonlDataset, PackedDataset, load_jsonl_dataset, read_pack_meta
-from oficina.train.loop import NullRun, TrainArgs, dist_env, fit, param_counts, peak_memory_mb
+from oficina.train.loop import NullRun, TrainArgs, dist_env, fit
 from oficina.train.objectives import KD, SFT, CausalLM, Classification, Regression, check_same_vocab
 
 
@@ -183,17 +183,19 @@ def _save_hf(model, tokenizer, out: Path, rank: int, world: int) -> None:
         torch.distributed.barrier()
 
 
-def _summary(run, cfg_out: str, model, result, flops_per_token: float, t0: float) -> Summary:
+def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: MemorySpan) -> Summary:
     total, trainable = param_counts(model)
+    mem.stop()  # this verb's own peak: a ladder or a test running several verbs in one process
+    # must not see the peak of an earlier one
     s = Summary(
         {
             "out": str(Path(cfg_out).resolve()),
             "params_total": total,
             "params_trainable": trainable,
             "train_tokens": result.train_tokens,
-            "wall_time_s": round(time.perf_counter() - t0, 2),
+            "wall_time_s": round(mem.wall_s, 2),
             "flops": float(flops_per_token * result.train_tokens),
-            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "peak_memory_mb": round(mem.peak_mb, 1),
             "tokens_per_s": round(result.tokens_per_s, 1),
             "best_val_loss": result.best_val_loss,
             "steps": result.steps,
@@ -282,7 +284,7 @@ def _pack_tokenizer(meta: dict, fallback: str | None):
 def pretrain(cfg: PretrainConfig) -> Summary:
     from oficina.models.presets import is_preset
 
-    t0 = time.perf_counter()
+    mem = start_span()
     rank, world = dist_env()
     meta = read_pack_meta(cfg.data)
     seq_len = cfg.seq_len or meta["seq_len"]
@@ -322,7 +324,7 @@ def pretrain(cfg: PretrainConfig) -> Summary:
         if rank == 0:
             run.add_output("model", out)
         summary = _summary(
-            run, cfg.out, model, result, _flops_per_token(model.config, seq_len, True), t0
+            run, cfg.out, model, result, _flops_per_token(model.config, seq_len, True), mem
         )
     _finish_process_group()
     return summary
@@ -373,7 +375,7 @@ def _max_steps(cfg_steps: int | None, epochs: float, n: int, args: TrainArgs, wo
 def finetune(cfg: FinetuneConfig) -> Summary:
     from oficina.models.sources import load_tokenizer, resolve
 
-    t0 = time.perf_counter()
+    mem = start_span()
     rank, world = dist_env()
     base = resolve(cfg.model)
     tok = load_tokenizer(str(base))
@@ -439,7 +441,7 @@ def finetune(cfg: FinetuneConfig) -> Summary:
             run.add_output("adapter" if cfg.method == "lora" else "model", out)
         seq = max(len(e.ids) for e in train.examples)
         fpt = _flops_per_token(unwrap(model).config, seq, cfg.method == "full")
-        summary = _summary(run, cfg.out, model, result, fpt, t0)
+        summary = _summary(run, cfg.out, model, result, fpt, mem)
         summary.update(task=ds.task, method=cfg.method, skipped_rows=ds.skipped)
         run.summary.update(task=ds.task, method=cfg.method, skipped_rows=ds.skipped)
     _finish_process_group()
@@ -512,7 +514,7 @@ def distill(cfg: DistillConfig) -> Summary:
     from oficina.jsonl import read_jsonl
     from oficina.models.presets import is_preset
 
-    t0 = time.perf_counter()
+    mem = start_span()
     rank, world = dist_env()
     teacher, t_tok = _load_lm(cfg.teacher)
     packed = Path(cfg.data).is_dir()
@@ -593,7 +595,7 @@ def distill(cfg: DistillConfig) -> Summary:
             else max(len(e.ids) for e in train.examples)
         )
         summary = _summary(
-            run, cfg.out, student, result, _flops_per_token(student.config, seq, True), t0
+            run, cfg.out, student, result, _flops_per_token(student.config, seq, True), mem
         )
     _finish_process_group()
     return summary
@@ -608,7 +610,7 @@ def merge(cfg: MergeConfig) -> Summary:
 
     from oficina.models.sources import resolve
 
-    t0 = time.perf_counter()
+    mem = start_span()
     adir = Path(cfg.adapter)
     if not (adir / "adapter_config.json").is_file():
         raise UserError(f"{adir} is not a PEFT adapter directory (no adapter_config.json)")
@@ -635,8 +637,8 @@ def merge(cfg: MergeConfig) -> Summary:
                 "out": str(out.resolve()),
                 "params_total": total,
                 "params_trainable": 0,
-                "wall_time_s": round(time.perf_counter() - t0, 2),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "wall_time_s": round(mem.stop().wall_s, 2),
+                "peak_memory_mb": round(mem.peak_mb, 1),
                 "run_id": run.id,
                 "base": str(base),
             }

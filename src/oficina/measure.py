@@ -1,0 +1,138 @@
+"""What a piece of work cost, measured one way everywhere: peak memory of a span of work,
+parameter counts, dollars for seconds of hardware.
+
+    from oficina.measure import peak_memory, param_counts
+
+    with peak_memory() as mem:
+        train_or_infer()
+    print(mem.peak_mb, mem.method)          # the span's own high-water mark
+    total, trainable = param_counts(model)
+
+Peak memory is the resident-set high-water mark of this process *from the start of the span*:
+on Linux, writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's ``VmHWM`` to the current
+RSS, and ``VmHWM`` read at the end is the span's peak (whatever the process already held at the
+start — loaded weights, heap kept from earlier work — counts, since it was resident). Spans nest:
+before an inner span resets the mark, every open outer span folds in the peak seen so far, so an
+outer span never loses what happened before an inner one. Where ``clear_refs`` is unavailable the
+fallback is ``getrusage``'s ``ru_maxrss`` — the peak of the whole process life — and ``method``
+says so. ``tracemalloc`` is not used: it does not see PyTorch's allocations.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LIFETIME = "ru_maxrss (process lifetime)"
+SPAN = "VmHWM (reset at the start of the span)"
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        m = re.search(rf"^{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def process_peak_mb() -> float:
+    """Peak resident memory of the whole process life (``getrusage``)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB here
+
+
+def current_mb() -> float | None:
+    """Resident memory now (Linux), or None."""
+    kb = _status_kb("VmRSS")
+    return kb / 1024 if kb is not None else None
+
+
+def _hwm_mb() -> float | None:
+    kb = _status_kb("VmHWM")
+    return kb / 1024 if kb is not None else None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _hwm_mb() is not None
+
+
+@dataclass
+class MemorySpan:
+    """The peak of one span of work; ``peak_mb`` is final when the ``with`` block ends."""
+
+    method: str = LIFETIME
+    start_mb: float | None = None
+    peak_mb: float = 0.0
+    wall_s: float = 0.0
+    _folded: float = field(default=0.0, repr=False)
+    _t0: float = field(default=0.0, repr=False)
+
+    def peak_so_far(self) -> float:
+        """The span's peak up to now (usable inside the ``with`` block)."""
+        if self.method == SPAN:
+            hwm = _hwm_mb()
+            if hwm is not None:
+                return max(self._folded, hwm)
+        return process_peak_mb()
+
+    def stop(self) -> MemorySpan:
+        """End the span: fix ``peak_mb`` and ``wall_s`` (idempotent)."""
+        if self in _open:
+            self.wall_s = time.perf_counter() - self._t0
+            self.peak_mb = self.peak_so_far()
+            _open.remove(self)
+        return self
+
+
+_open: list[MemorySpan] = []
+
+
+def start_span() -> MemorySpan:
+    """Start measuring; call ``.stop()`` at the end (``peak_memory()`` does both)."""
+    span = MemorySpan()
+    hwm = _hwm_mb()
+    if hwm is not None:  # the reset below would erase what open outer spans have seen so far
+        for outer in _open:
+            outer._folded = max(outer._folded, hwm)
+    if _reset_hwm():
+        span.method = SPAN
+    span.start_mb = current_mb()
+    _open.append(span)
+    span._t0 = time.perf_counter()
+    return span
+
+
+@contextmanager
+def peak_memory() -> Iterator[MemorySpan]:
+    """Measure the resident-memory peak (and wall time) of the ``with`` block alone."""
+    span = start_span()
+    try:
+        yield span
+    finally:
+        span.stop()
+
+
+def param_counts(model: Any) -> tuple[int, int]:
+    """(all parameters, trainable parameters), each shared tensor counted once."""
+    total = trainable = 0
+    for p in model.parameters():  # .parameters() already yields a tied tensor once
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def usd(seconds: float, usd_per_hour: float) -> float:
+    """Dollars for ``seconds`` of a machine billed at ``usd_per_hour``."""
+    return seconds / 3600.0 * usd_per_hour

@@ -1,0 +1,56 @@
+"""oficina.measure: a span's peak is its own, spans nest, parameter counts and dollars."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oficina import measure
+from oficina.measure import param_counts, peak_memory, usd
+
+MB = 1 << 20
+needs_proc = pytest.mark.skipif(
+    not measure._reset_hwm(), reason="no /proc/self/clear_refs: spans fall back to ru_maxrss"
+)
+
+
+def _touch(mb: int) -> None:
+    """Make ``mb`` MB resident, then free them (large blocks go back to the OS at once)."""
+    t = torch.ones(mb * MB // 4, dtype=torch.float32)
+    assert float(t[-1]) == 1.0
+    del t
+
+
+@needs_proc
+def test_a_span_does_not_see_what_came_before_it():
+    _touch(400)  # earlier work: a training rung, say
+    with peak_memory() as mem:
+        _touch(8)
+    assert mem.method == measure.SPAN
+    assert mem.peak_mb < mem.start_mb + 200  # the 400 MB before the span are not its peak
+
+
+@needs_proc
+def test_nested_spans_keep_the_outer_peak():
+    with peak_memory() as outer:
+        _touch(300)
+        with peak_memory() as inner:  # resets the kernel's mark: outer must not lose the 300 MB
+            _touch(8)
+        _touch(8)
+    assert outer.peak_mb >= outer.start_mb + 250
+    assert inner.peak_mb < inner.start_mb + 200
+    assert outer.peak_mb > inner.peak_mb and outer.wall_s >= inner.wall_s
+
+
+def test_param_counts_counts_tied_weights_once_and_splits_trainable():
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, as in SmolLM2
+    model = torch.nn.Sequential(emb, torch.nn.Linear(4, 4), head)
+    model[1].weight.requires_grad_(False)
+    assert param_counts(model) == (40 + 16 + 4, 40 + 4)
+
+
+def test_usd():
+    assert usd(1800, 2.0) == pytest.approx(1.0)
+    assert usd(0, 3.0) == 0.0
