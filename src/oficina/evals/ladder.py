@@ -322,7 +322,7 @@ def rung_few_shot(L: Ladder) -> RungResult:
     eng = L.base_engine()
     embedder = None
     if c.strategy == "similar":
-        from oficina.rag.embed import Embedder
+        from oficina.models.embed import Embedder
 
         embedder = Embedder("minilm-l6")
     pool = L.train
@@ -351,7 +351,7 @@ def rung_rag(L: Ladder) -> RungResult:
     index_dir = L.out / "rag-index"
     t0 = time.perf_counter()
     docs, _ = read_documents([L.cfg.corpus])
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     embedder = Embedder("minilm-l6", precision=c.precision)
     # incremental: a rerun re-embeds nothing
