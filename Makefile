@@ -76,6 +76,7 @@ test: setup system-test-deps
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache --no-logo  # the layers and no cycles: [tool.importlinter] in pyproject.toml
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks

@@ -62,7 +62,7 @@ def main() -> int:
     from oficina.evals.tasks import classify
     from oficina.infer.engine import Engine
     from oficina.infer.prompting import select_examples
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     task = ROOT / "examples/demo/task"
     train = [json.loads(x) for x in (task / "train.jsonl").read_text().splitlines() if x.strip()]

@@ -84,8 +84,8 @@ def embedding_part(n_chunks: int) -> dict:
     CPUs), interleaved twice, best of each; plus how far the bf16 vectors are from float32's."""
     import numpy as np
 
+    from oficina.models.embed import Embedder
     from oficina.rag.chunking import chunk_text
-    from oficina.rag.embed import Embedder
 
     texts = []
     for line in (ROOT / "examples/demo/reference.jsonl").read_text().splitlines():

@@ -11,18 +11,20 @@ import pytest
 from oficina.cli import main
 from oficina.config import load
 from oficina.errors import UserError
-from oficina.models.sizing import (
-    KNOWN_LLAMA_SHAPES,
+from oficina.models.counting import (
     Shape,
-    SizeConfig,
-    activation_bytes,
     analyze_config,
     count_from_config,
     count_from_path,
+    llama_count,
+)
+from oficina.models.sizing import (
+    KNOWN_LLAMA_SHAPES,
+    SizeConfig,
+    activation_bytes,
     hardware_table,
     kv_cache_bytes,
     llama_config,
-    llama_count,
     parse_count,
     shape_for_params,
     train_memory,

@@ -159,7 +159,7 @@ def test_real_generation_with_tiny_model(garden_index, tiny_engine):
 
 
 def test_cli_ask_json(garden_index, tiny_lm_long, monkeypatch, hash_embedder, capsys):
-    import oficina.rag.embed as embed_mod
+    import oficina.models.embed as embed_mod
     from oficina.cli import main
 
     monkeypatch.setattr(

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def minilm():
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     return Embedder("minilm-l6", batch_size=4)  # float32, the default: exact checks below
 
@@ -90,7 +90,7 @@ def test_bf16_autocast_keeps_the_float32_vectors_and_neighbours(minilm, repo_roo
     nearest neighbour for each text."""
     import json
 
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     fast = Embedder("minilm-l6", batch_size=8, precision="bf16")
     assert minilm.precision == "fp32" and fast.precision == "bf16"
@@ -108,8 +108,8 @@ def test_bf16_autocast_keeps_the_float32_vectors_and_neighbours(minilm, repo_roo
 def test_an_index_embeds_queries_in_the_precision_of_its_passages(tmp_path):
     import json
 
+    from oficina.models.embed import Embedder
     from oficina.rag import Index
-    from oficina.rag.embed import Embedder
     from oficina.rag.index import Document, build_index
 
     docs = [Document("a", "t", "The pass statement does nothing."), Document("b", "t", "Loops.")]

@@ -100,7 +100,7 @@ def _questions():
 def test_calibration_is_cross_validated_and_stored(
     corpus_dir, tmp_path, hash_embedder, capsys, monkeypatch
 ):
-    import oficina.rag.embed as embed_mod
+    import oficina.models.embed as embed_mod
     from oficina.cli import main
 
     docs, _ = read_documents([corpus_dir])

@@ -175,7 +175,7 @@ def test_milvus_lite_store_same_answers(corpus_dir, tmp_path, hash_embedder):
 
 def test_cli_index_and_eval(corpus_dir, tmp_path, monkeypatch, hash_embedder, capsys):
     """The verbs end to end through the CLI (with the fast embedder patched in)."""
-    import oficina.rag.embed as embed_mod
+    import oficina.models.embed as embed_mod
     from oficina.cli import main
 
     monkeypatch.setattr(

@@ -336,7 +336,7 @@ def _fewshot(cfg: EvalConfig, task: Task):
     key = task.text_field if task.text_field in pool[0] else None
     if cfg.fewshot_strategy in ("fixed", "random"):
         return select_examples(pool, "", cfg.fewshot, cfg.fewshot_strategy, seed=cfg.seed, key=key)
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     embedder = _MemoEmbedder(Embedder())  # the pool is embedded once, not once per query
     return lambda row: select_examples(

@@ -310,7 +310,7 @@ def rung_few_shot(L: Ladder) -> RungResult:
     eng = L.base_engine()
     embedder = None
     if c.strategy == "similar":
-        from oficina.rag.embed import Embedder
+        from oficina.models.embed import Embedder
 
         embedder = Embedder("minilm-l6")
     pool = L.train
@@ -337,7 +337,7 @@ def rung_rag(L: Ladder) -> RungResult:
 
     c = L.cfg.rungs.rag
     index_dir = L.out / "rag-index"
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
 
     with peak_memory() as build:
         docs, _ = read_documents([L.cfg.corpus])

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oficina.errors import UserError
+from oficina.models.embed import Embedder
 
 ANSWER_KEYS = ("output", "answer", "label", "completion")
 TEXT_KEYS = ("input", "text", "prompt", "question", "query")
@@ -153,8 +154,6 @@ def select_examples(
         import numpy as np
 
         if embedder is None:
-            from oficina.rag.embed import Embedder  # lazy: loads a sentence embedder
-
             embedder = Embedder()
         vecs = _encode_memo(embedder, [query_text] + [example_text(e, key) for e in pool])
         vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
+from oficina.models.counting import count_from_path
 from oficina.models.presets import PRESET_NOTES, PRESETS, is_preset
 from oficina.workspace import atomic_write_text, cache_dir
 
@@ -155,7 +156,8 @@ def _materialize_preset(name: str) -> Path:
     return out
 
 
-def _looks_like_hub_id(spec: str) -> bool:
+def looks_like_hub_id(spec: str) -> bool:
+    """'org/name': a Hugging Face hub id rather than a local path."""
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
@@ -219,10 +221,10 @@ def resolve(spec: str, allow_pickle: bool = False) -> Path:
         spec.endswith(".gguf")
         or spec.startswith((".", "/", "~"))
         or os.sep in spec
-        and not _looks_like_hub_id(spec)
+        and not looks_like_hub_id(spec)
     ):
         raise UserError(f"model path not found: {spec}")
-    if _looks_like_hub_id(spec):
+    if looks_like_hub_id(spec):
         return _from_hub(spec)
     known = ", ".join([*PACKAGED, *PRESETS])
     raise UserError(
@@ -333,8 +335,6 @@ def pull(cfg: ModelsPullConfig) -> int:
 
 
 def info(cfg: ModelsInfoConfig) -> int:
-    from oficina.models.sizing import count_from_path
-
     path = resolve(cfg.model)
     conf = json.loads((path / "config.json").read_text())
     counts = count_from_path(path)

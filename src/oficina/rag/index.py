@@ -223,12 +223,12 @@ def build_index(
     """Create or update the index at ``out`` from ``docs``; returns what changed and how fast.
 
     ``embedder`` is anything with ``encode(texts) -> (n, dim)`` unit vectors plus ``name``,
-    ``dim``, ``model_hash`` (an ``oficina.rag.embed.Embedder`` when None).
+    ``dim``, ``model_hash`` (an ``oficina.models.embed.Embedder`` when None).
     """
     t0 = time.perf_counter()
     out = Path(out)
     if embedder is None:
-        from oficina.rag.embed import Embedder
+        from oficina.models.embed import Embedder
 
         embedder = Embedder(embedder_spec)
     meta = {
@@ -396,7 +396,7 @@ def run(cfg: IndexConfig) -> int:
         docs, read_stats = read_documents(cfg.docs)
         if not docs:
             raise UserError("no documents with text found in " + ", ".join(cfg.docs))
-        from oficina.rag.embed import Embedder
+        from oficina.models.embed import Embedder
 
         summary = build_index(
             docs,

@@ -118,7 +118,7 @@ class Index:
     @property
     def embedder(self):
         if self._embedder is None:
-            from oficina.rag.embed import Embedder
+            from oficina.models.embed import Embedder
 
             # queries in the precision the passages were embedded in
             self._embedder = Embedder(

@@ -229,7 +229,7 @@ class Server:
     def embedder(self):
         """The embedder, loaded on first use (called on the scheduler thread)."""
         if self._embedder is None:
-            from oficina.rag.embed import Embedder
+            from oficina.models.embed import Embedder
 
             self._embedder = Embedder(self.embedding_name)
         return self._embedder

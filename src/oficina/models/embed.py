@@ -12,7 +12,7 @@ float32): on a CPU with AMX MiniLM embeds ~2.3x faster and every vector keeps a 
 dense recall@5 is unchanged, the calibrated hybrid's cross-validated figure loses one question
 of 75), so float32 — the vectors sentence-transformers gives — stays the default.
 
-    from oficina.rag.embed import Embedder
+    from oficina.models.embed import Embedder
     emb = Embedder()                       # minilm-l6
     vecs = emb.encode(["what does yield do?", "the yield statement"])   # (2, 384) float32
     float(vecs[0] @ vecs[1])               # cosine similarity

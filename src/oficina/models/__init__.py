@@ -1,0 +1,1 @@
+"""Models: presets, sizing arithmetic and loading from local files or the hub."""
