@@ -131,3 +131,20 @@ def test_profile_beats_yaml_and_flags_beat_profile(tmp_path):
     c = parse_args("t", P, ["--config", str(y), "--quick"])
     assert (c.steps, c.train.lr, c.train.steps) == (5, 0.5, 9)
     assert parse_args("t", P, ["--config", str(y), "--quick", "--steps", "7"]).steps == 7
+
+
+def test_every_verb_entry_follows_one_convention():
+    """cli.VERBS: each entry exists, takes the verb's config and is annotated to return the exit
+    code (library functions returning results, like recipes.finetune, are not entries)."""
+    import importlib
+    import inspect
+
+    from oficina.cli import VERBS
+
+    for name, verb in VERBS.items():
+        module = importlib.import_module(verb.module)
+        entry = getattr(module, verb.entry)
+        sig = inspect.signature(entry)
+        assert list(sig.parameters) == ["cfg"], name
+        assert sig.return_annotation in (int, "int"), f"{name}: {sig.return_annotation}"
+        assert sig.parameters["cfg"].annotation in (verb.config, getattr(module, verb.config)), name

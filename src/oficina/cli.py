@@ -29,7 +29,7 @@ from oficina.errors import UserError
 class Verb:
     module: str
     config: str  # class name in module
-    entry: str  # function name in module: entry(cfg) -> int | None
+    entry: str  # function name in module: entry(cfg) -> exit code (int)
     help: str
 
 
@@ -89,7 +89,7 @@ VERBS: dict[str, Verb] = {
     "batch lookup": Verb(
         "oficina.infer.batch",
         "LookupConfig",
-        "lookup",
+        "lookup_verb",
         "answer from the bulk-inference cache alone",
     ),
     "quantize": Verb(
@@ -137,25 +137,25 @@ VERBS: dict[str, Verb] = {
     "pretrain": Verb(
         "oficina.train.recipes",
         "PretrainConfig",
-        "pretrain",
+        "pretrain_verb",
         "pretrain from a preset, or continue pretraining a model",
     ),
     "finetune": Verb(
         "oficina.train.recipes",
         "FinetuneConfig",
-        "finetune",
+        "finetune_verb",
         "supervised fine-tuning: full or LoRA; classification heads",
     ),
     "distill": Verb(
         "oficina.train.recipes",
         "DistillConfig",
-        "distill",
+        "distill_verb",
         "knowledge distillation from a teacher into a smaller student",
     ),
     "merge": Verb(
         "oficina.train.recipes",
         "MergeConfig",
-        "merge",
+        "merge_verb",
         "fold a LoRA adapter into a plain checkpoint",
     ),
     "index": Verb(
@@ -213,6 +213,14 @@ def _find_verb(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `oficina ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -257,9 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             rest,
             description=verb.help + "\n\n" + (cfg_cls.__doc__ or "").strip(),
         )
+        # One convention: an entry takes its typed config and returns the exit code. Library
+        # functions that return results to Python callers (finetune, run_ladder...) stay apart.
         code = entry(cfg)
-        # Entries return an exit code, or a summary dict (the same function serves Python callers).
-        return code if isinstance(code, int) else 0
+        if not isinstance(code, int):
+            raise TypeError(
+                f"{verb.module}.{verb.entry} returned {type(code).__name__}, not an exit code"
+            )
+        return code
     except UserError as e:
         if debug:
             raise

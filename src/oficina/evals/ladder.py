@@ -57,10 +57,13 @@ class TrainRung(Rung):
     steps: int = Field(60, ge=1, description="optimizer steps")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     batch_size: int = Field(8, ge=1, description="examples per step")
-    rank: int = Field(8, ge=1, description="LoRA rank (LoRA rungs only)")
 
 
-class CptRung(TrainRung):
+class LoraRung(TrainRung):
+    rank: int = Field(8, ge=1, description="LoRA rank")
+
+
+class CptRung(LoraRung):
     cpt_steps: int = Field(40, ge=1, description="continued-pretraining steps on the domain corpus")
     cpt_lr: float = Field(5e-5, gt=0, description="continued-pretraining learning rate")
     seq_len: int = Field(256, ge=16, description="packed sequence length for continued pretraining")
@@ -86,7 +89,7 @@ class Rungs(Section):
     zero_shot: Rung = Rung()
     few_shot: FewShotRung = FewShotRung()
     rag: RagRung = RagRung()
-    lora: TrainRung = TrainRung()
+    lora: LoraRung = LoraRung()
     full: TrainRung = TrainRung(lr=3e-5)
     cpt_lora: CptRung = CptRung()
     distill: DistillRung = DistillRung(lr=3e-4)
@@ -436,7 +439,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MAX_LEN = 256  # tokens per training example; a long passage loses its start, never the answer
 
 
-def _lora(L: Ladder, base: str, c: TrainRung, out: Path) -> dict:
+def _lora(L: Ladder, base: str, c: LoraRung, out: Path) -> dict:
     from oficina.train.recipes import FinetuneConfig, LoraArgs, finetune
 
     tr, va = _task_files(L)
@@ -710,16 +713,6 @@ def run_ladder(cfg: LadderConfig) -> dict:
                         description=RUNG_TEXT[name],
                         status="skipped",
                         reason="turned off in the config",
-                    )
-                )
-                continue
-            if name not in RUNGS:
-                L.results.append(
-                    RungResult(
-                        name=name,
-                        description=RUNG_TEXT[name],
-                        status="skipped",
-                        reason="not available in this build",
                     )
                 )
                 continue

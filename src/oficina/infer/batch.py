@@ -100,15 +100,8 @@ def lookup_row(
             con.close()
 
 
-def lookup(model_hash, prompt: str | None = None, params: SamplingParams | dict | None = None):
-    """``lookup(model_hash, prompt, params) -> str | None``: the cached completion text for this
-    model, rendered prompt and parameters (what the server calls).
-
-    Called with a ``LookupConfig`` it is the ``oficina batch lookup`` verb (the CLI registry
-    names this function for it) and returns an exit code.
-    """
-    if isinstance(model_hash, LookupConfig):
-        return lookup_verb(model_hash)
+def lookup(model_hash: str, prompt: str, params: SamplingParams | dict | None = None) -> str | None:
+    """The cached completion text for this model, rendered prompt and parameters, or None."""
     row = lookup_row(model_hash, prompt, params if params is not None else SamplingParams())
     return row["text"] if row else None
 

@@ -129,12 +129,9 @@ class MergeConfig(VerbConfig):
 # ---------------------------------------------------------------------------- helpers
 
 
-class Summary(dict):
-    """The summary dict the ladder reads; ``int(summary)`` is 0, the CLI's exit code for "ok"
-    (the CLI calls ``int(entry(cfg) or 0)``, and the same function serves Python callers)."""
-
-    def __int__(self) -> int:
-        return 0
+# What a training verb returns to Python callers (the ladder, tune, tests): out, parameters,
+# tokens, wall time, FLOPs, peak memory, losses. The CLI entries below return exit codes.
+Summary = dict
 
 
 def _start_run(verb: str, cfg):
@@ -667,3 +664,27 @@ def _write_head_config(model, out: Path) -> None:
     from oficina.workspace import atomic_write_json
 
     atomic_write_json(out / "head_config.json", data)
+
+
+# ---------------------------------------------------------------------------- the verbs
+# The CLI's convention (cli.py): an entry takes the verb's config and returns the exit code.
+
+
+def pretrain_verb(cfg: PretrainConfig) -> int:
+    pretrain(cfg)
+    return 0
+
+
+def finetune_verb(cfg: FinetuneConfig) -> int:
+    finetune(cfg)
+    return 0
+
+
+def distill_verb(cfg: DistillConfig) -> int:
+    distill(cfg)
+    return 0
+
+
+def merge_verb(cfg: MergeConfig) -> int:
+    merge(cfg)
+    return 0
