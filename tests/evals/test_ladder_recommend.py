@@ -85,3 +85,118 @@ def test_report_files_and_claims(tmp_path):
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 3 and "Recommendation:" in page
     assert "| lora |" in paths["markdown"].read_text()
+
+
+# ------------------------------------------------------------------ learned nothing? (issue 17)
+
+LABELS = ["a", "b", "c", "d"]
+
+
+def test_baselines_on_hand_computed_items():
+    from oficina.evals.metrics import classification_baselines
+
+    train = ["b"] * 5 + ["a"] * 3 + ["c"] * 2  # majority of the *training* split: b
+    golds = ["a", "b", "b", "c", "d", "a", "b", "d"]  # b is 3 of 8 test items
+    b = classification_baselines(train, golds, LABELS, seed=0)
+    maj = b["majority"]
+    assert maj["label"] == "b" and maj["accuracy"] == 3 / 8 and maj["train_share"] == 0.5
+    # always 'b': F1(b) = 2*3 / (2*3 + 5 + 0) = 6/11; a, c, d score 0 -> macro 6/11 / 4
+    assert abs(maj["macro_f1"] - (6 / 11) / 4) < 1e-12
+    assert maj["ci"]["accuracy"][0] <= 3 / 8 <= maj["ci"]["accuracy"][1]
+    assert b["uniform"]["accuracy"] == 0.25 and 0 < b["uniform"]["macro_f1"] < 0.5
+
+
+def test_prediction_flags():
+    from oficina.evals.metrics import prediction_flags
+
+    flags, why = prediction_flags(["a"] * 48, 0.312, (0.19, 0.44), 0.312)
+    assert flags == ["collapsed"]
+    assert "predicts 'a' for every item" in why and "no better than always" in why
+    flags, why = prediction_flags(["a"] * 45 + ["b"] * 3, 0.40, (0.3, 0.5), 0.312)
+    assert flags[0] == "collapsed" and "45 of 48 items" in why
+    # spread over labels, above the majority but its interval reaches it
+    spread = ["a", "b", "c", "d"] * 12
+    assert prediction_flags(spread, 0.45, (0.30, 0.60), 0.312)[0] == ["within_interval_of_majority"]
+    assert prediction_flags(spread, 0.75, (0.62, 0.87), 0.312) == ([], "")
+    # below the majority with spread predictions is still "learned nothing"
+    assert prediction_flags(spread, 0.20, (0.1, 0.3), 0.312)[0] == ["collapsed"]
+
+
+class _StubEngine:
+    """The engine surface evals.tasks.classify uses, answering by a rule instead of a model."""
+
+    def __init__(self, answer):
+        self.answer = answer  # prompt -> the label this engine prefers
+
+    def encode(self, text):
+        return list(range(len(text.split())))
+
+    def count_tokens(self, text):
+        return len(self.encode(text))
+
+    def loglikelihood(self, requests, batch_size=8):
+        return [
+            (0.0 if cont.strip() == self.answer(ctx) else -5.0, False) for ctx, cont in requests
+        ]
+
+
+def _stub_rows(n=40):
+    return [{"id": i, "text": f"item {i}", "label": LABELS[i % 4]} for i in range(n)]
+
+
+def _flags_of(engine) -> list[str]:
+    import pytest
+
+    from oficina.evals.metrics import classification_baselines, prediction_flags
+    from oficina.evals.tasks import classify
+
+    rows = _stub_rows()
+    try:
+        res = classify(engine, rows, LABELS, "{text}\nAnswer:")
+    except (AttributeError, TypeError) as e:  # the scoring kernel's surface is not the stub's
+        pytest.fail(f"stub engine does not fit classify: {e}")
+    base = classification_baselines([r["label"] for r in rows], res["golds"], LABELS)
+    return prediction_flags(
+        res["predictions"], res["accuracy"], res["ci"]["accuracy"], base["majority"]["accuracy"]
+    )[0]
+
+
+def test_a_stub_engine_that_always_answers_one_label_is_flagged():
+    assert "collapsed" in _flags_of(_StubEngine(lambda ctx: "c"))
+
+
+def test_a_stub_engine_answering_at_random_is_not_collapsed():
+    import random
+
+    rng = random.Random(0)
+    assert "collapsed" not in _flags_of(_StubEngine(lambda ctx: rng.choice(LABELS)))
+
+
+def test_report_shows_baselines_flags_and_confusion(tmp_path):
+    from oficina.evals.metrics import classification_baselines
+
+    golds = [LABELS[i % 4] for i in range(8)]
+    base = classification_baselines(golds, golds, LABELS)
+    collapsed = rung("zero_shot", 0.25)
+    collapsed.flags, collapsed.flag_text = ["collapsed"], "predicts 'a' for every item"
+    collapsed.predicted_label_counts = {"a": 8, "b": 0, "c": 0, "d": 0}
+    collapsed.confusion = [[2, 0, 0, 0], [2, 0, 0, 0], [2, 0, 0, 0], [2, 0, 0, 0]]
+    collapsed.extra_metrics = {"accuracy": 0.25, "macro_f1": 0.1}
+    good = rung("lora", 0.9, 0.1)
+    good.extra_metrics = {"accuracy": 0.9, "macro_f1": 0.88}
+    good.confusion = [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 1, 1]]
+    rs = [collapsed, good]
+    rec = recommend(rs, 0.6, 1000)
+    assert "Learned nothing usable: zero_shot predicts 'a' for every item" in rec["reasoning"]
+    meta = {"target": 0.6, "metric": "accuracy", "labels": LABELS, "baselines": base}
+    paths = write(tmp_path, rs, rec, meta)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["baselines"]["majority"]["label"] == "a"
+    zs = summary["rungs"][0]
+    assert zs["flags"] == ["collapsed"] and zs["predicted_label_counts"]["a"] == 8
+    assert summary["rungs"][1]["extra_metrics"]["macro_f1"] == 0.88
+    md = paths["markdown"].read_text()
+    assert "baseline: always 'a'" in md and "macro-F1" in md and "⚠ **zero_shot**" in md
+    page = paths["html"].read_text()
+    assert "What each rung answered" in page and "gold \\ predicted" in page
+    assert page.count('<table class="cm">') == 2

@@ -52,6 +52,21 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     assert (
         by["lora"]["training_cost"]["flops"] > 0 and by["zero_shot"]["training_cost"]["flops"] == 0
     )
+    # Each rung's memory is its own span's peak, not the process's: training rungs report a
+    # training peak, and no rung's inference peak is the full fine-tune's training peak.
+    full_peak = by["full"]["training_cost"]["peak_memory_mb"]
+    assert all(by[n]["training_cost"]["peak_memory_mb"] > 0 for n in ("lora", "full", "distill"))
+    assert by["zero_shot"]["training_cost"]["peak_memory_mb"] == 0
+    assert all(0 < r["inference_cost"]["peak_memory_mb"] for r in by.values())
+    assert by["quantize"]["inference_cost"]["peak_memory_mb"] != full_peak
+    # What learning nothing scores, and what each rung answered (issue 17).
+    maj = s["baselines"]["majority"]
+    assert maj["label"] in s["meta"]["labels"] and 0 <= maj["accuracy"] <= 1
+    for r in by.values():
+        assert sum(r["predicted_label_counts"].values()) == 6
+        assert sum(map(sum, r["confusion"])) == 6 and "macro_f1" in r["extra_metrics"]
+        one_label = max(r["predicted_label_counts"].values()) >= 0.9 * 6
+        assert ("collapsed" in r["flags"]) >= one_label
     # Target 0 and no traffic: every rung meets the bar and only training costs count, so the
     # rungs that train nothing tie and the simplest of them (zero-shot) is picked.
     assert s["recommended"] == "zero_shot" and s["met_target"]

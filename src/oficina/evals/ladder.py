@@ -26,6 +26,7 @@ from pydantic import Field
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
+from oficina.evals.metrics import classification_baselines, prediction_flags
 from oficina.evals.report import Cost, InferenceCost, RungResult, recommend, write
 from oficina.jsonl import read_jsonl
 from oficina.measure import param_counts, peak_memory, usd
@@ -182,6 +183,13 @@ class Ladder:
             raise UserError(f"corpus not found: {cfg.corpus}")
         self.labels: list[str] = self.task["labels"]
         self.template: str = self.task["template"]
+        # What learning nothing scores on these test items: every rung is read against it.
+        self.baselines = classification_baselines(
+            [str(r.get("label")) for r in self.train],
+            [str(r.get("label")) for r in self.test],
+            self.labels,
+            seed=cfg.seed,
+        )
         self.results: list[RungResult] = []
         self._base_engine = None
         # rung -> (model dir or spec, adapter dir or None, quality): teachers and quantization pick from it
@@ -259,6 +267,8 @@ class Ladder:
         latency = float(res["latency_s_per_item"])
         # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
         tps = prompt_tokens / latency if latency else 0.0
+        preds = [str(p) for p in res.get("predictions", [])]
+        flags, flag_text = prediction_flags(preds, quality, ci, self.baselines["majority"][metric])
         r = RungResult(
             name=name,
             description=description,
@@ -266,6 +276,15 @@ class Ladder:
             ci=tuple(ci) if ci else None,
             metric=metric,
             extra_metrics={k: float(res[k]) for k in ("accuracy", "macro_f1") if k in res},
+            extra_ci={
+                k: tuple(v)
+                for k, v in (res.get("ci") or {}).items()
+                if k in ("accuracy", "macro_f1")
+            },
+            predicted_label_counts={lab: preds.count(lab) for lab in self.labels},
+            confusion=res.get("confusion", []),
+            flags=flags,
+            flag_text=flag_text,
             training=training or Cost(),
             inference=InferenceCost(
                 latency_s_per_item=latency,
@@ -763,6 +782,8 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "wall_time_s": round(time.time() - t_start, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
             "cpu_count": os.cpu_count(),
+            "labels": L.labels,
+            "baselines": L.baselines,
         }
         paths = write(out, L.results, rec, meta)
         (out / "partial.json").unlink(missing_ok=True)

@@ -19,6 +19,7 @@ can be told apart on this test set; when it straddles 0, they cannot.
 from __future__ import annotations
 
 import math
+import random
 import re
 import string
 from collections import Counter
@@ -289,3 +290,86 @@ def with_ci(
     value = float(f(list(per_item_scores))) if len(per_item_scores) else 0.0
     lo, hi = bootstrap_ci(per_item_scores, stat, n=n, alpha=alpha, seed=seed)
     return {"value": value, "ci": [lo, hi]}
+
+
+# ---------------------------------------------------------------------------- reference points
+
+
+def classification_baselines(
+    train_labels: Sequence[Any],
+    golds: Sequence[Any],
+    labels: Sequence[Any],
+    *,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """What a classifier that learned nothing scores on these test items.
+
+    ``majority``: always answer the most frequent label of the *training* split (what a user
+    could do without a model), scored on the test golds, with bootstrap intervals.
+    ``uniform``: answer a label uniformly at random — accuracy 1/K exactly; macro-F1 as the mean
+    over ``n`` seeded draws of a whole prediction vector (its distribution, not one lucky draw).
+    """
+    labels = list(labels)
+    if not golds:
+        raise ValueError("no test items")
+    counts = {lab: 0 for lab in labels}
+    for t in train_labels:
+        if t in counts:
+            counts[t] += 1
+    pool = counts if any(counts.values()) else {lab: 0 for lab in labels}
+    top = max(labels, key=lambda lab: (pool[lab], -labels.index(lab)))  # ties: first label
+    preds = [top] * len(golds)
+    acc = with_ci([float(g == top) for g in golds], n=n, alpha=alpha, seed=seed)
+    f1 = with_ci(
+        list(zip(preds, golds, strict=True)), macro_f1_stat(labels), n=n, alpha=alpha, seed=seed
+    )
+    rng = random.Random(seed)
+    draws = [macro_f1([rng.choice(labels) for _ in golds], list(golds), labels) for _ in range(200)]
+    return {
+        "majority": {
+            "label": top,
+            "train_share": pool[top] / max(1, sum(pool.values())),
+            "accuracy": acc["value"],
+            "macro_f1": f1["value"],
+            "ci": {"accuracy": acc["ci"], "macro_f1": f1["ci"]},
+        },
+        "uniform": {"accuracy": 1.0 / len(labels), "macro_f1": mean(draws)},
+    }
+
+
+def prediction_flags(
+    predictions: Sequence[Any],
+    quality: float,
+    ci: Sequence[float] | None,
+    majority_score: float,
+    *,
+    collapse_share: float = 0.9,
+) -> tuple[list[str], str]:
+    """Flags for a classifier that may have learned nothing, and the sentence that explains them.
+
+    ``collapsed``: one label takes >= ``collapse_share`` of the predictions, or the quality does
+    not beat always answering the majority label. ``within_interval_of_majority``: better than
+    the majority baseline, but its interval still reaches down to it.
+    """
+    if not predictions:
+        return [], ""
+    counts: dict[Any, int] = {}
+    for p in predictions:
+        counts[p] = counts.get(p, 0) + 1
+    top, k = max(counts.items(), key=lambda kv: kv[1])
+    flags: list[str] = []
+    why: list[str] = []
+    if k / len(predictions) >= collapse_share:
+        flags.append("collapsed")
+        every = "every item" if k == len(predictions) else f"{k} of {len(predictions)} items"
+        why.append(f"predicts '{top}' for {every}")
+    if quality <= majority_score:
+        if "collapsed" not in flags:
+            flags.append("collapsed")
+        why.append(f"no better than always answering the majority label ({majority_score:.3f})")
+    elif ci is not None and ci[0] <= majority_score:
+        flags.append("within_interval_of_majority")
+        why.append(f"its interval reaches the majority baseline ({majority_score:.3f})")
+    return flags, " — ".join(why)

@@ -49,6 +49,12 @@ class RungResult(BaseModel):
     ci: tuple[float, float] | None = None
     metric: str = "accuracy"
     extra_metrics: dict[str, float] = Field(default_factory=dict)
+    extra_ci: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # What the rung answered: a classifier that collapsed to one label is visible here.
+    predicted_label_counts: dict[str, int] = Field(default_factory=dict)
+    confusion: list[list[int]] = Field(default_factory=list)  # rows gold, columns predicted
+    flags: list[str] = Field(default_factory=list)  # "collapsed", "within_interval_of_majority"
+    flag_text: str = ""
     training: Cost = Field(default_factory=Cost)
     inference: InferenceCost = Field(default_factory=InferenceCost)
     params_total: int = 0
@@ -79,6 +85,7 @@ def recommend(rungs: list[RungResult], target: float, requests: int) -> dict:
                 f"No rung reached the target {target:.2f}. The best was '{best.name}' at {best.quality:.3f}"
                 + (f" (95% CI {best.ci[0]:.3f}–{best.ci[1]:.3f})" if best.ci else "")
                 + ". Add labelled data, train longer, or start from a larger base model."
+                + "".join(f" {r.name} {r.flag_text}." for r in measured if "collapsed" in r.flags)
             ),
         }
     pick = min(meeting, key=lambda r: (round(r.total_usd(requests), 6), order[r.name]))
@@ -88,6 +95,10 @@ def recommend(rungs: list[RungResult], target: float, requests: int) -> dict:
         + f", ${pick.training.usd:.4f} to train and ${pick.inference.usd_per_1k_requests:.4f} per 1k requests"
         f" (${pick.total_usd(requests):.2f} for {requests:,} requests)."
     ]
+    if "collapsed" in pick.flags:
+        lines.append(
+            f"Beware: '{pick.name}' {pick.flag_text}; a constant answer meets this target."
+        )
     if pick.ci and pick.ci[0] < target:
         lines.append(
             f"Its confidence interval dips below the target ({pick.ci[0]:.3f}): measure on more held-out data before relying on it."
@@ -101,6 +112,13 @@ def recommend(rungs: list[RungResult], target: float, requests: int) -> dict:
         lines.append(
             "Cheaper rungs miss the target: "
             + ", ".join(f"{r.name} {r.quality:.3f}" for r in cheaper)
+            + "."
+        )
+    learned_nothing = [r for r in measured if "collapsed" in r.flags and r is not pick]
+    if learned_nothing:
+        lines.append(
+            "Learned nothing usable: "
+            + "; ".join(f"{r.name} {r.flag_text}" for r in learned_nothing)
             + "."
         )
     better = [r for r in meeting if r.quality > pick.quality and r is not pick]
@@ -125,7 +143,14 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _scatter(rungs: list[RungResult], x_of, xlabel: str, target: float, title: str) -> str:
+def _scatter(
+    rungs: list[RungResult],
+    x_of,
+    xlabel: str,
+    target: float,
+    title: str,
+    references: dict[str, float] | None = None,
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +166,9 @@ def _scatter(rungs: list[RungResult], x_of, xlabel: str, target: float, title: s
         ax.annotate(r.name, (x, r.quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(target, ls="--", c="gray", lw=1)
     ax.text(ax.get_xlim()[0], target, " target", va="bottom", fontsize=8, color="gray")
+    for name, y in (references or {}).items():  # what learning nothing scores
+        ax.axhline(y, ls=":", c="firebrick", lw=1)
+        ax.text(ax.get_xlim()[0], y, f" {name}", va="bottom", fontsize=7, color="firebrick")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("quality")
     ax.set_title(title, fontsize=10)
@@ -179,27 +207,72 @@ def _fmt_s(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
 
 
-def table_rows(rungs: list[RungResult]) -> list[dict]:
+def _ci(ci) -> str:
+    return "-" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def table_rows(
+    rungs: list[RungResult], baselines: dict | None = None, metric: str = "accuracy"
+) -> list[dict]:
+    """The table's rows: the reference points first (what learning nothing scores), then rungs."""
     rows = []
+    blank = dict.fromkeys(
+        ["train time", "train FLOPs", "train $", "latency/item", "prompt tokens", "$/1k req",
+         "params", "changed params", "labelled data"], "-"
+    )  # fmt: skip
+    if baselines:
+        maj, uni = baselines["majority"], baselines["uniform"]
+        rows.append(
+            {
+                "rung": f"baseline: always '{maj['label']}'",
+                "status": "reference",
+                "quality": f"{maj[metric]:.3f}",
+                "95% CI": _ci(maj["ci"].get(metric)),
+                "macro-F1": f"{maj['macro_f1']:.3f}",
+                **blank,
+                "flags": "",
+            }
+        )
+        rows.append(
+            {
+                "rung": "baseline: uniform random",
+                "status": "reference",
+                "quality": f"{uni[metric]:.3f}",
+                "95% CI": "-",
+                "macro-F1": f"{uni['macro_f1']:.3f}",
+                **blank,
+                "flags": "",
+            }
+        )
     for r in rungs:
+        f1 = r.extra_metrics.get("macro_f1")
         rows.append(
             {
                 "rung": r.name,
                 "status": r.status if r.status == "ok" else f"{r.status}: {r.reason}",
                 "quality": "-" if r.quality is None else f"{r.quality:.3f}",
-                "95% CI": "-" if not r.ci else f"{r.ci[0]:.3f}–{r.ci[1]:.3f}",
+                "95% CI": _ci(r.ci),
+                "macro-F1": "-" if f1 is None else f"{f1:.3f}",
                 "train time": _fmt_s(r.training.wall_time_s) if r.training.wall_time_s else "0",
                 "train FLOPs": f"{r.training.flops:.2e}" if r.training.flops else "0",
                 "train $": f"{r.training.usd:.4f}",
+                "train memory": f"{r.training.peak_memory_mb:,.0f} MB"
+                if r.training.peak_memory_mb
+                else "-",
                 "latency/item": f"{r.inference.latency_s_per_item * 1000:.0f} ms",
                 "prompt tokens": f"{r.inference.prompt_tokens_mean:.0f}",
                 "$/1k req": f"{r.inference.usd_per_1k_requests:.4f}",
+                "inference memory": f"{r.inference.peak_memory_mb:,.0f} MB"
+                if r.inference.peak_memory_mb
+                else "-",
                 "params": f"{r.params_total / 1e6:.1f}M" if r.params_total else "-",
                 "changed params": f"{r.params_changed / 1e6:.2f}M",
                 "labelled data": str(r.data.get("labelled_examples", 0)),
+                "flags": ", ".join(r.flags),
             }
         )
-    return rows
+    cols = list(rows[-1]) if rows else []
+    return [{c: row.get(c, "-") for c in cols} for row in rows]
 
 
 def claims(rungs: list[RungResult]) -> list[str]:
@@ -242,11 +315,56 @@ def claims(rungs: list[RungResult]) -> list[str]:
     return out
 
 
+def _answers_html(rungs: list[RungResult], labels: list[str]) -> str:
+    """Per rung: how often each label was answered, and the confusion matrix (rows gold)."""
+    e = html.escape
+    ok = [r for r in rungs if r.status == "ok" and r.confusion]
+    if not ok or not labels:
+        return ""
+    parts = ["<h2>What each rung answered</h2>"]
+    flagged = [r for r in ok if r.flags]
+    if flagged:
+        parts.append(
+            "<ul>"
+            + "".join(
+                f"<li><b>{e(r.name)}</b> ({e(', '.join(r.flags))}): {e(r.flag_text)}</li>"
+                for r in flagged
+            )
+            + "</ul>"
+        )
+    for r in ok:
+        head = "".join(f"<th>{e(lab)}</th>" for lab in labels)
+        body = ""
+        for i, gold in enumerate(labels):
+            cells = "".join(
+                f'<td class="{"hit" if i == j else ""}">{n}</td>'
+                for j, n in enumerate(r.confusion[i])
+            )
+            body += f"<tr><th>{e(gold)}</th>{cells}</tr>"
+        counts = "".join(f"<td>{r.predicted_label_counts.get(lab, 0)}</td>" for lab in labels)
+        parts.append(
+            f'<table class="cm"><caption>{e(r.name)}</caption>'
+            f"<tr><th>gold \\ predicted</th>{head}</tr>{body}"
+            f"<tr><th>answered</th>{counts}</tr></table>"
+        )
+    return "".join(parts)
+
+
 def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(rungs)
+    metric = str(meta.get("metric", "accuracy"))
+    baselines = meta.get("baselines")
+    rows = table_rows(rungs, baselines, metric)
     claim_lines = claims(rungs)
+    references = (
+        {
+            f"always '{baselines['majority']['label']}'": baselines["majority"][metric],
+            "uniform random": baselines["uniform"][metric],
+        }
+        if baselines
+        else None
+    )
     summary = {
         "meta": meta,
         "target": meta.get("target"),
@@ -254,6 +372,7 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
         "met_target": rec["met_target"],
         "reasoning": rec["reasoning"],
         "claims": claim_lines,
+        "baselines": baselines,
         "rungs": [
             {
                 "name": r.name,
@@ -270,6 +389,11 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
                 "data": r.data,
                 "artifacts": r.artifacts,
                 "extra_metrics": r.extra_metrics,
+                "extra_ci": {k: list(v) for k, v in r.extra_ci.items()},
+                "predicted_label_counts": r.predicted_label_counts,
+                "confusion": r.confusion,
+                "flags": r.flags,
+                "flag_text": r.flag_text,
                 "description": r.description,
             }
             for r in rungs
@@ -285,6 +409,9 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
     )
     md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    flagged = [r for r in rungs if r.flags]
+    if flagged:
+        md += [""] + [f"- ⚠ **{r.name}** ({', '.join(r.flags)}): {r.flag_text}" for r in flagged]
     md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", ""]
     if claim_lines:
         md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
@@ -303,6 +430,7 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
                     "training wall time (s)",
                     target,
                     "quality vs training cost",
+                    references,
                 ),
             )
         )
@@ -315,6 +443,7 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
                     "latency per request (ms)",
                     target,
                     "quality vs inference cost",
+                    references,
                 ),
             )
         )
@@ -323,8 +452,16 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
         plots.append(("Loss curves", curves))
     e = html.escape
     table_html = "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
-    for r, rr in zip(rows, rungs, strict=True):
-        cls = ' class="pick"' if rr.name == rec["rung"] else ""
+    for r in rows:
+        cls = (
+            ' class="pick"'
+            if r["rung"] == rec["rung"]
+            else ' class="ref"'
+            if r["status"] == "reference"
+            else ' class="flag"'
+            if r["flags"]
+            else ""
+        )
         table_html += f"<tr{cls}>" + "".join(f"<td>{e(str(r[c]))}</td>" for c in cols) + "</tr>"
     table_html += "</table>"
     page = f"""<!doctype html>
@@ -333,7 +470,9 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
-tr.pick {{ background: #e7f6e7; font-weight: 600; }}
+tr.pick {{ background: #e7f6e7; font-weight: 600; }} tr.ref {{ color: #777; font-style: italic; }}
+tr.flag td {{ background: #fff3f0; }} .cm {{ display: inline-block; vertical-align: top; margin: 0 1.5em 1em 0; }}
+.cm td.hit {{ background: #e7f6e7; }} .cm caption {{ text-align: left; font-weight: 600; }}
 .rec {{ border-left: 4px solid #2a7; background: #f4fbf6; padding: .8em 1em; margin: 1em 0; }}
 .plots img {{ max-width: 48%; margin: 0 1% 1em 0; border: 1px solid #eee; }}
 </style></head><body>
@@ -344,6 +483,7 @@ costs on <code>{e(str(meta.get("hardware")))}</code> at ${e(str(meta.get("usd_pe
 profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
 <div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
 <h2>Rungs</h2>{table_html}
+{_answers_html(rungs, meta.get("labels") or [])}
 <h2>Plots</h2><div class="plots">{"".join(f'<img alt="{e(t)}" title="{e(t)}" src="data:image/png;base64,{b}">' for t, b in plots)}</div>
 <h2>The seeds' claims, measured</h2><ul>{"".join(f"<li>{e(c)}</li>" for c in claim_lines)}</ul>
 <p style="color:#777;font-size:12px">Generated by oficina ladder. Quality intervals are 95% percentile bootstrap over test items.</p>
