@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-test-deps llama demo test lint format bench clean
+.PHONY: setup system-test-deps llama demo test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ system-test-deps:
 test: setup system-test-deps
 	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The unit tier: no packaged models, no long end-to-end runs (a few minutes).
+test-fast: setup system-test-deps
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
