@@ -222,3 +222,22 @@ def test_quantize_and_eval_print_the_same_perplexity(tiny_lm, tmp_path, capsys, 
     naive = [nll_naive(base.model, base.tokenizer, json.loads(r)["text"], 64, 32) for r in rows]
     nll, n = sum(x for x, _ in naive), sum(k for _, k in naive)
     assert q["float"]["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+
+
+def test_the_llama_cpp_side_scores_the_same_windows(engine):
+    """quantize's llama.cpp perplexity reads the engine's windows; fed the same model's logits
+    (a stand-in for llama_cpp.Llama, which may not be installed) it gives the engine's number."""
+    from oficina.infer.gguf_export import llama_perplexity
+    from oficina.infer.scoring import perplexity_plan
+
+    class FakeLlama:
+        def reset(self):
+            self.scores = None
+
+        def eval(self, ids):
+            with torch.no_grad():
+                self.scores = engine.model(torch.tensor([ids])).logits[0].numpy()
+
+    plan = perplexity_plan(engine, TEXTS, window=16, stride=5)
+    got = llama_perplexity(FakeLlama(), [(w, first) for _, w, first in plan.jobs])
+    assert got == pytest.approx(engine.perplexity(TEXTS, window=16, stride=5), rel=1e-5)
