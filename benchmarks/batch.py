@@ -69,7 +69,7 @@ def main() -> None:
     import torch
 
     from oficina.infer.engine import Engine, SamplingParams
-    from oficina.infer.quantize import quantize_int8
+    from oficina.infer.int8 import quantize_int8
 
     eng = Engine.from_spec("smollm2-135m-instruct")
     eng.eos_ids = set()

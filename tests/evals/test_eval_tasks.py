@@ -1,4 +1,4 @@
-"""Evaluation tasks on the tiny model: scoring equals the naive computation, metrics add up."""
+"""Evaluation tasks on the tiny model: metrics add up (scoring: tests/infer/test_scoring.py)."""
 
 from __future__ import annotations
 
@@ -34,49 +34,10 @@ def rows(repo_root):
 # ---------------------------------------------------------------------------- scoring
 
 
-def test_score_continuations_equals_naive_and_engine(engine):
-    contexts = [
-        "def f(x):\n    return",
-        "The for statement is used to iterate over the elements of a sequence. Answer:",
-        "x",
-        "Class definitions and the data model:",
-    ]
-    conts = [
-        [" x", " None", " the data model of Python"],
-        [" statement", " built-in type"],
-        [" = 1", " is not", " in range(10) and something longer"],
-        [" a", " b c d e f"],
-    ]
-    # batch of 3 prompts (padding), at most 2 continuation rows per pass (cache copied per chunk)
-    scores, n_prompt, truncated = T.score_continuations(
-        engine, contexts, conts, batch_size=3, max_rows=2
-    )
-    pairs = [(c, x) for c, xs in zip(contexts, conts, strict=True) for x in xs]
-    naive = T.loglikelihood_naive(engine.model, engine.tokenizer, pairs)
-    eng = engine.loglikelihood(pairs)
-    flat = [s for row in scores for s in row]
-    for s, (lp_naive, g_naive), (lp_eng, g_eng) in zip(flat, naive, eng, strict=True):
-        assert s.logprob == pytest.approx(lp_naive, abs=1e-4)
-        assert s.logprob == pytest.approx(lp_eng, abs=1e-4)
-        assert s.greedy == g_naive == g_eng
-    assert n_prompt == [engine.count_tokens(c) for c in contexts]
-    assert truncated == 0
-    assert [[s.n_tokens for s in row] for row in scores][2][0] == len(
-        engine.tokenizer("x = 1")["input_ids"]
-    ) - len(engine.tokenizer("x")["input_ids"])
-
-
 def test_trailing_space_moves_to_the_continuation(engine):
     (a,), _, _ = T.score_continuations(engine, ["Answer: "], [["yes"]])
     ((b,),) = [T.score_continuations(engine, ["Answer:"], [[" yes"]])[0][0]]
     assert a[0].logprob == pytest.approx(b.logprob, abs=1e-5)
-
-
-def test_too_long_prompt_is_cut_on_the_left(engine):
-    long = "word " * 2000  # far past the tiny model's 512 positions
-    scores, n_prompt, truncated = T.score_continuations(engine, [long], [[" a", " b"]])
-    assert truncated == 1 and n_prompt[0] <= engine.context_length - 1
-    assert all(math.isfinite(s.logprob) for s in scores[0])
 
 
 def test_remote_engine_goes_through_loglikelihood(engine):
@@ -234,15 +195,6 @@ def test_generation_on_the_engine(engine):
 
 
 # ---------------------------------------------------------------------------- perplexity
-
-
-def test_windows_by_hand():
-    # 10 ids (id 0 is the BOS context), window 4, stride 2:
-    # targets 1-3 from ids[0:4]; 4-5 from ids[2:6]; 6-7 from ids[4:8]; 8-9 from ids[6:10]
-    assert T._windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
-    scored = [t for s, e, p in T._windows(100, 16, 5) for t in range(p, e)]
-    assert scored == list(range(1, 100))  # each token scored exactly once
-    assert all(e - s <= 16 for s, e, _ in T._windows(100, 16, 5))
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_lm):

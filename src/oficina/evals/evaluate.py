@@ -50,7 +50,10 @@ TaskType = Literal["classification", "multiple_choice", "generation", "perplexit
 
 class EvalConfig(VerbConfig):
     """Evaluate a model: task metrics and perplexity with bootstrap confidence intervals, plus
-    latency, tokens/s and peak memory. Default task: the bundled demo domain (its test split)."""
+    latency, tokens/s and peak memory. Default task: the bundled demo domain (its test split).
+
+    Perplexity: BOS first, sliding windows of --window tokens moving by half a window, exp(total
+    NLL / total tokens) over all texts; the same number oficina quantize prints."""
 
     positionals = ("model",)
     model: str = Field(
@@ -86,7 +89,11 @@ class EvalConfig(VerbConfig):
         32, ge=1, description="generation tasks: tokens to generate at most"
     )
     batch_size: int = Field(8, ge=1, description="prompts per forward pass")
-    window: int = Field(1024, ge=8, description="perplexity: tokens per sliding window at most")
+    window: int = Field(
+        1024,
+        ge=8,
+        description="perplexity: tokens per sliding window at most (stride half a window)",
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="weights and compute dtype"
     )

@@ -664,7 +664,8 @@ def rung_distill(L: Ladder) -> RungResult:
 def rung_quantize(L: Ladder) -> RungResult:
     """The most accurate fine-tuned model (or the base, if none was trained) with int8 Linear layers."""
     from oficina.infer.engine import Engine
-    from oficina.infer.quantize import quantize_int8, state_bytes
+    from oficina.infer.int8 import quantize_int8
+    from oficina.infer.quantize import state_bytes
 
     if L.finetuned:
         base, adapter = _best_finetuned(L)

@@ -1,16 +1,14 @@
 """Evaluation tasks on a generation engine: classification, multiple choice, generation, perplexity.
 
-Every task takes an engine (``oficina.infer.engine.Engine``) and uses only its ``.model`` and
-``.tokenizer`` (log-likelihood scoring and perplexity, done here so the prompt is run once),
-``.generate`` (generation tasks) and ``.context_length``. An engine without ``.model`` (a
-remote one) is scored through its ``.loglikelihood``.
+Every task takes an engine (``oficina.infer.engine.Engine``); the scoring itself is the
+engine's (``score_continuations``, ``text_nll``), these tasks add prompts, metrics and
+intervals. An engine without ``score_continuations`` (a remote one) is scored through its
+``.loglikelihood``; generation tasks use ``.generate``.
 
 Classification and multiple choice score each answer the way lm-evaluation-harness does: the
 log-likelihood of the continuation ``" " + answer`` after the rendered prompt, argmax. The
-prompt is the expensive part (hundreds of tokens; an answer is one to four), so a batch of
-prompts is run once, its KV cache is copied to one row per (prompt, answer), and only the
-answer tokens go through the model a second time. With five labels that is ~5x less compute
-than scoring each (prompt, answer) pair from scratch, with the same numbers.
+engine runs each prompt once and only the answer tokens again (its KV cache copied per
+answer): with five labels ~5x less compute than scoring each pair from scratch.
 
 Each task returns a dict with the predictions, a per-item score (so two runs can be compared
 with a paired bootstrap), the metrics with bootstrap confidence intervals, prompt token counts
@@ -19,16 +17,18 @@ with a paired bootstrap), the metrics with bootstrap confidence intervals, promp
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
+
+import torch
 
 from oficina.errors import UserError
 from oficina.evals import metrics as M
+from oficina.infer.engine import Engine
+from oficina.infer.scoring import ContinuationScore
 
 Fewshot = None | str | Sequence[dict] | Callable[[dict], Sequence[dict]]
 
@@ -81,64 +81,6 @@ def render_prompt(
 # ---------------------------------------------------------------------------- log-likelihood
 
 
-@dataclass
-class ContinuationScore:
-    logprob: float  # sum of the continuation tokens' log-probabilities (nats)
-    n_tokens: int
-    greedy: bool  # every continuation token is the argmax
-
-
-def _encode(tok, text: str, special: bool = True) -> list[int]:
-    """Token ids; special tokens (BOS) as the tokenizer adds them, unless the text has them."""
-    if special:
-        bos = getattr(tok, "bos_token", None)
-        special = not (bos and text.startswith(bos))
-    return list(tok(text, add_special_tokens=special)["input_ids"])
-
-
-def _split_pair(tok, context: str, cont: str, ctx_ids: list[int]) -> list[int]:
-    """The continuation's tokens as lm-evaluation-harness gets them: encode context+continuation
-    and cut at the context's length (falls back to encoding the continuation alone if the
-    tokenizer merged across the boundary)."""
-    whole = _encode(tok, context + cont)
-    if len(whole) > len(ctx_ids) and whole[: len(ctx_ids)] == ctx_ids:
-        return whole[len(ctx_ids) :]
-    return _encode(tok, cont, special=False)
-
-
-def _prefix_token(tok) -> int:
-    for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
-        if t is not None:
-            return t
-    return 0
-
-
-def _context_length(engine) -> int:
-    n = getattr(engine, "context_length", None)
-    if n:
-        return int(n)
-    cfg = getattr(getattr(engine, "model", None), "config", None)
-    return int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
-
-
-def _forward_last(model, input_ids, attention_mask, position_ids):
-    """One forward over a left-padded batch: (log-probs at the last position, KV cache)."""
-    import torch
-
-    kwargs = dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-    )
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # a model without logits_to_keep
-        out = model(**kwargs)
-    logits = out.logits[:, -1, :].float()
-    return torch.log_softmax(logits, dim=-1), out.past_key_values
-
-
 def score_continuations(
     engine,
     contexts: Sequence[str],
@@ -146,105 +88,18 @@ def score_continuations(
     batch_size: int = 8,
     max_rows: int = 32,
 ) -> tuple[list[list[ContinuationScore]], list[int], int]:
-    """Log-likelihood of each continuation after its context, the prompt run once per context.
+    """Log-likelihood of each continuation after its context, by the engine's one kernel
+    (``Engine.score_continuations``: lm-eval's split rule, each context run once).
 
     Returns (scores[i][j] for context i, continuation j; prompt token count of each context;
-    how many contexts had to be cut on the left to fit the model's context length).
+    how many contexts had to be cut on the left to fit the model's context length). An engine
+    without that kernel (a remote one) is scored through its ``loglikelihood``.
     """
-    model = getattr(engine, "model", None)
-    tok = getattr(engine, "tokenizer", None)
-    if model is None or tok is None:
+    if not hasattr(engine, "score_continuations"):
         return _score_via_engine(engine, contexts, continuations)
-    import torch
-
-    n = len(contexts)
-    max_len = _context_length(engine)
-    ctx_ids_all: list[list[int]] = []
-    cont_ids_all: list[list[list[int]]] = []
-    truncated = 0
-    for context, conts in zip(contexts, continuations, strict=True):
-        # Trailing spaces belong to the continuation (as lm-eval does) so " A" stays one token.
-        stripped = context.rstrip()
-        moved = context[len(stripped) :]
-        ctx_ids = _encode(tok, stripped) if stripped else []
-        if not ctx_ids:
-            ctx_ids = [_prefix_token(tok)]
-        c_ids = [_split_pair(tok, stripped, moved + c, ctx_ids) for c in conts]
-        if any(len(c) == 0 for c in c_ids):
-            raise UserError(f"an empty answer cannot be scored (answers: {list(conts)!r})")
-        longest = max((len(c) for c in c_ids), default=0)
-        if len(ctx_ids) + longest > max_len:
-            ctx_ids = ctx_ids[-(max_len - longest) :]
-            truncated += 1
-        ctx_ids_all.append(ctx_ids)
-        cont_ids_all.append(c_ids)
-
-    results: list[list[ContinuationScore]] = [[] for _ in range(n)]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else _prefix_token(tok)
-    # Longest prompts first: similar lengths share a batch, so little padding is computed.
-    order = sorted(range(n), key=lambda i: -len(ctx_ids_all[i]))
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for b0 in range(0, n, batch_size):
-            batch = order[b0 : b0 + batch_size]
-            P = max(len(ctx_ids_all[i]) for i in batch)
-            ids = torch.full((len(batch), P), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), P), dtype=torch.long)
-            for r, i in enumerate(batch):
-                c = ctx_ids_all[i]
-                ids[r, P - len(c) :] = torch.tensor(c)
-                mask[r, P - len(c) :] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            lp0, cache = _forward_last(model, ids.to(device), mask.to(device), pos.to(device))
-            lp0 = lp0.cpu()
-
-            # First continuation token: read off the prompt's last position.
-            partial: dict[tuple[int, int], tuple[float, bool]] = {}
-            rows: list[tuple[int, int, int]] = []  # (batch row, item, continuation) needing more
-            for r, i in enumerate(batch):
-                top = int(lp0[r].argmax())
-                for j, c in enumerate(cont_ids_all[i]):
-                    partial[(i, j)] = (float(lp0[r, c[0]]), top == c[0])
-                    if len(c) > 1:
-                        rows.append((r, i, j))
-
-            # The rest: one row per (prompt, continuation), the prompt's cache copied to each.
-            for k0 in range(0, len(rows), max_rows):
-                chunk = rows[k0 : k0 + max_rows]
-                m = max(len(cont_ids_all[i][j]) for _, i, j in chunk) - 1
-                inp = torch.full((len(chunk), m), pad_id, dtype=torch.long)
-                for q, (_, i, j) in enumerate(chunk):
-                    c = cont_ids_all[i][j][:-1]
-                    inp[q, : len(c)] = torch.tensor(c)
-                src = torch.tensor([r for r, _, _ in chunk])
-                c_mask = torch.cat([mask[src], torch.ones((len(chunk), m), dtype=torch.long)], 1)
-                c_pos = mask[src].sum(-1, keepdim=True) + torch.arange(m).unsqueeze(0)
-                c_cache = copy.deepcopy(cache) if k0 + max_rows < len(rows) else cache
-                c_cache.reorder_cache(src.to(device))
-                out = model(
-                    input_ids=inp.to(device),
-                    attention_mask=c_mask.to(device),
-                    position_ids=c_pos.to(device),
-                    past_key_values=c_cache,
-                    use_cache=True,
-                )
-                lps = torch.log_softmax(out.logits.float(), dim=-1).cpu()
-                for q, (_, i, j) in enumerate(chunk):
-                    c = cont_ids_all[i][j]
-                    tgt = torch.tensor(c[1:])
-                    lp_rows = lps[q, : len(c) - 1]
-                    s = float(lp_rows.gather(1, tgt.unsqueeze(1)).sum())
-                    g = bool((lp_rows.argmax(-1) == tgt).all())
-                    lp, g0 = partial[(i, j)]
-                    partial[(i, j)] = (lp + s, g0 and g)
-                del out, lps, c_cache
-            del cache
-            for i in batch:
-                results[i] = [
-                    ContinuationScore(partial[(i, j)][0], len(c), partial[(i, j)][1])
-                    for j, c in enumerate(cont_ids_all[i])
-                ]
-    return results, [len(c) for c in ctx_ids_all], truncated
+    return engine.score_continuations(
+        list(contexts), [list(c) for c in continuations], batch_size=batch_size, max_rows=max_rows
+    )
 
 
 def _score_via_engine(engine, contexts, continuations):
@@ -258,31 +113,6 @@ def _score_via_engine(engine, contexts, continuations):
         )
         k += len(xs)
     return results, [count(c) for c in contexts], 0
-
-
-def loglikelihood_naive(model, tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-    """Reference scorer: each (context, continuation) run whole, one at a time, no padding.
-
-    Slow; kept to check ``score_continuations`` (and any engine) against.
-    """
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for context, cont in pairs:
-            ctx_ids = _encode(tok, context) or [_prefix_token(tok)]
-            c_ids = _split_pair(tok, context, cont, ctx_ids)
-            ids = torch.tensor([ctx_ids + c_ids])
-            lp = torch.log_softmax(model(ids).logits[0].float(), -1)
-            tgt = torch.tensor(c_ids)
-            rows = lp[len(ctx_ids) - 1 : len(ctx_ids) - 1 + len(c_ids)]
-            out.append(
-                (
-                    float(rows.gather(1, tgt.unsqueeze(1)).sum()),
-                    bool((rows.argmax(-1) == tgt).all()),
-                )
-            )
-    return out
 
 
 def _choose(scores: list[ContinuationScore], answers: Sequence[str], normalize: str) -> int:
@@ -646,22 +476,6 @@ def generate_task(
 # ---------------------------------------------------------------------------- perplexity
 
 
-def _windows(n_ids: int, length: int, stride: int) -> list[tuple[int, int, int]]:
-    """Sliding windows over ids[0..n_ids) scoring every position 1..n_ids-1 exactly once.
-
-    Each (start, end, first_target): the model reads ids[start:end] and is scored on the
-    targets first_target..end-1. The first window scores up to length-1 tokens; each later
-    one moves ``stride`` tokens and keeps at least length-stride tokens of context.
-    """
-    out, pos = [], 1
-    while pos < n_ids:
-        end = min(n_ids, pos + (length - 1 if pos == 1 else stride))
-        start = max(0, end - length)
-        out.append((start, end, pos))
-        pos = end
-    return out
-
-
 def perplexity_details(
     engine_or_model,
     texts: Sequence[str],
@@ -669,71 +483,25 @@ def perplexity_details(
     tokenizer=None,
     max_length: int | None = 1024,
     stride: int | None = None,
-    batch_tokens: int = 4096,
     bootstrap: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> dict:
-    """Token-level perplexity of held-out texts, with a sliding window over the context length.
-
-    Each text is scored on its own, preceded by the BOS (else EOS) token so its first token is
-    scored too. Windows are ``min(context length, max_length)`` tokens long and advance by
-    ``stride`` (default half a window), so every token after the first window is predicted
-    from at least half a window of context. Also reports bits per UTF-8 byte (comparable across
-    tokenizers) and a bootstrap interval over texts.
+    """Perplexity of held-out texts by the engine's one definition (``Engine.text_nll``: BOS
+    first, sliding windows of ``min(context length, max_length)`` tokens moving by ``stride``,
+    default half a window; token-weighted over all texts), plus bits per UTF-8 byte (comparable
+    across tokenizers) and bootstrap intervals over texts. A bare model needs ``tokenizer=``.
     """
-    import torch
-
-    is_model = isinstance(engine_or_model, torch.nn.Module)  # (a HF model has .model too)
-    model = engine_or_model if is_model else engine_or_model.model
-    tok = tokenizer or (None if is_model else getattr(engine_or_model, "tokenizer", None))
-    if tok is None:
-        raise ValueError("perplexity of a bare model needs tokenizer=")
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
-        raise UserError("no non-empty text to compute perplexity on")
-    ctx = _context_length(SimpleNamespace(model=model) if is_model else engine_or_model)
-    length = min(ctx, max_length or ctx)
-    stride = stride or max(1, length // 2)
-    if not 0 < stride < length:
-        raise UserError(f"perplexity stride must be between 1 and the window ({length}) - 1")
-    prefix = _prefix_token(tok)
-    jobs: list[tuple[int, list[int], int]] = []  # (text index, window ids, targets from)
-    n_tokens = []
-    for t_i, text in enumerate(texts):
-        ids = [prefix] + _encode(tok, text, special=False)
-        n_tokens.append(len(ids) - 1)
-        for s, e, p in _windows(len(ids), length, stride):
-            jobs.append((t_i, ids[s:e], p - s))
-    nll = [0.0] * len(texts)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else prefix
-    jobs.sort(key=lambda j: -len(j[1]))
-    vocab = int(getattr(model.config, "vocab_size", 50000))
-    # Keep the float32 logits of a batch under ~128 MB (B x T x V x 4 bytes; log-softmax doubles it).
-    budget = max(1, min(batch_tokens, (128 << 20) // (4 * vocab)))
-    device = next(model.parameters()).device
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        k = 0
-        while k < len(jobs):
-            T = len(jobs[k][1])
-            bs = max(1, budget // T)
-            batch = jobs[k : k + bs]
-            k += bs
-            ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), T), dtype=torch.long)
-            for r, (_, w, _) in enumerate(batch):
-                ids[r, : len(w)] = torch.tensor(w)
-                mask[r, : len(w)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            lp = torch.log_softmax(logits.float(), -1).cpu()
-            for r, (t_i, w, first) in enumerate(batch):
-                tgt = torch.tensor(w[first:])
-                nll[t_i] -= float(lp[r, first - 1 : len(w) - 1].gather(1, tgt.unsqueeze(1)).sum())
-            del logits, lp
-    wall = time.perf_counter() - t0
+    if isinstance(engine_or_model, torch.nn.Module):  # (a HF model has .model too)
+        if tokenizer is None:
+            raise ValueError("perplexity of a bare model needs tokenizer=")
+        engine = Engine(engine_or_model, tokenizer)
+    else:
+        engine = engine_or_model
+    r = engine.text_nll(list(texts), max_length, stride)
+    nll, n_tokens = r.nll, r.tokens
     total_nll, total_tok = sum(nll), sum(n_tokens)
-    text_bytes = [len(t.encode("utf-8")) for t in texts]
+    text_bytes = [len(t.encode("utf-8")) for t in r.texts]
     n_bytes = sum(text_bytes)
     # Resample texts; the statistic is the pooled ratio (total NLL over total tokens/bytes).
     items = list(zip(nll, n_tokens, text_bytes, strict=True))
@@ -746,7 +514,7 @@ def perplexity_details(
 
     boot = dict(n=bootstrap, alpha=alpha, seed=seed)
     return {
-        "perplexity": M.perplexity_from_nll(total_nll, total_tok),
+        "perplexity": r.perplexity,
         "ci": {
             "perplexity": list(M.bootstrap_ci(items, ppl_stat, **boot)),
             "bits_per_byte": list(M.bootstrap_ci(items, bpb_stat, **boot)),
@@ -756,14 +524,17 @@ def perplexity_details(
         "bits_per_byte": M.bits_per_byte(total_nll, n_bytes),
         "tokens": total_tok,
         "bytes": n_bytes,
-        "texts": len(texts),
-        "window": length,
-        "stride": stride,
-        "windows": len(jobs),
+        "texts": len(r.texts),
+        "window": r.window,
+        "stride": r.stride,
+        "windows": r.windows,
         "per_text_nll": nll,
         "per_text_tokens": n_tokens,
         "per_text_bytes": text_bytes,
-        "timing": {"wall_s": wall, "tokens_per_s": total_tok / wall if wall > 0 else 0.0},
+        "timing": {
+            "wall_s": r.wall_s,
+            "tokens_per_s": total_tok / r.wall_s if r.wall_s > 0 else 0.0,
+        },
     }
 
 

@@ -19,7 +19,11 @@ What it does, and why it is written out rather than calling ``model.generate``:
     row i gained (possibly empty: text that might be the start of a stop string, or half a UTF-8
     character, is held back); returning False cancels that row;
   * **log-probabilities** of completion tokens (chosen + top-N) and, with ``echo``, of the prompt
-    tokens; ``loglikelihood`` for evaluation harnesses (lm-eval style).
+    tokens; ``score_ids`` for token ids scored exactly as given;
+  * **scoring**, the one place Oficina computes it: ``loglikelihood`` / ``score_continuations``
+    (lm-eval's context/continuation split, each context run once) and ``perplexity`` /
+    ``text_nll`` (sliding window with BOS, token-weighted); the kernels and both definitions
+    are in ``oficina.infer.scoring``.
 Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model).
 """
 
@@ -34,6 +38,9 @@ from pathlib import Path
 import torch
 
 from oficina.errors import UserError
+from oficina.infer import scoring
+from oficina.infer.int8 import RECIPE, apply_recipe
+from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
 _IDENTITY_GLOBS = (
@@ -234,10 +241,8 @@ class Engine:
             model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
             adapter_path = adapter_path.resolve()
-        recipe = path / "oficina-quantization.json"
+        recipe = path / RECIPE
         if recipe.is_file():
-            from oficina.infer.quantize import apply_recipe
-
             model = apply_recipe(model, recipe)
         return cls(model, tok, name=name or spec, path=path, adapter=adapter_path, dtype=dtype)
 
@@ -512,57 +517,47 @@ class Engine:
         rows = self._rows([prompt], [params])
         yield from (delta for _, delta in self._loop(rows, set()) if delta)
 
+    # ------------------------------------------------------------------ scoring
+    def score_ids(self, ids: list[int], top: int) -> tuple[list[TokenLogprob], torch.Tensor]:
+        """Token ids scored exactly as given: their TokenLogprobs (first is None) and the
+        log-probabilities of the token that would come next."""
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+        return self.score_sequence(logits, ids, top), torch.log_softmax(logits[-1], -1)
+
+    def score_continuations(
+        self,
+        contexts: list[str],
+        continuations: list[list[str]],
+        batch_size: int = 8,
+        max_rows: int = 32,
+    ) -> tuple[list[list[ContinuationScore]], list[int], int]:
+        """Each context's continuations scored, the context run once (``oficina.infer.scoring``).
+
+        Returns (scores[i][j], context token counts, contexts cut on the left to fit).
+        """
+        return scoring.score_continuations(self, contexts, continuations, batch_size, max_rows)
+
     def loglikelihood(
         self, requests: list[tuple[str, str]], batch_size: int = 8
     ) -> list[tuple[float, bool]]:
         """(context, continuation) -> (sum of continuation logprobs, continuation is greedy).
 
-        As lm-evaluation-harness does: tokenize context + continuation together and take the
-        tokens past the context's own encoding as the continuation (so a BPE merge across the
-        boundary is scored the way the model would read it); trailing spaces of the context
-        move to the continuation.
+        The continuation's tokens are lm-evaluation-harness's: context + continuation encoded
+        together, the tokens past the context's own encoding (trailing whitespace of the context
+        moves to the continuation); see ``oficina.infer.scoring``.
         """
-        encoded: list[tuple[list[int], int]] = []  # (whole ids, number of continuation tokens)
-        for ctx, cont in requests:
-            n_sp = len(ctx) - len(ctx.rstrip(" "))
-            if n_sp:
-                ctx, cont = ctx[:-n_sp], ctx[-n_sp:] + cont
-            whole = self.encode(ctx + cont)
-            ctx_ids = self.encode(ctx) if ctx else []
-            if not ctx_ids:  # no context: condition on BOS/EOS
-                start = self.tokenizer.bos_token_id
-                start = start if start is not None else next(iter(self.eos_ids), 0)
-                whole = [start] + self.encode(cont)
-                ctx_ids = [start]
-            n_cont = len(whole) - len(ctx_ids)
-            if whole[: len(ctx_ids)] != ctx_ids:  # boundary merge changed the context tokens
-                n_cont = max(1, len(whole) - len(ctx_ids))
-            if n_cont <= 0:
-                raise UserError("empty continuation in a loglikelihood request")
-            if len(whole) > self.context_length:  # keep the end, as lm-eval does
-                whole = whole[-self.context_length :]
-                n_cont = min(n_cont, len(whole) - 1)
-            encoded.append((whole, n_cont))
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-        pad = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                chunk = order[s : s + batch_size]
-                width = max(len(encoded[i][0]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for b, i in enumerate(chunk):  # right padding: positions start at 0 everywhere
-                    w = encoded[i][0]
-                    ids[b, : len(w)] = torch.tensor(w)
-                    mask[b, : len(w)] = 1
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-                for b, i in enumerate(chunk):
-                    w, n_cont = encoded[i]
-                    L = len(w)
-                    lp = torch.log_softmax(logits[b, L - n_cont - 1 : L - 1], -1)
-                    target = torch.tensor(w[L - n_cont :])
-                    total = float(lp.gather(1, target[:, None]).sum())
-                    greedy = bool((lp.argmax(-1) == target).all())
-                    results[i] = (total, greedy)
-        return results
+        return scoring.loglikelihood(self, requests, batch_size)
+
+    def text_nll(
+        self, texts: list[str], window: int | None = 1024, stride: int | None = None
+    ) -> TextNLL:
+        """Per-text NLL and token counts under the one perplexity definition (sliding window of
+        ``min(window, context)`` tokens, stride half a window, BOS first)."""
+        return scoring.text_nll(self, texts, window, stride)
+
+    def perplexity(
+        self, texts: list[str], window: int | None = 1024, stride: int | None = None
+    ) -> float:
+        """exp(total NLL / total tokens) over all texts; see ``text_nll``."""
+        return self.text_nll(texts, window, stride).perplexity

@@ -459,24 +459,24 @@ def llama_tokens_per_s(llm, prompt_ids: list[int], n: int) -> float:
     return len(got) / (time.perf_counter() - t0)
 
 
-def llama_perplexity(llm, texts_ids: list[list[int]]) -> float:
-    """exp(mean next-token NLL) with llama.cpp's logits, over the same token ids as PyTorch.
+def llama_perplexity(llm, windows: list[tuple[list[int], int]]) -> float:
+    """Perplexity with llama.cpp's logits over the windows PyTorch scores (the engine's
+    ``perplexity_plan``): each (ids, first) scores targets ids[first:] from the ids before them;
+    exp(total NLL / total targets).
 
-    ``llm`` must be loaded with ``logits_all=True`` and a context at least as long as a text.
+    ``llm`` must be loaded with ``logits_all=True`` and a context at least as long as a window.
     """
     import math
 
     nll, n = 0.0, 0
-    for ids in texts_ids:
-        if len(ids) < 2:
-            continue
+    for ids, first in windows:
         llm.reset()
         llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        logits = np.asarray(llm.scores[first - 1 : len(ids) - 1], dtype=np.float64)
         m = logits.max(axis=1, keepdims=True)
         logz = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
-        nll += float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
-        n += len(ids) - 1
+        nll += float((logz - logits[np.arange(len(logits)), ids[first:]]).sum())
+        n += len(ids) - first
     if n == 0:
         raise UserError("no text long enough to score")
     return math.exp(nll / n)

@@ -4,7 +4,10 @@
     oficina quantize smollm2-135m-instruct --method gguf --out smollm2-q8_0.gguf
 
 Each result states size on disk, generation tokens/s and perplexity on the demo validation
-texts, float next to quantized, measured in the same run.
+texts, float next to quantized, measured in the same run. The perplexity is the engine's one
+definition (``oficina.infer.scoring``: BOS first, sliding windows of ``--window`` tokens moving
+by half a window, exp of total NLL over total tokens of all texts), so it is the number
+``oficina eval --perplexity`` prints for the same model and texts.
 
 **int8, and how it is stored.** ``torch.ao`` dynamic quantization replaces every ``nn.Linear``
 with an int8-weight kernel (activations quantized on the fly). Those modules hold packed
@@ -18,7 +21,8 @@ int8 state itself (the quantized state_dict serialized in memory), which is what
 library): Llama-architecture models with a byte-level BPE tokenizer that llama.cpp has a
 pre-tokenizer for; anything else is refused with a one-line reason. Its quality is measured
 twice: the file's de-quantized weights run in PyTorch (always), and, when ``llama_cpp``
-(llama-cpp-python) is importable, llama.cpp itself on the same token ids, which also gives
+(llama-cpp-python) is importable, llama.cpp itself on the same windows of the same token ids
+(``perplexity_plan``), which also gives
 the tokens/s. Without llama-cpp-python the result says so and has no tokens/s.
 """
 
@@ -27,7 +31,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import os
 import shutil
 import time
@@ -39,12 +42,20 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
-
-RECIPE = "oficina-quantization.json"
+from oficina.infer import gguf_export as gx
+from oficina.infer.engine import Engine, SamplingParams
+from oficina.infer.int8 import RECIPE, SKIP
+from oficina.infer.scoring import perplexity_plan
+from oficina.models.sources import resolve
+from oficina.workspace import atomic_write_json, start_run
 
 
 class QuantizeConfig(VerbConfig):
-    """Quantize a model (int8 dynamic for PyTorch CPU, or GGUF for llama.cpp) and measure it."""
+    """Quantize a model (int8 dynamic for PyTorch CPU, or GGUF for llama.cpp) and measure it.
+
+    Perplexity: BOS first, sliding windows of --window tokens moving by half a window, exp(total
+    NLL / total tokens) over all texts; the same number oficina eval --perplexity prints.
+    """
 
     positionals = ("model",)
     model: str = Field(description="model spec")
@@ -57,42 +68,17 @@ class QuantizeConfig(VerbConfig):
         "examples/demo/task/validation.jsonl", description="JSONL with 'text' for perplexity"
     )
     max_texts: int = Field(40, ge=1, description="how many texts to score")
-    max_tokens: int = Field(256, ge=8, description="tokens per text at most")
+    window: int = Field(
+        1024,
+        ge=8,
+        description="perplexity: tokens per sliding window at most (stride half a window, BOS "
+        "first, token-weighted over all texts: the same definition as oficina eval)",
+    )
     bench_tokens: int = Field(48, ge=1, description="tokens generated for the speed figure")
     json_: bool = Field(False, alias="json", description="print the result as JSON")
 
 
-# ---------------------------------------------------------------------------- int8
-
-
-def apply_recipe(model, recipe_path: str | Path):
-    """Apply an ``oficina-quantization.json`` recipe to a loaded float model."""
-    recipe = json.loads(Path(recipe_path).read_text())
-    if recipe.get("method") != "int8-dynamic":
-        raise UserError(f"{recipe_path}: unknown quantization method {recipe.get('method')!r}")
-    return quantize_int8(model, skip=tuple(recipe.get("skip", SKIP)))
-
-
-# Measured on SmolLM2 (demo validation perplexity 20.04 in float32, 40 texts): every Linear
-# int8 -> 71.3 (+256%); without lm_head and the MLP down projections (whose inputs carry large
-# activation outliers, which per-tensor dynamic activation scales flatten) -> 23.26 (+16%).
-SKIP = ("lm_head", "down_proj")
-
-
-def quantize_int8(model, skip: tuple[str, ...] = SKIP):
-    """Dynamic int8 (per-channel weights) of every nn.Linear except names ending in ``skip``."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    torch.backends.quantized.engine = (
-        "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
-    )
-    # By name, not by type: a {nn.Linear} spec would quantize the skipped layers too.
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.endswith(tuple(skip))
-    }
-    return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=False)
+# ---------------------------------------------------------------------------- sizes
 
 
 def state_bytes(model) -> int:
@@ -113,30 +99,11 @@ def dir_bytes(path: Path) -> int:
 # ---------------------------------------------------------------------------- measurement
 
 
-def perplexity(engine, texts: list[str], max_tokens: int = 256) -> float:
-    """exp(mean next-token NLL) over all tokens of all texts (each text cut to max_tokens)."""
-    nll, n = 0.0, 0
-    with torch.inference_mode():
-        for t in texts:
-            ids = engine.encode(t)[:max_tokens]
-            if len(ids) < 2:
-                continue
-            x = torch.tensor([ids])
-            logits = engine.model(input_ids=x).logits[0, :-1].float()
-            nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-            n += len(ids) - 1
-    if n == 0:
-        raise UserError("no text long enough to score")
-    return math.exp(nll / n)
-
-
 BENCH_PROMPT = "The Python language reference describes"
 
 
 def tokens_per_s(engine, n: int) -> float:
     """Batch-1 generation speed: prefill + exactly ``n`` greedy tokens (EOS ignored)."""
-    from oficina.infer.engine import SamplingParams
-
     eos, engine.eos_ids = engine.eos_ids, set()
     try:
         engine.generate([BENCH_PROMPT], SamplingParams(max_new_tokens=4))  # warm-up
@@ -160,9 +127,6 @@ def _texts(cfg: QuantizeConfig) -> list[str]:
 
 def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict:
     """Size, perplexity and tokens/s of an exported GGUF, next to the float ``base`` engine."""
-    from oficina.infer import gguf_export as gx
-    from oficina.infer.engine import Engine
-
     res: dict = {"size_on_disk_bytes": out.stat().st_size, "gguf_type": cfg.gguf_type}
     _, state = gx.read_gguf_state_dict(out)
     model = copy.deepcopy(base.model)
@@ -173,7 +137,7 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
             f"GGUF read-back mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     deq = Engine(model, base.tokenizer, name=f"{base.name} (gguf {cfg.gguf_type})")
-    res["perplexity_torch_dequantized"] = perplexity(deq, texts, cfg.max_tokens)
+    res["perplexity_torch_dequantized"] = deq.perplexity(texts, cfg.window)
     del deq, model, state
     version = gx.llama_cpp_version()
     if version is None:
@@ -185,9 +149,11 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
         )
         return res
     threads = torch.get_num_threads()
-    ids = [base.encode(t)[: cfg.max_tokens] for t in texts]
-    llm = gx.load_llama(out, n_ctx=max(64, max(len(i) for i in ids)), logits_all=True)
-    res["perplexity"] = gx.llama_perplexity(llm, ids)
+    # llama.cpp scores the very windows (same token ids, same targets) PyTorch scores.
+    plan = perplexity_plan(base, texts, cfg.window)
+    jobs = [(w, first) for _, w, first in plan.jobs]
+    llm = gx.load_llama(out, n_ctx=max(64, max(len(w) for w, _ in jobs)), logits_all=True)
+    res["perplexity"] = gx.llama_perplexity(llm, jobs)
     del llm
     prompt = base.encode(BENCH_PROMPT)
     llm = gx.load_llama(out, n_ctx=len(prompt) + cfg.bench_tokens + 8)
@@ -200,23 +166,17 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
 
 
 def run(cfg: QuantizeConfig) -> int:
-    from oficina.infer.engine import Engine
-    from oficina.models.sources import resolve
-    from oficina.workspace import atomic_write_json, start_run
-
     with start_run("quantize", cfg) as rec:
         src = resolve(cfg.model)
         rec.add_input("model", src)
         out = Path(cfg.out)
         info: dict = {}
         if cfg.method == "gguf":  # export first: an unsupported model fails before any work
-            from oficina.infer.gguf_export import export_gguf
-
             if out.suffix != ".gguf":
                 raise UserError(f"--out for gguf must be a .gguf file, got {out}")
             if (src / RECIPE).is_file():
                 raise UserError(f"{cfg.model} is already quantized ({RECIPE} present)")
-            info = export_gguf(src, out, cfg.gguf_type)
+            info = gx.export_gguf(src, out, cfg.gguf_type)
         texts = _texts(cfg)
         base = Engine.from_spec(cfg.model)
         if (src / RECIPE).is_file():
@@ -227,7 +187,7 @@ def run(cfg: QuantizeConfig) -> int:
             "size_on_disk_bytes": dir_bytes(src),
             "state_bytes": state_bytes(base.model),
             "tokens_per_s": round(tokens_per_s(base, cfg.bench_tokens), 2),
-            "perplexity": perplexity(base, texts, cfg.max_tokens),
+            "perplexity": base.perplexity(texts, cfg.window),
         }
         if cfg.method == "int8":
             tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
@@ -253,7 +213,7 @@ def run(cfg: QuantizeConfig) -> int:
                 "size_on_disk_bytes": dir_bytes(out),
                 "state_bytes": state_bytes(q.model),
                 "tokens_per_s": round(tokens_per_s(q, cfg.bench_tokens), 2),
-                "perplexity": perplexity(q, texts, cfg.max_tokens),
+                "perplexity": q.perplexity(texts, cfg.window),
             }
         else:
             res["quantized"] = measure_gguf(base, out, texts, cfg)
@@ -271,7 +231,7 @@ def run(cfg: QuantizeConfig) -> int:
             if qz.get("perplexity")
             else None,
         }
-        res["eval"] = {"texts": len(texts), "file": cfg.eval_texts, "max_tokens": cfg.max_tokens}
+        res["eval"] = {"texts": len(texts), "file": cfg.eval_texts, "window": cfg.window}
         res["wall_time_s"] = round(time.perf_counter() - t0, 2)
         rec.add_output("quantized", out)
         rec.summary.update(res)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import secrets
 
+import torch
+
 
 def legacy_logprobs(items: list, start_offset: int = 0) -> dict:
     """Engine TokenLogprobs -> the /v1/completions logprobs object (tokens, offsets...)."""
@@ -56,28 +58,20 @@ def chat_logprobs(items: list | None) -> dict | None:
 def score_ids(
     engine, ids_list: list[list[int]], top: int, add_next: bool, temperature: float, seed
 ):
-    """Exact scoring of given token ids (echo), plus one greedy/sampled token if asked."""
-    import torch
-
+    """Exact scoring of given token ids (echo, by ``Engine.score_ids``), plus one greedy or
+    sampled token if asked."""
     results = []
-    with torch.inference_mode():
-        for ids in ids_list:
-            logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
-            items = engine.score_sequence(logits, ids, top)
-            new: list = []
-            if add_next:
-                row = torch.log_softmax(logits[-1], -1)
-                if temperature > 0:
-                    g = torch.Generator().manual_seed(
-                        seed if seed is not None else secrets.randbits(63)
-                    )
-                    tid = int(
-                        torch.multinomial(
-                            torch.softmax(logits[-1] / temperature, -1), 1, generator=g
-                        )
-                    )
-                else:
-                    tid = int(torch.argmax(row))
-                new.append(engine.token_logprob(row, tid, top))
-            results.append((items, new))
+    for ids in ids_list:
+        items, row = engine.score_ids(ids, top)
+        new: list = []
+        if add_next:
+            if temperature > 0:
+                g = torch.Generator().manual_seed(
+                    seed if seed is not None else secrets.randbits(63)
+                )
+                tid = int(torch.multinomial(torch.softmax(row / temperature, -1), 1, generator=g))
+            else:
+                tid = int(torch.argmax(row))
+            new.append(engine.token_logprob(row, tid, top))
+        results.append((items, new))
     return results
