@@ -20,14 +20,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from oficina.errors import UserError
 from oficina.evals import metrics as M
-from oficina.infer.engine import Engine
+from oficina.infer.engine import Engine, SamplingParams
 from oficina.infer.scoring import ContinuationScore
 
 Fewshot = None | str | Sequence[dict] | Callable[[dict], Sequence[dict]]
@@ -342,29 +341,6 @@ def multiple_choice(
 # ---------------------------------------------------------------------------- generation
 
 
-@dataclass
-class _Sampling:
-    """Stand-in with SamplingParams' fields, used only if the engine module is missing."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: list | None = None
-    seed: int | None = None
-    logprobs: int | None = None
-    echo: bool = False
-
-
-def sampling_params(**kw):
-    try:
-        from oficina.infer.engine import SamplingParams
-    except ImportError:
-        return _Sampling(**kw)
-    return SamplingParams(**kw)
-
-
 def _references(row: dict, field: str) -> list[str]:
     ref = row.get(field)
     if isinstance(ref, str):
@@ -432,7 +408,7 @@ def generate_task(
         )
         for r in rows
     ]
-    params = sampling_params(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
     outputs: list[str] = []
     n_prompt: list[int] = []
     n_gen = 0
