@@ -54,6 +54,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from oficina.models.safety import check_model_dir
         from oficina.models.sources import resolve
         from oficina.workspace import content_hash
 
@@ -62,6 +63,7 @@ class Embedder:
         self.precision = precision
         self.name = str(spec)
         self.path = resolve(str(spec))
+        check_model_dir(self.path)
         self.batch_size = int(batch_size)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(

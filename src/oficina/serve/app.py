@@ -46,6 +46,7 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
+from oficina.models.safety import check_adapter_dir
 from oficina.serve import errors
 from oficina.serve.auth import require_key
 from oficina.serve.errors import APIError, from_user_error
@@ -136,10 +137,7 @@ def parse_model_arg(arg: str) -> ModelArg:
         raw, adapter = raw.rsplit("+", 1)
         if not raw or not adapter:
             raise UserError(f"bad adapter spec '{arg}': use BASE+ADAPTER_DIR")
-        if not (Path(adapter).expanduser() / "adapter_config.json").is_file():
-            raise UserError(
-                f"adapter folder {adapter} has no adapter_config.json (not a PEFT adapter)"
-            )
+        check_adapter_dir(adapter)  # refuse a pickle or broken adapter before any loading
     if not raw:
         raise UserError(f"no model spec in '{arg}'")
     if name is None:

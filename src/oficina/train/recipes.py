@@ -371,11 +371,13 @@ def _max_steps(cfg_steps: int | None, epochs: float, n: int, args: TrainArgs, wo
 
 
 def finetune(cfg: FinetuneConfig) -> Summary:
+    from oficina.models.safety import check_model_dir
     from oficina.models.sources import load_tokenizer, resolve
 
     t0 = time.perf_counter()
     rank, world = dist_env()
     base = resolve(cfg.model)
+    check_model_dir(base)  # the classification head loads it directly, not via load_causal_lm
     tok = load_tokenizer(str(base))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -606,14 +608,14 @@ def merge(cfg: MergeConfig) -> Summary:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from oficina.models.safety import check_adapter_dir, check_model_dir
     from oficina.models.sources import resolve
 
     t0 = time.perf_counter()
-    adir = Path(cfg.adapter)
-    if not (adir / "adapter_config.json").is_file():
-        raise UserError(f"{adir} is not a PEFT adapter directory (no adapter_config.json)")
+    adir = check_adapter_dir(cfg.adapter)
     pcfg = PeftConfig.from_pretrained(str(adir))
     base = resolve(pcfg.base_model_name_or_path)
+    check_model_dir(base)
     with _start_run("merge", cfg) as run:
         run.add_input("adapter", adir)
         run.add_input("base", base)
