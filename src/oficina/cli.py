@@ -10,10 +10,12 @@ calls ``entry(cfg)``. Modules are imported only for the verb being run, so ``--h
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from oficina import __version__
 from oficina.errors import UserError
@@ -192,9 +194,75 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {v.help}" for name, v in VERBS.items()]
     lines += [
         "",
-        "global: --version, --workspace DIR (default $OFICINA_HOME or ./workspace), --debug (show tracebacks)",
+        "global: --version, --workspace DIR (default $OFICINA_HOME or ./workspace), --debug or "
+        "OFICINA_DEBUG=1 (show tracebacks)",
     ]
     return "\n".join(lines)
+
+
+# What to do about an OSError a user can cause (errno -> (exit code, advice)). 2: the path given
+# is wrong; 1: the machine refused (space, permissions the user may not control).
+_OS_ADVICE: dict[int, tuple[int, str]] = {
+    errno.ENOSPC: (1, "no space left on the device; free some or write elsewhere"),
+    errno.EDQUOT: (1, "disk quota exceeded; free some space or write elsewhere"),
+    errno.EROFS: (2, "the file system is read-only; choose a writable place"),
+    errno.EACCES: (2, "permission denied; choose a place you may write to"),
+    errno.EPERM: (2, "operation not permitted; choose a place you may write to"),
+    errno.ENOTDIR: (2, "a part of this path is a file, not a folder; choose another path"),
+    errno.EISDIR: (2, "this is a folder where a file is expected; give a file name"),
+    errno.EEXIST: (2, "it already exists; remove it or choose another path"),
+    errno.ENOENT: (2, "no such file or folder; check the path"),
+    errno.ENAMETOOLONG: (2, "the path is too long; choose a shorter one"),
+}
+
+
+def _debugging(flag: bool) -> bool:
+    return flag or os.environ.get("OFICINA_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def _destination(cfg: object) -> str:
+    """Where a verb writes, for an OSError that names no file (a full disk fails a write())."""
+    for field in ("out", "output"):
+        if isinstance(getattr(cfg, field, None), str):
+            return f"writing --{field} {getattr(cfg, field)} or the workspace {os.environ.get('OFICINA_HOME', 'workspace')}"
+    return f"writing in the workspace {os.environ.get('OFICINA_HOME', 'workspace')}"
+
+
+def _explain(e: BaseException, cfg: object = None) -> tuple[str, int] | None:
+    """A failure the user can cause -> (one-line message, exit code); None for a bug."""
+    if isinstance(e, UserError):
+        return str(e), e.exit_code
+    if isinstance(e, OSError) and e.errno is not None:
+        number = e.errno
+        if number == errno.EEXIST and e.filename is not None and Path(e.filename).is_file():
+            number = errno.ENOTDIR  # mkdir(exist_ok=True) on a file: a folder was needed there
+        code, advice = _OS_ADVICE.get(number, (1, e.strerror or "operating-system error"))
+        where = e.filename if e.filename is not None else _destination(cfg)
+        other = f" -> {e.filename2}" if e.filename2 is not None else ""
+        return f"{where}{other}: {advice} [{errno.errorcode.get(number, number)}]", code
+    mod = type(e).__module__ or ""
+    if mod.startswith("jinja2"):  # jinja2 is imported only if a template was rendered
+        from jinja2.exceptions import SecurityError, TemplateSyntaxError
+
+        if isinstance(e, SecurityError):
+            return (
+                f"template refused by the sandbox: {e}; templates may not reach Python internals",
+                2,
+            )
+        if isinstance(e, TemplateSyntaxError):
+            where = f" ({e.name or e.filename or 'template'}, line {e.lineno})"
+            return f"template syntax error{where}: {e.message}; fix the template", 2
+        return f"template error: {e}; check the template (a chat template, or --template)", 2
+    if type(e).__name__ == "SafetensorError":  # safetensors' one error class (Rust)
+        return f"cannot read a safetensors file: {e}", 2
+    return None
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar first, so the error is the last line, not glued to a bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def _find_verb(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -241,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     verb = VERBS[name]
     from oficina.config import parse_args
 
+    cfg = None
     try:
         module = importlib.import_module(verb.module)
         cfg_cls = getattr(module, verb.config)
@@ -254,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         code = entry(cfg)
         # Entries return an exit code, or a summary dict (the same function serves Python callers).
         return code if isinstance(code, int) else 0
-    except UserError as e:
-        if debug:
+    except Exception as e:  # a bug re-raises below; a failure the user caused gets one line
+        known = _explain(e, cfg)
+        if known is None or _debugging(debug):
             raise
-        print(f"oficina {name}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        message, code = known
+        _close_progress_bars()
+        print(f"oficina {name}: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"\noficina {name}: interrupted", file=sys.stderr)
         return 130

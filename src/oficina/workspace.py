@@ -53,11 +53,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave the old file and no stray temp
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -66,6 +70,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder to save into (``save_pretrained`` writes many files in place).
+
+    On success each file is renamed into ``path`` (which may hold other things, such as
+    ``checkpoints/``); on any failure — a full disk, an interrupt — the stage is removed, so
+    ``path`` never holds half a save.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        path.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            if f.is_dir() and (path / f.name).is_dir():
+                shutil.rmtree(path / f.name)
+            os.replace(f, path / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- hashing

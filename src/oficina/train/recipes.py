@@ -33,6 +33,7 @@ from oficina.train.checkpoint import unwrap
 from oficina.train.data import JsonlDataset, PackedDataset, load_jsonl_dataset, read_pack_meta
 from oficina.train.loop import NullRun, TrainArgs, dist_env, fit, param_counts, peak_memory_mb
 from oficina.train.objectives import KD, SFT, CausalLM, Classification, Regression, check_same_vocab
+from oficina.workspace import staged_dir
 
 
 class LoraArgs(Section):
@@ -172,13 +173,13 @@ def _save_hf(model, tokenizer, out: Path, rank: int, world: int) -> None:
             m, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            m.save_pretrained(out, state_dict=state, safe_serialization=True)
-        else:
-            m.save_pretrained(out, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+        with staged_dir(out) as stage:  # a full disk mid-save leaves no half model in out
+            if state is not None:
+                m.save_pretrained(stage, state_dict=state, safe_serialization=True)
+            else:
+                m.save_pretrained(stage, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(stage)
     if world > 1:
         torch.distributed.barrier()
 
