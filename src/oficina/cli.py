@@ -13,12 +13,14 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from oficina import __version__
-from oficina.errors import UserError
+from oficina.errors import Stopped, UserError
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,11 @@ def _explain(e: BaseException, cfg: object = None) -> tuple[str, int] | None:
     return None
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM takes Ctrl-C's path (see errors.Stopped): save, record 'stopped', exit 0."""
+    raise Stopped(signal.Signals(signum).name)
+
+
 def _close_progress_bars() -> None:
     """End any open tqdm bar first, so the error is the last line, not glued to a bar."""
     tqdm = sys.modules.get("tqdm")
@@ -310,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     from oficina.config import parse_args
 
     cfg = None
+    if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         module = importlib.import_module(verb.module)
         cfg_cls = getattr(module, verb.config)
@@ -331,8 +340,20 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         print(f"oficina {name}: error: {' '.join(message.split())}", file=sys.stderr)
         return code
-    except KeyboardInterrupt:
-        print(f"\noficina {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _close_progress_bars()
+        resume = (
+            "rerun with --resume to continue"
+            if hasattr(cfg, "resume")
+            else "rerun the same command to continue from there"
+        )
+        if isinstance(e, Stopped):  # asked to stop (systemd, docker stop): a normal end
+            print(
+                f"oficina {name}: stopped by {e.signame}; finished work is saved, {resume}",
+                file=sys.stderr,
+            )
+            return 0
+        print(f"\noficina {name}: interrupted; finished work is saved, {resume}", file=sys.stderr)
         return 130
 
 

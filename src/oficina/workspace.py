@@ -10,8 +10,9 @@ Every verb that does work runs inside ``start_run``:
 
 This writes ``$OFICINA_HOME/runs/<verb>-<time>-<id>/`` with ``config.yaml``, ``metrics.jsonl``
 and ``run.json``, and one row in ``$OFICINA_HOME/oficina.db`` (SQLite in WAL mode, so two runs
-started at once both land). An exception marks the run ``failed``; a run whose process was
-killed is found by ``reap_stale`` (its pid is gone) and marked ``failed`` too.
+started at once both land). An exception marks the run ``failed``; Ctrl-C or SIGTERM marks it
+``stopped``; a run whose process was killed is found by ``reap_stale`` (its pid is gone) and
+marked ``failed`` too.
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ class Run:
         self.config = config
         self.started = time.time()
         self.status = "running"
+        self.stopped_by: str | None = None  # a signal name, set by a verb that handles its own
         self.summary: dict[str, Any] = {}
         self.inputs: list[dict] = []
         self.outputs: list[dict] = []
@@ -344,14 +346,22 @@ def start_run(
     run = Run(verb, config, root)
     try:
         yield run
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM (errors.Stopped): stopped on purpose, not failed; what the verb
+        # saved as it went (checkpoints, shards, the cache) is where a rerun resumes.
+        run.finish("stopped", f"stopped by {getattr(e, 'signame', 'SIGINT')}")
+        raise
     except BaseException as e:
-        # KeyboardInterrupt and SystemExit count as failures too: the run did not finish.
+        # SystemExit counts as a failure too: the run did not finish.
         msg = f"{type(e).__name__}: {e}"
         (run.dir / "error.txt").write_text(traceback.format_exc())
         run.finish("failed", msg)
         raise
     else:
-        run.finish("completed")
+        if run.stopped_by:  # a server's normal end: a signal, handled by the verb itself
+            run.finish("stopped", f"stopped by {run.stopped_by}")
+        else:
+            run.finish("completed")
 
 
 # ---------------------------------------------------------------------------- queries

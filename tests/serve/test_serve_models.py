@@ -169,7 +169,7 @@ def test_oficina_serve_command(tiny_lm, tmp_path):
     runs = list((tmp_path / "ws" / "runs").iterdir())
     assert len(runs) == 1
     meta = json.loads((runs[0] / "run.json").read_text())
-    assert meta["status"] == "completed" and meta["summary"]["requests"]["chat"] == 1
+    assert meta["status"] == "stopped" and meta["summary"]["requests"]["chat"] == 1
     config = (runs[0] / "config.yaml").read_text()
     assert "k-123" not in config  # the key is never written to disk
 
