@@ -22,6 +22,10 @@ Limits: ``--max-concurrent`` requests admitted, ``--max-queue`` waiting (beyond:
 Retry-After), ``--max-body-bytes`` (413), ``max_tokens`` checked against the context and
 ``--max-tokens`` (400), ``--request-timeout-s`` per request (504), and a client that
 disconnects has its generation cancelled.
+
+SIGTERM or Ctrl-C: stop accepting, let requests in flight run for ``--drain-timeout-s``, then cut
+each (503 ``server_shutting_down``: an error event and ``[DONE]`` on a stream), exit 0 and record
+the run ``stopped``. Adapters pass the weight gate (``oficina.models.safety``) before loading.
 """
 
 from __future__ import annotations
