@@ -177,3 +177,46 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch):
     monkeypatch.setattr(oficina.runs, "list_cmd", broken)
     with pytest.raises(KeyError):
         main(["runs", "list"])
+
+
+def _config_not_json(d: Path) -> None:
+    (d / "config.json").write_text("{not json")
+
+
+def _unknown_architecture(d: Path) -> None:
+    c = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**c, "model_type": "no-such-architecture"}))
+
+
+def _tokenizer_not_json(d: Path) -> None:
+    (d / "tokenizer.json").write_text("garbage")
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [_config_not_json, _unknown_architecture, _tokenizer_not_json],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_broken_model_folder(tiny_lm, tmp_path, capsys, breakage):
+    d = tmp_path / "model"
+    shutil.copytree(tiny_lm, d)
+    breakage(d)
+    code = main(["generate", str(d), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert code == 2
+    _one_line(capsys, code, "generate", f"cannot load the model in {d}")
+
+
+def test_an_adapter_that_does_not_fit_its_base(tiny_lm, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    a = tmp_path / "lora"
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_lm), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    peft.save_pretrained(a)
+    c = json.loads((a / "adapter_config.json").read_text())
+    (a / "adapter_config.json").write_text(json.dumps({**c, "target_modules": ["no_such_proj"]}))
+    code = main(["generate", str(tiny_lm), "--prompt", "hi", "--adapter", str(a)])
+    assert code == 2
+    _one_line(capsys, code, "generate", f"cannot load the adapter in {a}")

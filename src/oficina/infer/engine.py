@@ -213,13 +213,13 @@ class Engine:
         if adapter:
             from peft import PeftModel
 
-            from oficina.models.safety import check_adapter_dir
+            from oficina.models.safety import check_adapter_dir, load_errors
 
             # PEFT reads adapter_model.safetensors first and falls back to a pickle: the gate
             # makes sure the first exists and is sound, so the fallback never happens.
             adapter_path = check_adapter_dir(adapter)
-
-            model = PeftModel.from_pretrained(model, str(adapter_path))
+            with load_errors(adapter_path, "adapter"):
+                model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
             adapter_path = adapter_path.resolve()
         recipe = path / "oficina-quantization.json"

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from oficina.errors import UserError
@@ -222,3 +224,34 @@ def check_adapter_dir(folder: str | Path) -> Path:
         raise _refuse(folder, f"no {ADAPTER_FILE} (no adapter weights to load)")
     check_safetensors(folder / ADAPTER_FILE)
     return folder
+
+
+@contextmanager
+def load_errors(path: str | Path, what: str = "model") -> Iterator[None]:
+    """Turn a loader's failure on a broken folder into one line naming it (exit 2).
+
+    transformers and PEFT report a malformed config, tokenizer or adapter, an unknown
+    architecture or weights that do not fit the config as OSError/ValueError/RuntimeError with
+    no errno; the user can only fix the folder. An OSError with an errno (permission, a missing
+    disk) is left to the CLI, which names the errno's remedy; ``--debug`` shows the original.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as e:
+        if e.errno is not None:
+            raise
+        raise _load_error(path, what, e) from e
+    except (ValueError, RuntimeError, KeyError, ImportError) as e:
+        raise _load_error(path, what, e) from e
+
+
+def _load_error(path: str | Path, what: str, e: BaseException) -> UserError:
+    text = str(e).strip()
+    first = text.splitlines()[0][:300] if text else type(e).__name__
+    return UserError(
+        f"cannot load the {what} in {path}: {first}; check that it is a complete, matching "
+        f"Hugging Face {what} folder (--debug shows the details)",
+        exit_code=2,
+    )

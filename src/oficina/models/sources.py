@@ -32,7 +32,7 @@ from pydantic import Field
 from oficina.config import VerbConfig
 from oficina.errors import UserError
 from oficina.models.presets import PRESET_NOTES, PRESETS, is_preset
-from oficina.models.safety import check_model_dir, model_weight_files
+from oficina.models.safety import check_model_dir, load_errors, model_weight_files
 from oficina.workspace import atomic_write_text, cache_dir, content_hash
 
 PACKAGED = {
@@ -249,8 +249,8 @@ def load_tokenizer(spec: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve(str(spec))
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return tok
+    with load_errors(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_causal_lm(
@@ -272,13 +272,14 @@ def load_causal_lm(
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype
     ]
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=torch_dtype,
-        use_safetensors=not allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with load_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=torch_dtype,
+            use_safetensors=not allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
