@@ -609,24 +609,26 @@ def merge(cfg: MergeConfig) -> Summary:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from oficina.models.safety import check_adapter_dir, check_model_dir
+    from oficina.models.safety import check_adapter_dir, check_model_dir, load_errors
     from oficina.models.sources import resolve
 
     t0 = time.perf_counter()
     adir = check_adapter_dir(cfg.adapter)
-    pcfg = PeftConfig.from_pretrained(str(adir))
+    with load_errors(adir, "adapter"):
+        pcfg = PeftConfig.from_pretrained(str(adir))
     base = resolve(pcfg.base_model_name_or_path)
     check_model_dir(base)
     with _start_run("merge", cfg) as run:
         run.add_input("adapter", adir)
         run.add_input("base", base)
-        if pcfg.task_type == "SEQ_CLS":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base, use_safetensors=True, **_head_kwargs(adir)
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
-        merged = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
+        with load_errors(adir, "adapter"):
+            if pcfg.task_type == "SEQ_CLS":
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    base, use_safetensors=True, **_head_kwargs(adir)
+                )
+            else:
+                model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+            merged = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
         out = Path(cfg.out)
         merged.save_pretrained(out, safe_serialization=True)
         tok_src = adir if (adir / "tokenizer_config.json").is_file() else base
