@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     from oficina.config import parse_args
 
     cfg = None
-    if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Signals reach only the main thread; the previous handler is restored for Python callers.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         module = importlib.import_module(verb.module)
         cfg_cls = getattr(module, verb.config)
@@ -355,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"\noficina {name}: interrupted; finished work is saved, {resume}", file=sys.stderr)
         return 130
+    finally:
+        if main_thread and previous is not None:  # None: a handler set outside Python
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
