@@ -10,10 +10,14 @@ calls ``entry(cfg)``. Modules are imported only for the verb being run, so ``--h
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 # Before anything loads torch (OpenMP reads this once, at load): a waiting OpenMP thread sleeps
 # instead of spinning. With the default busy-wait, two oficina processes on one machine spin
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from oficina import __version__
-from oficina.errors import UserError
+from oficina.errors import Stopped, UserError
 
 
 @dataclass(frozen=True)
@@ -198,9 +202,80 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {v.help}" for name, v in VERBS.items()]
     lines += [
         "",
-        "global: --version, --workspace DIR (default $OFICINA_HOME or ./workspace), --debug (show tracebacks)",
+        "global: --version, --workspace DIR (default $OFICINA_HOME or ./workspace), --debug or "
+        "OFICINA_DEBUG=1 (show tracebacks)",
     ]
     return "\n".join(lines)
+
+
+# What to do about an OSError a user can cause (errno -> (exit code, advice)). 2: the path given
+# is wrong; 1: the machine refused (space, permissions the user may not control).
+_OS_ADVICE: dict[int, tuple[int, str]] = {
+    errno.ENOSPC: (1, "no space left on the device; free some or write elsewhere"),
+    errno.EDQUOT: (1, "disk quota exceeded; free some space or write elsewhere"),
+    errno.EROFS: (2, "the file system is read-only; choose a writable place"),
+    errno.EACCES: (2, "permission denied; choose a place you may write to"),
+    errno.EPERM: (2, "operation not permitted; choose a place you may write to"),
+    errno.ENOTDIR: (2, "a part of this path is a file, not a folder; choose another path"),
+    errno.EISDIR: (2, "this is a folder where a file is expected; give a file name"),
+    errno.EEXIST: (2, "it already exists; remove it or choose another path"),
+    errno.ENOENT: (2, "no such file or folder; check the path"),
+    errno.ENAMETOOLONG: (2, "the path is too long; choose a shorter one"),
+}
+
+
+def _debugging(flag: bool) -> bool:
+    return flag or os.environ.get("OFICINA_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def _destination(cfg: object) -> str:
+    """Where a verb writes, for an OSError that names no file (a full disk fails a write())."""
+    for field in ("out", "output"):
+        if isinstance(getattr(cfg, field, None), str):
+            return f"writing --{field} {getattr(cfg, field)} or the workspace {os.environ.get('OFICINA_HOME', 'workspace')}"
+    return f"writing in the workspace {os.environ.get('OFICINA_HOME', 'workspace')}"
+
+
+def _explain(e: BaseException, cfg: object = None) -> tuple[str, int] | None:
+    """A failure the user can cause -> (one-line message, exit code); None for a bug."""
+    if isinstance(e, UserError):
+        return str(e), e.exit_code
+    if isinstance(e, OSError) and e.errno is not None:
+        number = e.errno
+        if number == errno.EEXIST and e.filename is not None and Path(e.filename).is_file():
+            number = errno.ENOTDIR  # mkdir(exist_ok=True) on a file: a folder was needed there
+        code, advice = _OS_ADVICE.get(number, (1, e.strerror or "operating-system error"))
+        where = e.filename if e.filename is not None else _destination(cfg)
+        other = f" -> {e.filename2}" if e.filename2 is not None else ""
+        return f"{where}{other}: {advice} [{errno.errorcode.get(number, number)}]", code
+    mod = type(e).__module__ or ""
+    if mod.startswith("jinja2"):  # jinja2 is imported only if a template was rendered
+        from jinja2.exceptions import SecurityError, TemplateSyntaxError
+
+        if isinstance(e, SecurityError):
+            return (
+                f"template refused by the sandbox: {e}; templates may not reach Python internals",
+                2,
+            )
+        if isinstance(e, TemplateSyntaxError):
+            where = f" ({e.name or e.filename or 'template'}, line {e.lineno})"
+            return f"template syntax error{where}: {e.message}; fix the template", 2
+        return f"template error: {e}; check the template (a chat template, or --template)", 2
+    if type(e).__name__ == "SafetensorError":  # safetensors' one error class (Rust)
+        return f"cannot read a safetensors file: {e}", 2
+    return None
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM takes Ctrl-C's path (see errors.Stopped): save, record 'stopped', exit 0."""
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar first, so the error is the last line, not glued to a bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def _find_verb(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -255,6 +330,10 @@ def _main(argv: list[str] | None) -> int:
     verb = VERBS[name]
     from oficina.config import parse_args
 
+    cfg = None
+    # Signals reach only the main thread; the previous handler is restored for Python callers.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         module = importlib.import_module(verb.module)
         cfg_cls = getattr(module, verb.config)
@@ -273,14 +352,32 @@ def _main(argv: list[str] | None) -> int:
                 f"{verb.module}.{verb.entry} returned {type(code).__name__}, not an exit code"
             )
         return code
-    except UserError as e:
-        if debug:
+    except Exception as e:  # a bug re-raises below; a failure the user caused gets one line
+        known = _explain(e, cfg)
+        if known is None or _debugging(debug):
             raise
-        print(f"oficina {name}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"\noficina {name}: interrupted", file=sys.stderr)
+        message, code = known
+        _close_progress_bars()
+        print(f"oficina {name}: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt as e:
+        _close_progress_bars()
+        resume = (
+            "rerun with --resume to continue"
+            if hasattr(cfg, "resume")
+            else "rerun the same command to continue from there"
+        )
+        if isinstance(e, Stopped):  # asked to stop (systemd, docker stop): a normal end
+            print(
+                f"oficina {name}: stopped by {e.signame}; finished work is saved, {resume}",
+                file=sys.stderr,
+            )
+            return 0
+        print(f"\noficina {name}: interrupted; finished work is saved, {resume}", file=sys.stderr)
         return 130
+    finally:
+        if main_thread and previous is not None:  # None: a handler set outside Python
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

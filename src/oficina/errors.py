@@ -1,6 +1,19 @@
 """User-facing errors: raised anywhere, printed by the CLI as one line, never a traceback."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGTERM, as systemd, Docker and Kubernetes send) ended a verb on purpose.
+
+    Raised by the CLI's SIGTERM handler, so it takes the same path as Ctrl-C: what was finished
+    is already saved (checkpoints, shards, the cache), the run is recorded ``stopped``, and
+    rerunning the command resumes from there.
+    """
+
+    def __init__(self, signame: str = "SIGTERM"):
+        super().__init__(signame)
+        self.signame = signame
+
+
 class UserError(Exception):
     """Something the user can fix (a missing file, a bad model spec, offline hub...).
 

@@ -64,7 +64,7 @@ def list_cmd(cfg: RunsListConfig) -> int:
     for col in ("id", "verb", "status", "started", "took"):
         table.add_column(col)
     for r in rows:
-        style = {"failed": "red", "running": "yellow"}.get(r["status"], "")
+        style = {"failed": "red", "running": "yellow", "stopped": "yellow"}.get(r["status"], "")
         table.add_row(
             r["id"], r["verb"], r["status"], _when(r["started"]), _duration(r), style=style
         )

@@ -10,8 +10,9 @@ Every verb that does work runs inside ``start_run``:
 
 This writes ``$OFICINA_HOME/runs/<verb>-<time>-<id>/`` with ``config.yaml``, ``metrics.jsonl``
 and ``run.json``, and one row in ``$OFICINA_HOME/oficina.db`` (SQLite in WAL mode, so two runs
-started at once both land). An exception marks the run ``failed``; a run whose process was
-killed is found by ``reap_stale`` (its pid is gone) and marked ``failed`` too.
+started at once both land). An exception marks the run ``failed``; Ctrl-C or SIGTERM marks it
+``stopped``; a run whose process was killed is found by ``reap_stale`` (its pid is gone) and
+marked ``failed`` too.
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave the old file and no stray temp
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -66,6 +71,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder to save into (``save_pretrained`` writes many files in place).
+
+    On success each file is renamed into ``path`` (which may hold other things, such as
+    ``checkpoints/``); on any failure — a full disk, an interrupt — the stage is removed, so
+    ``path`` never holds half a save.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        path.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            if f.is_dir() and (path / f.name).is_dir():
+                shutil.rmtree(path / f.name)
+            os.replace(f, path / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -193,6 +223,7 @@ class Run:
         self.config = config
         self.started = time.time()
         self.status = "running"
+        self.stopped_by: str | None = None  # a signal name, set by a verb that handles its own
         self.summary: dict[str, Any] = {}
         self.inputs: list[dict] = []
         self.outputs: list[dict] = []
@@ -315,14 +346,22 @@ def start_run(
     run = Run(verb, config, root)
     try:
         yield run
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM (errors.Stopped): stopped on purpose, not failed; what the verb
+        # saved as it went (checkpoints, shards, the cache) is where a rerun resumes.
+        run.finish("stopped", f"stopped by {getattr(e, 'signame', 'SIGINT')}")
+        raise
     except BaseException as e:
-        # KeyboardInterrupt and SystemExit count as failures too: the run did not finish.
+        # SystemExit counts as a failure too: the run did not finish.
         msg = f"{type(e).__name__}: {e}"
         (run.dir / "error.txt").write_text(traceback.format_exc())
         run.finish("failed", msg)
         raise
     else:
-        run.finish("completed")
+        if run.stopped_by:  # a server's normal end: a signal, handled by the verb itself
+            run.finish("stopped", f"stopped by {run.stopped_by}")
+        else:
+            run.finish("completed")
 
 
 # ---------------------------------------------------------------------------- queries

@@ -106,7 +106,9 @@ def test_second_run_over_its_own_output_removes_nothing(demo_out, tmp_path):
     assert all(s["removed_total"] == 0 for s in again["stages"])
 
 
-def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, sig):
+    """SIGKILL (nothing runs) or SIGTERM (a stop: exit 0, run recorded 'stopped'); both resume."""
     rows = prose_corpus(300, seed=5, dup_every=7)
     data = write_jsonl(tmp_path / "corpus.jsonl", rows)
     cfg_file = tmp_path / "cfg.yaml"
@@ -133,16 +135,31 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path):
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
     while not (out / "_state" / "00003.json").exists():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1]
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 0, err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .endswith(
+                "stopped by SIGTERM; finished work is saved, rerun the same command to continue from there"
+            )
+        ), err
+        from oficina.workspace import list_runs
+
+        (rec,) = list_runs(root=tmp_path / "ws2")
+        assert rec["status"] == "stopped" and rec["error"] == "stopped by SIGTERM", rec
     done = len(list((out / "_state").glob("0*.json")))
     assert 4 <= done < 30, done  # really stopped mid-run
     assert not (out / "report.json").exists()

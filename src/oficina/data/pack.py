@@ -15,6 +15,7 @@ hash falls below gives its last document to validation, so that split is never e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -114,12 +115,18 @@ def run(cfg: PackConfig) -> int:
                 for key, sign in (("train", -1), ("val", 1)):
                     counts[key]["docs"] += sign
                     counts[key]["tokens"] += sign * len(arr)
-        finally:
-            bar.close()
             for f in fh.values():
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
+        except BaseException:  # a full disk or an interrupt: no half-written shard stays behind
+            for f, p in zip(fh.values(), tmp.values(), strict=True):
+                with contextlib.suppress(OSError):
+                    f.close()
+                p.unlink(missing_ok=True)
+            raise
+        finally:
+            bar.close()
         if counts["train"]["docs"] == 0:
             for p in tmp.values():
                 p.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from oficina.config import VerbConfig
 from oficina.data.readers import iter_texts
 from oficina.errors import UserError
 from oficina.measure import start_span
-from oficina.workspace import start_run
+from oficina.workspace import staged_dir, start_run
 
 CHATML = (
     "{% for message in messages %}"
@@ -137,8 +137,8 @@ def train(cfg: TokenizerTrainConfig) -> int:
             model_max_length=cfg.model_max_length,
         )
         fast.chat_template = cfg.chat_template or CHATML
-        out.mkdir(parents=True, exist_ok=True)
-        fast.save_pretrained(out)
+        with staged_dir(out) as stage:  # a full disk mid-save leaves no half tokenizer in out
+            fast.save_pretrained(stage)
         # Prove the contract at once: the folder loads with the stock AutoTokenizer.
         loaded = AutoTokenizer.from_pretrained(out)
         sample = next(iter(iter_texts(cfg.inputs, cfg.text_field)))[:20000]

@@ -426,6 +426,7 @@ def run(cfg: BatchConfig) -> int:
     from tqdm import tqdm
 
     from oficina.infer.engine import model_hash_for
+    from oficina.models.safety import check_adapter_dir
     from oficina.models.sources import load_tokenizer, resolve
     from oficina.workspace import start_run
 
@@ -433,6 +434,8 @@ def run(cfg: BatchConfig) -> int:
         rec.add_input("input", cfg.input)
         path = resolve(cfg.model)
         rec.add_input("model", path)
+        if cfg.adapter:  # before the output is touched: its weights may be needed below
+            check_adapter_dir(cfg.adapter)
         tokenizer = load_tokenizer(cfg.model)
         mhash = model_hash_for(path, cfg.adapter, cfg.dtype)
         jobs = prepare(cfg, tokenizer)

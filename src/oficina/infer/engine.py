@@ -231,14 +231,15 @@ class Engine:
         model, tok = load_causal_lm(spec, dtype=dtype)
         adapter_path = None
         if adapter:
-            adapter_path = Path(adapter).expanduser()
-            if not (adapter_path / "adapter_config.json").is_file():
-                raise UserError(
-                    f"adapter {adapter} is not a PEFT adapter directory (no adapter_config.json)"
-                )
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter_path))
+            from oficina.models.safety import check_adapter_dir, load_errors
+
+            # PEFT reads adapter_model.safetensors first and falls back to a pickle: the gate
+            # makes sure the first exists and is sound, so the fallback never happens.
+            adapter_path = check_adapter_dir(adapter)
+            with load_errors(adapter_path, "adapter"):
+                model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
             adapter_path = adapter_path.resolve()
         recipe = path / RECIPE

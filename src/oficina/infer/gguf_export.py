@@ -224,12 +224,13 @@ def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def _hf_tensors(src: Path):
-    """(name, float32 numpy array) for every tensor in the directory's safetensors files."""
+    """(name, float32 numpy array) for every tensor in the model's safetensors weight files."""
     from safetensors import safe_open
 
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{src} has no .safetensors weights")
+    from oficina.models.safety import check_model_dir
+
+    # The files the model is made of (a stray x.safetensors beside them is not part of it).
+    files = check_model_dir(src)
     for f in files:
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():

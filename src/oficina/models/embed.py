@@ -54,6 +54,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from oficina.models.safety import check_model_dir, load_errors
         from oficina.models.sources import resolve
         from oficina.workspace import content_hash
 
@@ -62,11 +63,13 @@ class Embedder:
         self.precision = precision
         self.name = str(spec)
         self.path = resolve(str(spec))
+        check_model_dir(self.path)
         self.batch_size = int(batch_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(
-            self.path, dtype=torch.float32, use_safetensors=True
-        ).eval()
+        with load_errors(self.path, "embedding model"):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModel.from_pretrained(
+                self.path, dtype=torch.float32, use_safetensors=True
+            ).eval()
         self.pooling = _pooling_mode(self.path)
         self.max_length = _max_length(self.path, self.tokenizer, self.model.config)
         self.dim = int(self.model.config.hidden_size)

@@ -8,8 +8,9 @@ A spec is one of
   * a preset ``tiny`` | ``mini`` | ``small`` (random weights, SmolLM2's tokenizer, seed 0);
   * a Hugging Face hub id ``org/name`` (downloaded when online; offline, a clear error).
 
-Loading is safetensors-only and never runs remote code unless the caller opts in: a directory
-that holds only pickle weights (``pytorch_model.bin``) is refused with an explanation.
+Loading is safetensors-only and never runs remote code unless the caller opts in: every weight
+file passes the gate in ``oficina.models.safety`` (a pickle is refused with an explanation);
+``models pull DIR --allow-pickle`` converts a trusted pickle folder to safetensors once.
 
     oficina models list
     oficina models pull smollm2-135m-instruct
@@ -32,7 +33,8 @@ from oficina.config import VerbConfig
 from oficina.errors import UserError
 from oficina.models.counting import count_from_path
 from oficina.models.presets import PRESET_NOTES, PRESETS, is_preset
-from oficina.workspace import atomic_write_text, cache_dir
+from oficina.models.safety import check_model_dir, load_errors, model_weight_files
+from oficina.workspace import atomic_write_text, cache_dir, content_hash
 
 PACKAGED = {
     "smollm2-135m-instruct": {
@@ -48,13 +50,6 @@ PACKAGED = {
         "about": "all-MiniLM-L6-v2 sentence embedder (BERT, 22.7M params, 384-d, mean pooling)",
     },
 }
-PICKLE_NAMES = (
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "tf_model.h5",
-    "model.ckpt.index",
-    "flax_model.msgpack",
-)
 
 
 def _package_dir(package: str) -> Path:
@@ -71,15 +66,6 @@ def _package_dir(package: str) -> Path:
 
 def models_cache() -> Path:
     return cache_dir() / "models"
-
-
-def _check_safe(path: Path, allow_pickle: bool) -> None:
-    has_st = any(path.glob("*.safetensors"))
-    if not has_st and any((path / n).exists() for n in PICKLE_NAMES) and not allow_pickle:
-        raise UserError(
-            f"{path} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
-            "convert them to safetensors, or pass --allow-pickle if you trust the source"
-        )
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -120,6 +106,34 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> Path:
     )
     if out.exists():
         shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def pickle_to_safetensors(src: Path) -> Path:
+    """A safetensors copy (in the cache) of a trusted folder holding pickle weights.
+
+    The one place Oficina reads a pickle, and only for ``models pull --allow-pickle``;
+    transformers still unpickles with ``torch.load(weights_only=True)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    h = hashlib.sha256()
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            h.update(f"{f.name}={content_hash(f)}\n".encode())
+    out = models_cache() / f"safetensors-{src.name}-{h.hexdigest()[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(src, use_safetensors=False)
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+    atomic_write_text(
+        tmp / "oficina-source.json",
+        json.dumps({"converted_from": str(src), "time": time.time()}),
+    )
     os.replace(tmp, out)
     return out
 
@@ -194,7 +208,8 @@ def resolve(spec: str, allow_pickle: bool = False) -> Path:
             raise UserError(
                 f"{p} is a folder but not a Hugging Face model directory (no config.json)"
             )
-        _check_safe(p, allow_pickle)
+        # Early, before any download or conversion: loaders check again (check_model_dir).
+        check_model_dir(p, allow_pickle, require=False)
         return p.resolve()
     if p.is_file() and p.suffix == ".gguf":
         # Keyed by content: a re-exported file keeps its name and often its size (same shapes),
@@ -236,8 +251,8 @@ def load_tokenizer(spec: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve(str(spec))
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return tok
+    with load_errors(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_causal_lm(
@@ -255,16 +270,18 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(str(spec), allow_pickle=allow_pickle)
+    check_model_dir(path, allow_pickle)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype
     ]
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=torch_dtype,
-        use_safetensors=not allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with load_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=torch_dtype,
+            use_safetensors=not allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -287,7 +304,8 @@ class ModelsPullConfig(VerbConfig):
         description="model spec: packaged name, preset, HF dir, .gguf file or hub id"
     )
     allow_pickle: bool = Field(
-        False, description="accept pickle (.bin) weights from a trusted source"
+        False,
+        description="convert pickle (.bin) weights from a trusted source to a safetensors copy",
     )
 
 
@@ -330,6 +348,8 @@ def list_models(cfg: ModelsListConfig) -> int:
 def pull(cfg: ModelsPullConfig) -> int:
     t0 = time.perf_counter()
     path = resolve(cfg.model, allow_pickle=cfg.allow_pickle)
+    if cfg.allow_pickle and path.is_dir() and not model_weight_files(path):
+        path = pickle_to_safetensors(path)
     print(f"{cfg.model} -> {path}  ({time.perf_counter() - t0:.1f}s)")
     return 0
 

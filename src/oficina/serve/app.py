@@ -22,6 +22,10 @@ Limits: ``--max-concurrent`` requests admitted, ``--max-queue`` waiting (beyond:
 Retry-After), ``--max-body-bytes`` (413), ``max_tokens`` checked against the context and
 ``--max-tokens`` (400), ``--request-timeout-s`` per request (504), and a client that
 disconnects has its generation cancelled.
+
+SIGTERM or Ctrl-C: stop accepting, let requests in flight run for ``--drain-timeout-s``, then cut
+each (503 ``server_shutting_down``: an error event and ``[DONE]`` on a stream), exit 0 and record
+the run ``stopped``. Adapters pass the weight gate (``oficina.models.safety``) before loading.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +51,7 @@ from pydantic import Field
 
 from oficina.config import VerbConfig
 from oficina.errors import UserError
+from oficina.models.safety import check_adapter_dir
 from oficina.serve import errors
 from oficina.serve.auth import require_key
 from oficina.serve.errors import APIError, from_user_error
@@ -93,6 +99,12 @@ class ServeConfig(VerbConfig):
     request_timeout_s: float = Field(
         600.0, gt=0, description="longest generation per request (504)"
     )
+    drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM or Ctrl-C: how long requests in flight may still run; then each "
+        "is cut (an error event, then [DONE]) and the server exits 0",
+    )
     max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body (413)")
     max_tokens: int | None = Field(
         None, ge=1, description="largest max_tokens a request may ask for (default: the context)"
@@ -136,10 +148,7 @@ def parse_model_arg(arg: str) -> ModelArg:
         raw, adapter = raw.rsplit("+", 1)
         if not raw or not adapter:
             raise UserError(f"bad adapter spec '{arg}': use BASE+ADAPTER_DIR")
-        if not (Path(adapter).expanduser() / "adapter_config.json").is_file():
-            raise UserError(
-                f"adapter folder {adapter} has no adapter_config.json (not a PEFT adapter)"
-            )
+        check_adapter_dir(adapter)  # refuse a pickle or broken adapter before any loading
     if not raw:
         raise UserError(f"no model spec in '{arg}'")
     if name is None:
@@ -207,6 +216,41 @@ class Server:
         if not keys and os.environ.get("OFICINA_API_KEY"):
             keys = [os.environ["OFICINA_API_KEY"]]
         self.api_keys = keys
+        self.stopping: str | None = None  # the signal that began the drain
+        # jobs in flight, by id (a Job is a dataclass, so not hashable); gone once collected
+        self._jobs: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
+
+    # -- shutdown ---------------------------------------------------------------
+    def begin_drain(self, signame: str) -> None:
+        """Stop admitting work; give every job in flight ``drain_timeout_s`` more to finish."""
+        if self.stopping is None:
+            self.stopping = signame
+            cut = time.monotonic() + self.cfg.drain_timeout_s
+            for job in list(self._jobs.values()):
+                job.deadline = min(job.deadline, cut)
+            log.info(
+                "%s: draining %d job(s) for %gs", signame, len(self._jobs), self.cfg.drain_timeout_s
+            )
+
+    def submit(self, job: Job) -> None:
+        self._jobs[id(job)] = job
+        self.scheduler.submit(job)
+
+    def cut_error(self) -> APIError:
+        """Why a job's generation was cut at its deadline: shutdown (503) or its timeout (504)."""
+        if self.stopping:
+            return APIError(
+                503,
+                f"the server is shutting down ({self.stopping}); the answer was cut after the "
+                f"{self.cfg.drain_timeout_s:g}s drain",
+                type="server_error",
+                code="server_shutting_down",
+            )
+        return APIError(
+            504,
+            f"generation took longer than the server's limit of {self.cfg.request_timeout_s:g}s",
+            code="timeout",
+        )
 
     # -- lookups ----------------------------------------------------------------
     def engine(self, model: str):
@@ -292,7 +336,7 @@ class Server:
 
     async def run_job(self, job, request) -> tuple:
         """Wait for a non-streaming job's final event; cancel it if the client leaves."""
-        self.scheduler.submit(job)
+        self.submit(job)
         try:
             while True:
                 try:
@@ -309,11 +353,7 @@ class Server:
                     raise item[1]
                 if item[0] in ("done", "result"):
                     if job.timed_out:
-                        raise APIError(
-                            504,
-                            f"generation took longer than the server's limit of {self.cfg.request_timeout_s:g}s",
-                            code="timeout",
-                        )
+                        raise self.cut_error()
                     return item
         except asyncio.CancelledError:
             job.cancel()
@@ -427,6 +467,13 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
     # ------------------------------------------------------------------ generation
     async def admitted(handler, request: Request):
         """Run handler(slot) holding an admission slot; a streaming response releases it itself."""
+        if srv.stopping:  # a keep-alive connection may still send one after the drain began
+            raise APIError(
+                503,
+                "the server is shutting down",
+                type="server_error",
+                code="server_shutting_down",
+            )
         slot = await srv.admission.acquire()
         try:
             response = await handler(slot)
@@ -467,7 +514,7 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
         )
 
     async def job_events(job: Job) -> AsyncIterator[tuple]:
-        srv.scheduler.submit(job)
+        srv.submit(job)
         while True:
             item = await job.events.get()
             if item[0] == "error":
@@ -475,11 +522,7 @@ def create_app(cfg: ServeConfig, engines: dict | None = None):
             yield item
             if item[0] == "done":
                 if job.timed_out:
-                    raise APIError(
-                        504,
-                        f"generation took longer than the server's limit of {cfg.request_timeout_s:g}s",
-                        code="timeout",
-                    )
+                    raise srv.cut_error()
                 return
 
     async def sse_events(
@@ -1022,22 +1065,37 @@ def run(cfg: ServeConfig) -> int:
             print(
                 f"warning: listening on {cfg.host} with no --api-key: anyone who can reach it can use it"
             )
-        server = uvicorn.Server(
+
+        class DrainingServer(uvicorn.Server):
+            """uvicorn, whose SIGTERM/SIGINT first starts Oficina's drain (see Server.begin_drain).
+
+            uvicorn re-raises a handled signal once it has shut down, which for SIGTERM kills the
+            process with -15 after the fact. The signal is fully handled here — stopping is a
+            server's normal end — so it is recorded instead (run ``stopped``, exit 0).
+            """
+
+            def handle_exit(self, sig: int, frame) -> None:
+                srv.begin_drain(signal.Signals(sig).name)
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True  # a second Ctrl-C: stop waiting
+                self.should_exit = True
+
+        server = DrainingServer(
             uvicorn.Config(
                 app,
                 host=cfg.host,
                 port=cfg.port,
                 log_level=cfg.log_level,
-                timeout_graceful_shutdown=5,
+                # Streams cut at the drain deadline still need a moment to send their last events.
+                timeout_graceful_shutdown=cfg.drain_timeout_s + 5,
             )
         )
         try:
             server.run()
-        except KeyboardInterrupt:
-            # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: stopping a
-            # server is its normal end, so the run is "completed", not "failed".
-            pass
-        print("server stopped", flush=True)
+        except KeyboardInterrupt:  # a signal that came before uvicorn took the handlers
+            srv.stopping = srv.stopping or "SIGINT"
+        run_.stopped_by = srv.stopping
+        print(f"server stopped ({srv.stopping or 'shut down'})", flush=True)
         run_.summary.update(
             {
                 "requests": srv.requests,

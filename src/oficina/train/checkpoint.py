@@ -36,6 +36,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from oficina.errors import UserError
+from oficina.models.safety import check_safetensors
 from oficina.workspace import atomic_write_bytes, atomic_write_text
 
 SHARDED = "sharded"  # the DCP sub-folder of an FSDP checkpoint
@@ -326,7 +327,8 @@ class Checkpointer:
                 options=_dcp_options(model),
             )
         else:
-            load_trainable_state(model, st_load((d / "weights.safetensors").read_bytes()))
+            w = check_safetensors(d / "weights.safetensors")  # one line, not a SafetensorError
+            load_trainable_state(model, st_load(w.read_bytes()))
             optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
         rng = d / f"rng-{self.rank}.pt"
@@ -338,7 +340,7 @@ class Checkpointer:
         p = self.root / "best.safetensors"
         if not p.is_file():
             return False
-        load_trainable_state(model, st_load(p.read_bytes()))
+        load_trainable_state(model, st_load(check_safetensors(p).read_bytes()))
         return True
 
     def clear(self) -> None:

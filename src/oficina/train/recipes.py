@@ -33,6 +33,7 @@ from oficina.train.checkpoint import unwrap
 from oficina.train.data import JsonlDataset, PackedDataset, load_jsonl_dataset, read_pack_meta
 from oficina.train.loop import NullRun, TrainArgs, dist_env, fit
 from oficina.train.objectives import KD, SFT, CausalLM, Classification, Regression, check_same_vocab
+from oficina.workspace import staged_dir
 
 
 class LoraArgs(Section):
@@ -169,13 +170,13 @@ def _save_hf(model, tokenizer, out: Path, rank: int, world: int) -> None:
             m, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            m.save_pretrained(out, state_dict=state, safe_serialization=True)
-        else:
-            m.save_pretrained(out, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+        with staged_dir(out) as stage:  # a full disk mid-save leaves no half model in out
+            if state is not None:
+                m.save_pretrained(stage, state_dict=state, safe_serialization=True)
+            else:
+                m.save_pretrained(stage, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(stage)
     if world > 1:
         torch.distributed.barrier()
 
@@ -370,11 +371,13 @@ def _max_steps(cfg_steps: int | None, epochs: float, n: int, args: TrainArgs, wo
 
 
 def finetune(cfg: FinetuneConfig) -> Summary:
+    from oficina.models.safety import check_model_dir
     from oficina.models.sources import load_tokenizer, resolve
 
     mem = start_span()
     rank, world = dist_env()
     base = resolve(cfg.model)
+    check_model_dir(base)  # the classification head loads it directly, not via load_causal_lm
     tok = load_tokenizer(str(base))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -605,24 +608,26 @@ def merge(cfg: MergeConfig) -> Summary:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from oficina.models.safety import check_adapter_dir, check_model_dir, load_errors
     from oficina.models.sources import resolve
 
     mem = start_span()
-    adir = Path(cfg.adapter)
-    if not (adir / "adapter_config.json").is_file():
-        raise UserError(f"{adir} is not a PEFT adapter directory (no adapter_config.json)")
-    pcfg = PeftConfig.from_pretrained(str(adir))
+    adir = check_adapter_dir(cfg.adapter)
+    with load_errors(adir, "adapter"):
+        pcfg = PeftConfig.from_pretrained(str(adir))
     base = resolve(pcfg.base_model_name_or_path)
+    check_model_dir(base)
     with _start_run("merge", cfg) as run:
         run.add_input("adapter", adir)
         run.add_input("base", base)
-        if pcfg.task_type == "SEQ_CLS":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base, use_safetensors=True, **_head_kwargs(adir)
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
-        merged = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
+        with load_errors(adir, "adapter"):
+            if pcfg.task_type == "SEQ_CLS":
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    base, use_safetensors=True, **_head_kwargs(adir)
+                )
+            else:
+                model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+            merged = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
         out = Path(cfg.out)
         merged.save_pretrained(out, safe_serialization=True)
         tok_src = adir if (adir / "tokenizer_config.json").is_file() else base
