@@ -182,9 +182,8 @@ def test_model_attacks_refused_by_every_model_loader(attack, tiny_lm, tmp_path, 
     _one_line_error(capsys, code, bad)
     assert not (tmp_path / "ft").exists()
 
-    from oficina.rag.embed import Embedder
-
     from oficina.infer.engine import Engine
+    from oficina.models.embed import Embedder
     from oficina.models.sources import load_causal_lm
 
     for load in (load_causal_lm, Engine.from_spec, Embedder):
