@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -342,7 +343,7 @@ def _main(argv: list[str] | None) -> int:
             f"oficina {name}",
             cfg_cls,
             rest,
-            description=verb.help + "\n\n" + (cfg_cls.__doc__ or "").strip(),
+            description=verb.help + "\n\n" + inspect.cleandoc(cfg_cls.__doc__ or ""),
         )
         # One convention: an entry takes its typed config and returns the exit code. Library
         # functions that return results to Python callers (finetune, run_ladder...) stay apart.

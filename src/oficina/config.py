@@ -13,6 +13,7 @@ and what is allowed (exit code 2).
 from __future__ import annotations
 
 import argparse
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -190,7 +191,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
-        description=description or (cls.__doc__ or "").strip(),
+        description=description or inspect.cleandoc(cls.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
