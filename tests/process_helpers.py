@@ -17,8 +17,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Waiting on another process: the limits below are hang guards far beyond any slowness (under
+# load 20+ on two cores these tests ran 10x slower than alone), never a verdict on speed.
+PATIENCE_S = 900.0
+
+
 def wait_healthy(
-    url: str, proc: subprocess.Popen, timeout: float, output: Callable[[], str] = lambda: ""
+    url: str,
+    proc: subprocess.Popen,
+    timeout: float = PATIENCE_S,
+    output: Callable[[], str] = lambda: "",
 ) -> None:
     """Poll ``url``/health until it answers 200, while ``proc`` is alive."""
     deadline = time.monotonic() + timeout

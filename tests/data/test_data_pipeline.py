@@ -138,7 +138,7 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # a hang guard, not a speed check
     while not (out / "_state" / "00003.json").exists():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline

@@ -126,7 +126,7 @@ def test_lm_eval_local_completions_against_oficina_serve(smollm2, oficina_scores
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, server, 180, lambda: (tmp_path / "serve.log").read_text()[-2000:])
+        wait_healthy(base, server, output=lambda: (tmp_path / "serve.log").read_text()[-2000:])
         task_dir = lm_eval_task_dir(tmp_path / "task")
         args = (
             f"model=smol,base_url={base}/v1/completions,tokenizer_backend=huggingface,"

@@ -150,7 +150,7 @@ def test_oficina_serve_command(tiny_lm, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc, 90, lambda: proc.stdout.read())
+        wait_healthy(url, proc, output=lambda: proc.stdout.read())
         c = openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0)
         assert [m.id for m in c.models.list().data][0] == "tiny"
         with pytest.raises(openai.AuthenticationError):
