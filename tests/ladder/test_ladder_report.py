@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from oficina.evals.report import Cost, InferenceCost, RungResult, recommend, write
+from oficina.ladder.recommend import recommend
+from oficina.ladder.report import write
+from oficina.ladder.result import Cost, InferenceCost, RungResult
 
 
 def rung(name, q, train_usd=0.0, usd_1k=0.0, params=100, changed=0, ci=None):
@@ -83,7 +85,8 @@ def test_report_files_and_claims(tmp_path):
     assert any("keeps the parameter count" in c and "same" in c for c in s["claims"])
     assert any("student has 500 parameters, 50%" in c for c in s["claims"])
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Recommendation:" in page
+    assert page.count("data:image/png;base64,") == 4 and "Recommendation:" in page
+    assert 'alt="Quality vs total cost"' in page and "Selection rule:" in page
     assert "| lora |" in paths["markdown"].read_text()
 
 

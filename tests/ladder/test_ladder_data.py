@@ -1,0 +1,117 @@
+"""``oficina ladder --data FILE.jsonl``: the user's one labelled file -> stratified, seeded splits,
+reused on a rerun; and every way the file can be unusable stops with one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from oficina.cli import main
+from oficina.errors import UserError
+from oficina.ladder.data import prepare_task
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def labelled(counts: dict[str, int], text="item") -> list[dict]:
+    return [
+        {"text": f"{text} {lab} {i}", "label": lab} for lab, k in counts.items() for i in range(k)
+    ]
+
+
+def read_split(d: Path, name: str) -> list[dict]:
+    return [json.loads(x) for x in (d / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_split_is_stratified_disjoint_and_complete(tmp_path):
+    rows = labelled({"billing": 10, "bug": 6, "other": 4})
+    rows += [rows[0], rows[7]]  # two exact duplicates: dropped
+    f = write_rows(tmp_path / "t.jsonl", rows)
+    task = json.loads(prepare_task(f, tmp_path / "data").read_text())
+    assert task["labels"] == ["billing", "bug", "other"] and task["duplicates_removed"] == 2
+    assert "{text}" in task["template"] and "billing, bug, other" in task["template"]
+    splits = {s: read_split(tmp_path / "data", s) for s in ("train", "validation", "test")}
+    # Per label: test round(20%) (at least 1), validation round(10%) (at least 1), the rest train.
+    # billing 10 -> 2/1/7, bug 6 -> 1/1/4, other 4 -> 1/1/2.
+    assert Counter(r["label"] for r in splits["test"]) == {"billing": 2, "bug": 1, "other": 1}
+    assert Counter(r["label"] for r in splits["validation"]) == {"billing": 1, "bug": 1, "other": 1}
+    assert Counter(r["label"] for r in splits["train"]) == {"billing": 7, "bug": 4, "other": 2}
+    ids = [r["id"] for part in splits.values() for r in part]
+    assert len(ids) == len(set(ids)) == 20  # no row in two splits, every distinct row somewhere
+    texts = {r["text"] for part in splits.values() for r in part}
+    assert texts == {r["text"] for r in rows}
+    assert task["sizes"] == {"train": 13, "validation": 3, "test": 4}
+
+
+def test_split_is_seeded_and_reused_on_a_rerun(tmp_path):
+    f = write_rows(tmp_path / "t.jsonl", labelled({"a": 12, "b": 12}))
+    task_file = prepare_task(f, tmp_path / "d1", seed=3)
+    first = {s: (tmp_path / "d1" / f"{s}.jsonl").read_text() for s in ("train", "test")}
+    stamp = task_file.stat().st_mtime_ns
+    assert prepare_task(f, tmp_path / "d1", seed=3) == task_file
+    assert task_file.stat().st_mtime_ns == stamp  # reused, not rewritten
+    prepare_task(f, tmp_path / "d2", seed=3)
+    assert (tmp_path / "d2" / "test.jsonl").read_text() == first["test"]  # same seed, same split
+    prepare_task(f, tmp_path / "d3", seed=4)
+    assert (tmp_path / "d3" / "test.jsonl").read_text() != first["test"]
+    # Another seed or a changed file in the same folder: refused, nothing overwritten.
+    with pytest.raises(UserError, match="another seed"):
+        prepare_task(f, tmp_path / "d1", seed=5)
+    write_rows(f, labelled({"a": 12, "b": 13}))
+    with pytest.raises(UserError, match="another sha256"):
+        prepare_task(f, tmp_path / "d1", seed=3)
+    assert (tmp_path / "d1" / "train.jsonl").read_text() == first["train"]
+
+
+def test_other_field_names(tmp_path):
+    rows = [{"body": r["text"], "team": r["label"]} for r in labelled({"x": 10, "y": 10})]
+    f = write_rows(tmp_path / "t.jsonl", rows)
+    task = json.loads(
+        prepare_task(f, tmp_path / "d", text_field="body", label_field="team").read_text()
+    )
+    assert task["labels"] == ["x", "y"] and read_split(tmp_path / "d", "test")[0]["text"]
+
+
+ERRORS = {
+    "not_jsonl": ("this is not json\n{\"text\": 1}\n", "is not JSONL: 1 of 2 lines"),
+    "too_few": (labelled({"a": 5, "b": 5}), "has 10 distinct examples: the ladder needs at least 20"),
+    "seen_once": (labelled({"a": 12, "b": 12, "c": 1}), "label 'c' appears once"),
+    "two_only": (labelled({"a": 12, "b": 12, "c": 2}), "label 'c' has only 2 examples"),
+    "one_label": (labelled({"a": 25}), "has one label ('a')"),
+    "missing": (labelled({"a": 12, "b": 12}) + [{"text": "no label here"}], "row 25 of"),
+    "empty": (labelled({"a": 12, "b": 12}) + [{"text": "  ", "label": "a"}], "empty or non-text 'text'"),
+    "conflict": (labelled({"a": 12, "b": 12}) + [{"text": "item a 0", "label": "b"}], "same text with labels 'a' and 'b'"),
+    "fields": ([{"body": "x", "team": "y"}] * 30, "no 'text' and 'label' fields (its fields: body, team)"),
+    "generation": ([{"question": f"q{i}", "answer": "a"} for i in range(30)], "does not support generation tasks yet"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_unusable_data_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys):
+    content, expected = ERRORS[case]
+    f = tmp_path / "data.jsonl"
+    if isinstance(content, str):
+        f.write_text(content)
+    else:
+        write_rows(f, content)
+    out = tmp_path / "out"
+    assert main(["ladder", "--data", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_missing_data_file_and_bad_template(tmp_path, capsys):
+    assert main(["ladder", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "data file not found" in capsys.readouterr().err
+    f = write_rows(tmp_path / "t.jsonl", labelled({"a": 12, "b": 12}))
+    argv = ["ladder", "--data", str(f), "--out", str(tmp_path / "o"), "--template", "no slot"]
+    assert main(argv) == 2
+    assert "must contain {text}" in capsys.readouterr().err
