@@ -69,6 +69,22 @@ def test_split_is_seeded_and_reused_on_a_rerun(tmp_path):
     assert (tmp_path / "d1" / "train.jsonl").read_text() == first["train"]
 
 
+def test_question_answer_rows_make_a_generation_task(tmp_path):
+    rows = [{"question": f"what is {i}?", "answer": f"number {i}"} for i in range(30)]
+    f = write_rows(tmp_path / "qa.jsonl", rows + [rows[4]])
+    task = json.loads(prepare_task(f, tmp_path / "d").read_text())
+    assert task["type"] == "generation" and "labels" not in task and task["duplicates_removed"] == 1
+    assert "{text}" in task["template"] and task["sizes"] == {
+        "train": 21,
+        "validation": 3,
+        "test": 6,
+    }
+    test = read_split(tmp_path / "d", "test")
+    assert set(test[0]) == {"id", "text", "answer"} and test[0]["text"].startswith("what is")
+    ids = [r["id"] for s in ("train", "validation", "test") for r in read_split(tmp_path / "d", s)]
+    assert sorted(ids) == list(range(1, 31))  # no row in two splits, the duplicate (31) dropped
+
+
 def test_other_field_names(tmp_path):
     rows = [{"body": r["text"], "team": r["label"]} for r in labelled({"x": 10, "y": 10})]
     f = write_rows(tmp_path / "t.jsonl", rows)
@@ -88,7 +104,8 @@ ERRORS = {
     "empty": (labelled({"a": 12, "b": 12}) + [{"text": "  ", "label": "a"}], "empty or non-text 'text'"),
     "conflict": (labelled({"a": 12, "b": 12}) + [{"text": "item a 0", "label": "b"}], "same text with labels 'a' and 'b'"),
     "fields": ([{"body": "x", "team": "y"}] * 30, "no 'text' and 'label' fields (its fields: body, team)"),
-    "generation": ([{"question": f"q{i}", "answer": "a"} for i in range(30)], "does not support generation tasks yet"),
+    "qa_too_few": ([{"question": f"q{i}", "answer": "a"} for i in range(12)], "has 12 distinct examples"),
+    "qa_conflict": ([{"question": f"q{i}", "answer": "a"} for i in range(30)] + [{"question": "q3", "answer": "b"}], "same question with answers 'a' and 'b'"),
 }  # fmt: skip
 
 
@@ -115,3 +132,20 @@ def test_missing_data_file_and_bad_template(tmp_path, capsys):
     argv = ["ladder", "--data", str(f), "--out", str(tmp_path / "o"), "--template", "no slot"]
     assert main(argv) == 2
     assert "must contain {text}" in capsys.readouterr().err
+
+
+def test_the_qa_demo_config_is_a_generation_task_answered_by_the_reference(
+    repo_root, tmp_path, monkeypatch
+):
+    from oficina.config import load
+    from oficina.ladder.run import LadderConfig, load_task
+
+    monkeypatch.chdir(repo_root)  # the config's paths are relative to the repository
+    cfg = load(LadderConfig, "examples/ladder-qa.yaml", {"out": str(tmp_path)})
+    task, corpus = load_task(cfg)
+    assert task.kind == "generation" and corpus == "examples/demo/reference.jsonl"
+    # 75 questions: test round(15) = 15, validation round(7.5) = 8, training the other 52.
+    assert task.split_sizes == {"train": 52, "validation": 8, "test": 15}
+    docs = [json.loads(x)["text"] for x in Path(corpus).read_text().splitlines()]
+    reference = " ".join(" ".join(d.split()) for d in docs)
+    assert all(" ".join(r["answer"].split()) in reference for r in task.test)

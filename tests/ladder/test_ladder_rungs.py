@@ -16,6 +16,7 @@ import pytest
 
 from oficina.cli import main
 from oficina.config import load
+from oficina.evals.metrics import exact_match
 from oficina.ladder.context import LadderContext
 from oficina.ladder.run import QUICK, LadderConfig, Rungs, load_task
 from oficina.ladder.rungs import (
@@ -23,6 +24,7 @@ from oficina.ladder.rungs import (
     CptLora,
     Distill,
     FewShot,
+    FewShotRag,
     Full,
     Lora,
     Quantize,
@@ -79,7 +81,8 @@ def check_measured(r, ctx) -> None:
 
 def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
     assert list(REGISTRY) == [
-        "zero_shot", "few_shot", "rag", "lora", "full", "cpt_lora", "distill", "quantize"
+        "zero_shot", "few_shot", "rag", "few_shot_rag", "lora", "full", "cpt_lora", "distill",
+        "quantize",
     ]  # fmt: skip
     assert list(Rungs.model_fields) == list(REGISTRY)
     cfg = LadderConfig(out="x")
@@ -119,6 +122,21 @@ def test_rag_reads_the_documents(ctx):
     assert r.data["corpus_documents"] == 6 and r.data["chunks"] >= 6
     assert r.inference.prompt_tokens_mean > zero.inference.prompt_tokens_mean
     assert r.training.wall_time_s > 0 and Path(r.artifacts["index"]).is_dir()
+
+
+@pytest.mark.integration  # embeds the documents with the packaged MiniLM
+def test_few_shot_rag_shows_examples_and_passages(ctx):
+    few = FewShot(FewShot.Settings(shots=2, strategy="fixed")).run(ctx)
+    rag = Rag(Rag.Settings(k=1, mode="bm25", precision="bf16")).run(ctx)
+    s = FewShotRag.Settings(shots=2, strategy="fixed", k=1, mode="bm25", precision="bf16")
+    r = FewShotRag(s).run(ctx)
+    check_measured(r, ctx)
+    # Its prompt holds the few-shot examples and the passages: longer than either alone.
+    assert r.inference.prompt_tokens_mean > max(
+        few.inference.prompt_tokens_mean, rag.inference.prompt_tokens_mean
+    )
+    assert r.training == rag.training  # the same index: its one-off cost, counted once measured
+    assert r.data["labelled_examples"] == 21 and r.data["corpus_documents"] == 6
 
 
 def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
@@ -176,6 +194,41 @@ def test_quantize_the_base_when_nothing_was_trained(ctx):
     check_measured(r, ctx)
     assert "from zero_shot" in r.description and r.params_total == ctx.base_params()
     assert r.extra_metrics["weights_mb"] < r.extra_metrics["float_weights_mb"]
+
+
+def test_question_answer_data_runs_the_prompting_rungs(tiny_lm, tmp_path):
+    """A generation task: answers generated and scored by exact match and token F1; the rungs
+    that train skip it, saying so; the baselines are the empty and the most frequent answer."""
+    rows = [{"question": f"Which topic is this: {t[:80]}?", "answer": "the reference"}
+            for t in TEXTS[:20]]  # fmt: skip
+    rows += [{"question": f"What does {k} cover?", "answer": k} for k in list(topics)[30:40]]
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    out = tmp_path / "qa"
+    argv = [
+        "ladder", "--data", str(data), "--out", str(out), "--base-model", str(tiny_lm),
+        "--rungs.few_shot.strategy", "fixed", "--rungs.few_shot.shots", "2",
+        "--target", "0", "--requests", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["task"]["kind"] == "generation" and "labels" not in s["task"]
+    assert s["meta"]["metric"] == "exact_match"
+    by = {r["name"]: r for r in s["rungs"]}
+    for name in ("lora", "full", "distill"):
+        assert by[name]["status"] == "skipped" and "generation" in by[name]["reason"]
+    test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    for name in ("zero_shot", "few_shot", "quantize"):
+        r = by[name]
+        assert r["status"] == "ok" and len(r["predictions"]) == len(test) == 6
+        assert {"exact_match", "token_f1", "rouge_l"} <= set(r["extra_metrics"])
+        em = [exact_match(p, t["answer"]) for p, t in zip(r["predictions"], test, strict=True)]
+        assert r["quality"] == pytest.approx(sum(em) / 6)  # exact match of what it generated
+    # 'the reference' is the most frequent training answer: the baseline that always says it.
+    most = s["baselines"]["most_frequent"]
+    share = sum(t["answer"] == "the reference" for t in test) / 6
+    assert most["label"] == "the reference" and most["exact_match"] == pytest.approx(share)
+    assert s["baselines"]["empty"]["exact_match"] == 0.0
+    assert "baseline: always 'the reference'" in (out / "summary.md").read_text()
 
 
 def test_own_data_in_one_command(tiny_lm, task_files, tmp_path, capsys):

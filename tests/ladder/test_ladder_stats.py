@@ -24,8 +24,10 @@ def rung(name, correct, train_usd=0.0, usd_1k=0.0, metric="accuracy") -> RungRes
         quality=q,
         ci=(q - 0.1, q + 0.1),
         metric=metric,
+        item_ids=list(range(N)),
         predictions=preds,
         golds=list(GOLDS),
+        per_item=[float(ok) for ok in correct],
         training=Cost(usd=train_usd),
         inference=InferenceCost(usd_per_1k_requests=usd_1k),
     )
@@ -73,7 +75,7 @@ def test_macro_f1_comparison_resamples_prediction_gold_pairs():
 
 def test_rungs_scored_on_other_items_are_not_compared():
     a = rung("a", right_on(20))
-    other = a.model_copy(update={"golds": list(reversed(GOLDS))})
+    other = a.model_copy(update={"item_ids": list(reversed(range(N)))})
     assert compare(a, other) is None and compare(a, RungResult(name="x", quality=0.5)) is None
 
 
@@ -132,3 +134,14 @@ def test_a_clearly_better_rung_is_reported_as_a_real_difference():
     rec = recommend(rs, target=0.6, requests=1000)
     assert rec["rung"] == "few_shot" and rec["tied_with"] == []
     assert "'full' is more accurate (1.000; difference +0.375" in rec["reasoning"]
+
+
+def test_generation_baselines_by_hand():
+    from oficina.evals.metrics import generation_baselines
+
+    b = generation_baselines(["yes", "no", "yes", "maybe"], ["yes", "no", "yes it is", "maybe"])
+    top = b["most_frequent"]  # 'yes', twice in training
+    # exact match: [1, 0, 0, 0]; token F1: [1, 0, 2*1*(1/3)/(1+1/3) = 0.5, 0]
+    assert top["label"] == "yes" and top["exact_match"] == 0.25 and top["token_f1"] == 0.375
+    assert b["empty"]["exact_match"] == b["empty"]["token_f1"] == 0.0
+    assert top["ci"]["token_f1"][0] <= 0.375 <= top["ci"]["token_f1"][1]

@@ -1,6 +1,11 @@
 """What every rung of one ladder run shares: the task's data, the base model, the corpus, the
 evaluation on the test split, the costs, and the rungs measured so far.
 
+Two kinds of task: ``classification`` (rows ``{text, label}``, a label scored by its
+log-likelihood: accuracy, macro-F1) and ``generation`` (rows ``{text: question, answer}``, a
+greedy answer scored against the reference: exact match, token F1). Both prompt with a template
+over ``{text}``, so a rung that only prompts serves both.
+
 A rung gets this context in ``run(context)`` and returns a ``RungResult``; ``evaluate`` scores a
 model on the test items and ``measured`` turns that score into the result every rung reports
 (quality with its interval, per-item answers, flags, inference cost, parameters).
@@ -14,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from oficina.errors import UserError
-from oficina.evals.metrics import classification_baselines, prediction_flags
+from oficina.evals.metrics import (
+    classification_baselines,
+    generation_baselines,
+    prediction_flags,
+)
 from oficina.jsonl import read_jsonl
 from oficina.ladder.result import Cost, InferenceCost, RungResult
 from oficina.measure import param_counts, peak_memory, usd
@@ -27,12 +36,19 @@ def check_template(template: str) -> str:
     return template
 
 
+METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "generation": ("exact_match", "token_f1"),
+}
+
+
 @dataclass
 class Task:
-    """A classification task: labels, prompt template and its three splits (rows with text, label)."""
+    """A task: its kind, labels (classification), prompt template and three splits."""
 
     path: Path
     name: str
+    kind: str  # classification | generation
     labels: list[str]
     template: str
     train: list[dict]
@@ -54,7 +70,10 @@ class Task:
         if not p.is_file():
             raise UserError(f"task file not found: {p}")
         info = json.loads(p.read_text())
-        for key in ("labels", "template"):
+        kind = info.get("type", "classification")
+        if kind not in METRICS:
+            raise UserError(f"task file {p}: unknown type '{kind}' (classification | generation)")
+        for key in ("labels", "template") if kind == "classification" else ("template",):
             if key not in info:
                 raise UserError(f"task file {p} has no '{key}'")
         splits = {}
@@ -67,7 +86,8 @@ class Task:
         return cls(
             path=p,
             name=str(info.get("name", p)),
-            labels=[str(x) for x in info["labels"]],
+            kind=kind,
+            labels=[str(x) for x in info.get("labels", [])],
             template=template,
             train=splits["train"][:limit_train],
             validation=splits["validation"],
@@ -76,12 +96,16 @@ class Task:
             info=info,
         )
 
+    @property
+    def answer_field(self) -> str:
+        return "label" if self.kind == "classification" else "answer"
+
     def describe(self) -> dict:
         """summary.json's ``task``: kind, labels, split sizes (and the items actually used)."""
         return {
-            "kind": "classification",
+            "kind": self.kind,
             "name": self.name,
-            "labels": self.labels,
+            **({"labels": self.labels} if self.kind == "classification" else {}),
             "template": self.template,
             "splits": self.split_sizes,
             "used": {
@@ -98,19 +122,35 @@ class LadderContext:
 
     def __init__(self, cfg: Any, run: Any, task: Task, corpus: str | None):
         self.cfg, self.run, self.task, self.corpus = cfg, run, task, corpus
+        self.kind = task.kind
+        self.metric = cfg.metric or METRICS[task.kind][0]
+        if self.metric not in METRICS[task.kind]:
+            raise UserError(
+                f"--metric {self.metric} does not score a {task.kind} task: use one of "
+                f"{', '.join(METRICS[task.kind])}",
+                exit_code=2,
+            )
         self.out = Path(cfg.out).resolve()
         self.labels, self.template = task.labels, task.template
         self.train, self.val, self.test = task.train, task.validation, task.test
         if corpus is not None and not Path(corpus).exists():
             raise UserError(f"documents not found: {corpus}", exit_code=2)
         # What learning nothing scores on these test items: every rung is read against it.
-        self.baselines = classification_baselines(
-            [str(r.get("label")) for r in self.train],
-            [str(r.get("label")) for r in self.test],
-            self.labels,
-            seed=cfg.seed,
-        )
+        if task.kind == "classification":
+            self.baselines = classification_baselines(
+                [str(r.get("label")) for r in self.train],
+                [str(r.get("label")) for r in self.test],
+                self.labels,
+                seed=cfg.seed,
+            )
+        else:
+            self.baselines = generation_baselines(
+                [str(r.get("answer")) for r in self.train],
+                [str(r.get("answer")) for r in self.test],
+                seed=cfg.seed,
+            )
         self.results: list[RungResult] = []
+        self.shared: dict[str, Any] = {}  # what one rung builds and another reuses (an index)
         self._base_engine = None
         # rung -> (model dir or spec, adapter dir or None, quality): teachers and quantization pick from it
         self.finetuned: dict[str, tuple[str, str | None, float]] = {}
@@ -177,19 +217,24 @@ class LadderContext:
         rows: list[dict] | None = None,
         fewshot=None,
     ) -> dict:
-        """Classify the test items (or ``rows``, the same items with more fields) with ``engine``."""
-        from oficina.evals.tasks import classify
+        """Score ``engine`` on the test items (or ``rows``, the same items with more fields):
+        classify by label log-likelihood, or generate greedily and compare with the reference."""
+        from oficina.evals.tasks import classify, generate_task
 
         rows = rows if rows is not None else self.test
+        template = template or self.template
         # This rung's own inference peak (not the process's: a training rung ran before it).
         with peak_memory() as mem:
-            res = classify(engine, rows, self.labels, template or self.template, fewshot=fewshot)
+            if self.kind == "classification":
+                res = classify(engine, rows, self.labels, template, fewshot=fewshot)
+            else:
+                res = generate_task(
+                    engine, rows, template, fewshot, reference_field="answer", max_new_tokens=32
+                )
         wall = mem.wall_s
         res.setdefault("latency_s_per_item", wall / max(1, len(rows)))
         res["peak_memory_mb"] = mem.peak_mb
-        self.run.log(
-            {"rung": name, "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "eval_s": wall}
-        )
+        self.run.log({"rung": name, **{m: res[m] for m in METRICS[self.kind]}, "eval_s": wall})
         return res
 
     def measured(
@@ -208,7 +253,7 @@ class LadderContext:
     ) -> RungResult:
         """The RungResult of ``engine`` scoring ``res``; ``summary`` is a training recipe's
         summary, whose curves the result carries."""
-        metric = self.cfg.metric
+        metric = self.metric
         quality = float(res[metric])
         ci = res.get("ci", {}).get(metric) if isinstance(res.get("ci"), dict) else None
         total, trainable = param_counts(engine.model)
@@ -217,22 +262,30 @@ class LadderContext:
         # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
         tps = prompt_tokens / latency if latency else 0.0
         preds = [str(p) for p in res.get("predictions", [])]
-        flags, flag_text = prediction_flags(preds, quality, ci, self.baselines["majority"][metric])
         s = summary or {}
+        if self.kind == "classification":
+            flags, flag_text = prediction_flags(
+                preds, quality, ci, self.baselines["majority"][metric]
+            )
+            golds = [str(g) for g in res["golds"]]
+            per_item = [float(x) for x in res["per_item"]]
+        else:  # no label to collapse onto; the baselines row tells the story
+            flags, flag_text = [], ""
+            golds = [str(r[0]) for r in res["references"]]
+            per_item = [float(x) for x in res["per_item_scores"][metric]]
+        shown = METRICS[self.kind] + (("rouge_l",) if self.kind == "generation" else ())
         return RungResult(
             name=name,
             description=description,
             quality=quality,
             ci=tuple(ci) if ci else None,
             metric=metric,
-            extra_metrics={k: float(res[k]) for k in ("accuracy", "macro_f1") if k in res},
-            extra_ci={
-                k: tuple(v)
-                for k, v in (res.get("ci") or {}).items()
-                if k in ("accuracy", "macro_f1")
-            },
+            extra_metrics={k: float(res[k]) for k in shown if k in res},
+            extra_ci={k: tuple(v) for k, v in (res.get("ci") or {}).items() if k in shown},
+            item_ids=list(res.get("ids", [])),
             predictions=preds,
-            golds=[str(g) for g in res.get("golds", [])],
+            golds=golds,
+            per_item=per_item,
             predicted_label_counts={lab: preds.count(lab) for lab in self.labels},
             confusion=res.get("confusion", []),
             flags=flags,

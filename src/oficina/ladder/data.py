@@ -4,11 +4,11 @@
     oficina ladder --data t.jsonl --text-field body --label-field team --out out/t
 
 The kind comes from the fields (``text`` + ``label``: classification; ``question`` + ``answer``:
-generation, which the ladder does not run yet and refuses in one line). Labels are collected,
-exact duplicate rows dropped, and the rows split per label (stratified, seeded) into
-``DIR/data/{train,validation,test}.jsonl`` beside a ``task.json``; a rerun on the same file with
-the same settings reuses those splits, so its numbers compare with the first run's. Rows are
-written as ``{"id", "text", "label"}`` (``id``: the row's line number in the file).
+generation). Labels are collected, exact duplicate rows dropped, and the rows split (per label
+for classification: stratified; seeded) into ``DIR/data/{train,validation,test}.jsonl`` beside a
+``task.json``; a rerun on the same file with the same settings reuses those splits, so its
+numbers compare with the first run's. Rows are written as ``{"id", "text", "label"}`` or
+``{"id", "text", "answer"}`` (``text``: the question; ``id``: the row's line number in the file).
 
 Anything that makes the file unusable stops here with one line naming it (exit 2).
 """
@@ -33,6 +33,7 @@ TEST_FRACTION, VALIDATION_FRACTION = 0.2, 0.1
 # the labels once, {text} with each row.
 DEFAULT_TEMPLATES = {
     "classification": "Text: {text}\nQuestion: Which of these labels fits the text: {choices}?\nAnswer:",
+    "generation": "Answer the question in a few words.\nQuestion: {text}\nAnswer:",
 }
 
 
@@ -48,9 +49,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[dict], int]:
-    """The file's rows as ``{"id", "text", "label"}`` without exact duplicates, and how many
-    duplicates were dropped. Raises a one-line UserError for a file the ladder cannot use."""
+FIELDS = {"classification": ("text", "label"), "generation": ("question", "answer")}
+
+
+def read_labelled(
+    path: Path, text_field: str | None, label_field: str | None, kind: str = "auto"
+) -> tuple[str, list[dict], int]:
+    """The task's kind, the file's rows as ``{"id", "text", "label" | "answer"}`` without exact
+    duplicates, and how many duplicates were dropped. Raises a one-line UserError for a file
+    the ladder cannot use.
+
+    ``kind`` "auto": fields named by the caller, or ``text`` + ``label``, make a classification
+    task; ``question`` + ``answer`` a generation task. The fields default to the kind's."""
     rows, bad = read_jsonl(path, "data file")
     if bad or not rows:
         raise _bad(
@@ -60,15 +70,18 @@ def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[d
             else f"{path} holds no rows"
         )
     first = rows[0]
+    if kind == "auto":
+        named = text_field is not None or label_field is not None
+        qa = all(f in first for f in FIELDS["generation"])
+        kind = "generation" if qa and not named else "classification"
+    text_field = text_field or FIELDS[kind][0]
+    label_field = label_field or FIELDS[kind][1]
+    out_field = "label" if kind == "classification" else "answer"
     if text_field not in first and label_field not in first:
-        if "question" in first and "answer" in first:
-            raise _bad(
-                f"{path} holds question/answer rows (a generation task): the ladder does not "
-                "support generation tasks yet; give rows with a text and a label"
-            )
         raise _bad(
             f"{path} has no '{text_field}' and '{label_field}' fields (its fields: "
-            f"{', '.join(sorted(first))}); name them with --text-field and --label-field"
+            f"{', '.join(sorted(first))}); name them with --text-field and --label-field, "
+            "or give 'question' and 'answer' for a generation task"
         )
     out, seen, dropped = [], {}, 0
     for n, row in enumerate(rows, 1):
@@ -82,22 +95,25 @@ def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[d
         if text in seen:
             if seen[text][1] != label:
                 raise _bad(
-                    f"rows {seen[text][0]} and {n} of {path} have the same text with labels "
-                    f"'{seen[text][1]}' and '{label}': keep one"
+                    f"rows {seen[text][0]} and {n} of {path} have the same {text_field} with "
+                    f"{label_field}s '{seen[text][1]}' and '{label}': keep one"
                 )
             dropped += 1
             continue
         seen[text] = (n, label)
-        out.append({"id": n, "text": text, "label": label})
-    return out, dropped
+        out.append({"id": n, "text": text, out_field: label})
+    return kind, out, dropped
 
 
-def check_counts(rows: list[dict], path: Path) -> list[str]:
-    """The labels (sorted), after checking there is enough data to split and measure."""
+def check_counts(rows: list[dict], path: Path, kind: str = "classification") -> list[str]:
+    """The labels (sorted; none for generation), after checking there is enough data to split
+    and measure."""
     if len(rows) < MIN_EXAMPLES:
         raise _bad(
             f"{path} has {len(rows)} distinct examples: the ladder needs at least {MIN_EXAMPLES}"
         )
+    if kind == "generation":
+        return []
     counts = Counter(r["label"] for r in rows)
     if len(counts) < 2:
         raise _bad(
@@ -119,12 +135,13 @@ def check_counts(rows: list[dict], path: Path) -> list[str]:
 
 
 def stratified_split(rows: list[dict], seed: int) -> dict[str, list[dict]]:
-    """Per label: shuffle (seeded), then 20% test, 10% validation (at least one each), the rest
-    training; each split is shuffled so its labels interleave."""
+    """Per label (rows without one are one group): shuffle (seeded), then 20% test, 10%
+    validation (at least one each), the rest training; each split is shuffled so its labels
+    interleave."""
     rng = random.Random(seed)
     by_label: dict[str, list[dict]] = {}
     for r in rows:
-        by_label.setdefault(r["label"], []).append(r)
+        by_label.setdefault(r.get("label", ""), []).append(r)
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     for label in sorted(by_label):
         items = list(by_label[label])
@@ -143,8 +160,9 @@ def prepare_task(
     data: str | Path,
     out_dir: str | Path,
     *,
-    text_field: str = "text",
-    label_field: str = "label",
+    text_field: str | None = None,
+    label_field: str | None = None,
+    kind: str = "auto",
     seed: int = 0,
 ) -> Path:
     """Split ``data`` into ``out_dir`` (or reuse the splits there) and return its task.json."""
@@ -156,44 +174,53 @@ def prepare_task(
         "sha256": _sha256(path),
         "text_field": text_field,
         "label_field": label_field,
+        "kind": kind,
         "seed": seed,
     }
     task_path = out_dir / "task.json"
     if task_path.is_file():
         old = json.loads(task_path.read_text()).get("source", {})
-        differ = [
-            k for k in ("sha256", "text_field", "label_field", "seed") if old.get(k) != source[k]
-        ]
+        differ = [k for k in source if k != "path" and old.get(k) != source[k]]
         if not differ:
             return task_path  # the same file and settings: the same splits
         raise _bad(
             f"{out_dir} holds splits made with another {', '.join(differ)} "
             f"(from {old.get('path')}): use another --out or delete {out_dir}"
         )
-    rows, dropped = read_labelled(path, text_field, label_field)
-    labels = check_counts(rows, path)
+    kind, rows, dropped = read_labelled(path, text_field, label_field, kind)
+    labels = check_counts(rows, path, kind)
     splits = stratified_split(rows, seed)
     for name, part in splits.items():
         atomic_write_text(
             out_dir / f"{name}.jsonl",
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part),
         )
-    template = DEFAULT_TEMPLATES["classification"].replace("{choices}", ", ".join(labels))
+    template = DEFAULT_TEMPLATES[kind].replace("{choices}", ", ".join(labels))
     # Written last: its presence says the splits beside it are complete.
     atomic_write_json(
         task_path,
         {
             "name": path.stem,
-            "type": "classification",
-            "labels": labels,
+            "type": kind,
+            **({"labels": labels} if kind == "classification" else {}),
             "template": template,
             "text_field": "text",
-            "label_field": "label",
+            "label_field" if kind == "classification" else "answer_field": (
+                "label" if kind == "classification" else "answer"
+            ),
             "source": source,
             "rows": len(rows),
             "duplicates_removed": dropped,
             "sizes": {k: len(v) for k, v in splits.items()},
-            "label_counts": {k: dict(Counter(r["label"] for r in v)) for k, v in splits.items()},
+            **(
+                {
+                    "label_counts": {
+                        k: dict(Counter(r["label"] for r in v)) for k, v in splits.items()
+                    }
+                }
+                if kind == "classification"
+                else {}
+            ),
         },
     )
     return task_path

@@ -21,10 +21,11 @@ from oficina.ladder.result import RungResult
 
 
 def _items(r: RungResult, metric: str) -> list:
-    """What the bootstrap resamples for ``metric``: correctness per item, or (pred, gold) pairs."""
+    """What the bootstrap resamples for ``metric``: (prediction, gold) pairs for macro-F1 (not
+    a mean over items), else each item's score."""
     if metric == "macro_f1":
         return list(zip(r.predictions, r.golds, strict=True))
-    return [float(p == g) for p, g in zip(r.predictions, r.golds, strict=True)]
+    return list(r.per_item)
 
 
 def compare(
@@ -35,7 +36,9 @@ def compare(
     Returns ``{"diff", "ci", "tied", "p_value", "n"}`` (``tied``: the interval contains 0), or
     None when the two were not scored on the same items (no per-item answers, other golds).
     """
-    if not a.predictions or a.golds != b.golds or len(b.predictions) != len(b.golds):
+    if not a.per_item or a.item_ids != b.item_ids or len(a.per_item) != len(b.per_item):
+        return None
+    if metric == "macro_f1" and (a.golds != b.golds or len(a.predictions) != len(b.predictions)):
         return None
     stat = macro_f1_stat() if metric == "macro_f1" else None
     res = paired_bootstrap(_items(a, metric), _items(b, metric), stat, n=n, seed=seed)

@@ -112,6 +112,28 @@ def _vs_pick(c: dict | None) -> str:
     )
 
 
+def _second(metric: str) -> tuple[str, str]:
+    """The metric shown beside the quality: (key, column title)."""
+    return {
+        "accuracy": ("macro_f1", "macro-F1"),
+        "macro_f1": ("macro_f1", "macro-F1"),
+        "exact_match": ("token_f1", "token F1"),
+        "token_f1": ("exact_match", "exact match"),
+    }[metric]
+
+
+def reference_points(baselines: dict | None, metric: str) -> list[tuple[str, dict]]:
+    """(title, baseline) of what learning nothing scores: always the majority label and a
+    uniform guess (classification), or the empty and the most frequent answer (generation)."""
+    if not baselines:
+        return []
+    if "majority" in baselines:
+        maj = baselines["majority"]
+        return [(f"always '{maj['label']}'", maj), ("uniform random", baselines["uniform"])]
+    top = baselines["most_frequent"]
+    return [("empty answer", baselines["empty"]), (f"always '{top['label']}'", top)]
+
+
 def table_rows(
     rungs: list[RungResult],
     baselines: dict | None = None,
@@ -124,39 +146,28 @@ def table_rows(
         ["train time", "train FLOPs", "train $", "latency/item", "prompt tokens", "$/1k req",
          "params", "changed params", "labelled data"], "-"
     )  # fmt: skip
-    if baselines:
-        maj, uni = baselines["majority"], baselines["uniform"]
+    key2, title2 = _second(metric)
+    for title, b in reference_points(baselines, metric):
         rows.append(
             {
-                "rung": f"baseline: always '{maj['label']}'",
+                "rung": f"baseline: {title}",
                 "status": "reference",
-                "quality": f"{maj[metric]:.3f}",
-                "95% CI": _ci(maj["ci"].get(metric)),
-                "macro-F1": f"{maj['macro_f1']:.3f}",
-                **blank,
-                "flags": "",
-            }
-        )
-        rows.append(
-            {
-                "rung": "baseline: uniform random",
-                "status": "reference",
-                "quality": f"{uni[metric]:.3f}",
-                "95% CI": "-",
-                "macro-F1": f"{uni['macro_f1']:.3f}",
+                "quality": f"{b[metric]:.3f}",
+                "95% CI": _ci((b.get("ci") or {}).get(metric)),
+                title2: f"{b[key2]:.3f}",
                 **blank,
                 "flags": "",
             }
         )
     for r in rungs:
-        f1 = r.extra_metrics.get("macro_f1")
+        f1 = r.extra_metrics.get(key2)
         rows.append(
             {
                 "rung": r.name,
                 "status": r.status if r.status == "ok" else f"{r.status}: {r.reason}",
                 "quality": "-" if r.quality is None else f"{r.quality:.3f}",
                 "95% CI": _ci(r.ci),
-                "macro-F1": "-" if f1 is None else f"{f1:.3f}",
+                title2: "-" if f1 is None else f"{f1:.3f}",
                 "vs recommended": "recommended"
                 if rec and r.name == rec.get("rung")
                 else _vs_pick((rec or {}).get("comparisons", {}).get(r.name)),
@@ -286,14 +297,7 @@ def write(
     requests = int(meta.get("requests") or 0)
     rows = table_rows(rungs, baselines, metric, rec)
     claim_lines = claims(rungs)
-    references = (
-        {
-            f"always '{baselines['majority']['label']}'": baselines["majority"][metric],
-            "uniform random": baselines["uniform"][metric],
-        }
-        if baselines
-        else None
-    )
+    references = {title: b[metric] for title, b in reference_points(baselines, metric)} or None
     summary = {
         "meta": meta,
         "task": task or {},

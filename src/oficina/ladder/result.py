@@ -38,10 +38,13 @@ class RungResult(BaseModel):
     metric: str = "accuracy"
     extra_metrics: dict[str, float] = Field(default_factory=dict)
     extra_ci: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    # Per test item, in the test split's order: what the rung answered and the gold answer.
-    # The paired comparison of two rungs resamples the same items for both from these.
+    # Per test item, in the test split's order: its id, what the rung answered, the gold answer
+    # and the item's score on the metric (1/0 correct, or a token F1). The paired comparison of
+    # two rungs resamples the same items for both from these.
+    item_ids: list[Any] = Field(default_factory=list)
     predictions: list[str] = Field(default_factory=list)
     golds: list[str] = Field(default_factory=list)
+    per_item: list[float] = Field(default_factory=list)
     # What the rung answered: a classifier that collapsed to one label is visible here.
     predicted_label_counts: dict[str, int] = Field(default_factory=dict)
     confusion: list[list[int]] = Field(default_factory=list)  # rows gold, columns predicted

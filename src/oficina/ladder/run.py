@@ -73,8 +73,16 @@ class LadderConfig(VerbConfig):
         None,
         description="your domain documents (file or folder) for RAG and continued pretraining; with --data, those rungs are skipped without it",
     )
-    text_field: str = Field("text", description="--data: the field holding the text")
-    label_field: str = Field("label", description="--data: the field holding the label")
+    kind: Literal["auto", "classification", "generation"] = Field(
+        "auto",
+        description="--data: the task's kind (auto: text+label -> classification, question+answer -> generation)",
+    )
+    text_field: str | None = Field(
+        None, description="--data: the field holding the text (generation: the question)"
+    )
+    label_field: str | None = Field(
+        None, description="--data: the field holding the label (generation: the reference answer)"
+    )
     template: str | None = Field(
         None,
         description="prompt template with {text} (default: the task's, or one listing the labels for --data)",
@@ -90,7 +98,10 @@ class LadderConfig(VerbConfig):
     target: float = Field(
         0.6, description="quality the application needs (metric on the test split)"
     )
-    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="quality metric")
+    metric: Literal["accuracy", "macro_f1", "exact_match", "token_f1"] | None = Field(
+        None,
+        description="quality metric (default: accuracy for classification, exact_match for generation)",
+    )
     stop_early: bool = Field(False, description="stop at the first rung that meets the target")
     limit_test: int | None = Field(
         None, ge=1, description="evaluate on the first N test items only (default: all of them)"
@@ -127,6 +138,7 @@ def load_task(cfg: LadderConfig) -> tuple[Task, str | None]:
             Path(cfg.out) / "data",
             text_field=cfg.text_field,
             label_field=cfg.label_field,
+            kind=cfg.kind,
             seed=cfg.seed,
         )
         corpus = cfg.docs
@@ -169,6 +181,9 @@ def run_ladder(cfg: LadderConfig) -> dict:
             if cls.needs_docs and not corpus:
                 ctx.results.append(_skipped(cls, "no domain documents (--docs)"))
                 continue
+            if task.kind not in cls.kinds:
+                ctx.results.append(_skipped(cls, f"not run on {task.kind} tasks yet"))
+                continue
             console.print(f"[bold]rung {name}[/] — {cls.description}")
             t0 = time.perf_counter()
             try:
@@ -198,7 +213,8 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "base_model": cfg.base_model,
             "task": task.name,
             "target": cfg.target,
-            "metric": cfg.metric,
+            "metric": ctx.metric,
+            "kind": task.kind,
             "test_items": len(task.test),
             "test_split_items": task.split_sizes["test"],
             "train_items": len(task.train),

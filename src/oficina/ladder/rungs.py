@@ -40,6 +40,7 @@ class Rung:
     Settings: ClassVar[type[RungSettings]] = RungSettings
     quick: ClassVar[dict[str, Any]] = {}  # settings under --quick (flags still win)
     needs_docs: ClassVar[bool] = False  # skipped when the ladder has no domain documents
+    kinds: ClassVar[tuple[str, ...]] = ("classification", "generation")  # tasks it runs on
 
     def __init__(self, settings: RungSettings):
         self.settings = settings
@@ -89,6 +90,24 @@ class FewShotSettings(RungSettings):
     )
 
 
+def example_picker(ctx: LadderContext, shots: int, strategy: str):
+    """row -> the solved training examples to show before it (most similar last)."""
+    from oficina.infer.prompting import select_examples
+
+    embedder = None
+    if strategy == "similar":
+        from oficina.models.embed import Embedder
+
+        embedder = Embedder("minilm-l6")
+
+    def pick(row: dict) -> list[dict]:
+        return select_examples(
+            ctx.train, row["text"], shots, strategy, seed=ctx.cfg.seed, embedder=embedder
+        )
+
+    return pick
+
+
 @register
 class FewShot(Rung):
     name = "few_shot"
@@ -97,29 +116,15 @@ class FewShot(Rung):
     quick = {"shots": 2}
 
     def run(self, ctx: LadderContext) -> RungResult:
-        from oficina.infer.prompting import select_examples
-
         c = self.settings
         eng = ctx.base_engine()
-        embedder = None
-        if c.strategy == "similar":
-            from oficina.models.embed import Embedder
-
-            embedder = Embedder("minilm-l6")
-        pool = ctx.train
-
-        def pick(row: dict) -> list[dict]:
-            return select_examples(
-                pool, row["text"], c.shots, c.strategy, seed=ctx.cfg.seed, embedder=embedder
-            )
-
-        res = ctx.evaluate(eng, self.name, fewshot=pick)
+        res = ctx.evaluate(eng, self.name, fewshot=example_picker(ctx, c.shots, c.strategy))
         return self.result(
             ctx,
             eng,
             res,
             f"{c.shots} {c.strategy} shots",
-            data={"labelled_examples": len(pool)},
+            data={"labelled_examples": len(ctx.train)},
         )
 
 
@@ -129,6 +134,52 @@ class RagSettings(RungSettings):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="embedding precision (bf16: ~2.3x faster index build on AMX CPUs)"
     )
+    passage_chars: int = Field(
+        300, ge=50, description="characters of each retrieved passage put in the prompt"
+    )
+
+
+class Retrieval:
+    """The domain documents, indexed (incrementally: a second rung or a rerun re-embeds
+    nothing), and the passages for a row. ``cost`` is what building the index cost the first
+    time in this ladder: the one-off cost of every rung that retrieves."""
+
+    def __init__(self, ctx: LadderContext, c: RagSettings):
+        from oficina.models.embed import Embedder
+        from oficina.rag.index import build_index, read_documents
+        from oficina.rag.retrieve import Index
+
+        self.k, self.mode, self.chars = c.k, c.mode, c.passage_chars
+        self.dir = ctx.out / f"rag-index-{c.precision}"
+        with peak_memory() as build:
+            docs, _ = read_documents([ctx.corpus])
+            embedder = Embedder("minilm-l6", precision=c.precision)
+            build_index(docs, self.dir, embedder=embedder, progress=False)
+        first = ctx.shared.setdefault(
+            str(self.dir),
+            Cost(
+                wall_time_s=build.wall_s,
+                peak_memory_mb=build.peak_mb,
+                usd=ctx.usd_for_seconds(build.wall_s),
+            ),
+        )
+        self.cost = first
+        self.n_docs = len(docs)
+        self.index = Index.open(self.dir, embedder=embedder)
+        self.titles = {d.doc_id: d.meta.get("title", d.doc_id) for d in docs}
+
+    def passages(self, row: dict) -> str:
+        hits = self.index.search(row["text"], k=self.k, mode=self.mode)
+        return "\n".join(
+            f"[{i}] (topic: {self.titles.get(h.doc_id, h.doc_id)}) {' '.join(h.text.split())[: self.chars]}"
+            for i, h in enumerate(hits, 1)
+        )
+
+    def data(self) -> dict:
+        return {"corpus_documents": self.n_docs, "chunks": self.index.count()}
+
+    def close(self) -> None:
+        self.index.close()
 
 
 @register
@@ -142,47 +193,70 @@ class Rag(Rung):
     needs_docs = True
 
     def run(self, ctx: LadderContext) -> RungResult:
-        from oficina.models.embed import Embedder
-        from oficina.rag.index import build_index, read_documents
-        from oficina.rag.retrieve import Index
-
         c = self.settings
-        index_dir = ctx.out / "rag-index"
-        with peak_memory() as build:
-            docs, _ = read_documents([ctx.corpus])
-            embedder = Embedder("minilm-l6", precision=c.precision)
-            # incremental: a rerun re-embeds nothing
-            build_index(docs, index_dir, embedder=embedder, progress=False)
-        index = Index.open(index_dir, embedder=embedder)
-        titles = {d.doc_id: d.meta.get("title", d.doc_id) for d in docs}
-
-        def with_context(row: dict) -> dict:
-            hits = index.search(row["text"], k=c.k, mode=c.mode)
-            passages = "\n".join(
-                f"[{i}] (topic: {titles.get(h.doc_id, h.doc_id)}) {' '.join(h.text.split())[:300]}"
-                for i, h in enumerate(hits, 1)
-            )
-            return {**row, "context": passages}
-
-        rows = [with_context(r) for r in ctx.test]
+        retrieval = Retrieval(ctx, c)
+        rows = [{**r, "context": retrieval.passages(r)} for r in ctx.test]
         template = "Reference passages:\n{context}\n\n" + ctx.template
         eng = ctx.base_engine()
         res = ctx.evaluate(eng, self.name, template=template, rows=rows)
-        n_chunks = index.count()
-        index.close()
+        data = {"labelled_examples": 0, **retrieval.data()}
+        retrieval.close()
         return self.result(
             ctx,
             eng,
             res,
             f"{c.k} {c.mode} passages",
-            # Building the index is the one-off cost of RAG: embedding the corpus.
-            training=Cost(
-                wall_time_s=build.wall_s,
-                peak_memory_mb=build.peak_mb,
-                usd=ctx.usd_for_seconds(build.wall_s),
-            ),
-            data={"labelled_examples": 0, "corpus_documents": len(docs), "chunks": n_chunks},
-            artifacts={"index": str(index_dir)},
+            training=retrieval.cost,
+            data=data,
+            artifacts={"index": str(retrieval.dir)},
+        )
+
+
+class FewShotRagSettings(RagSettings):
+    shots: int = Field(3, ge=1, description="examples in the prompt")
+    strategy: Literal["fixed", "random", "similar"] = Field(
+        "similar", description="how examples are picked"
+    )
+
+
+@register
+class FewShotRag(Rung):
+    """Solved examples first, then the passages retrieved for this query, then the query."""
+
+    name = "few_shot_rag"
+    description = "the base model with labelled examples and retrieved passages in the prompt"
+    Settings = FewShotRagSettings
+    quick = {"shots": 2, "k": 2, "precision": "bf16"}
+    needs_docs = True
+
+    def run(self, ctx: LadderContext) -> RungResult:
+        from oficina.evals.tasks import render_prompt
+
+        c = self.settings
+        pick = example_picker(ctx, c.shots, c.strategy)
+        answer = ctx.task.answer_field
+        retrieval = Retrieval(ctx, c)
+
+        def shots(row: dict) -> str:
+            # The examples as the few-shot rung shows them; the passages belong to the query.
+            return "\n\n".join(
+                render_prompt(ctx.template, ex) + " " + str(ex[answer]) for ex in pick(row)
+            )
+
+        rows = [{**r, "shots": shots(r), "context": retrieval.passages(r)} for r in ctx.test]
+        template = "{shots}\n\nReference passages:\n{context}\n\n" + ctx.template
+        eng = ctx.base_engine()
+        res = ctx.evaluate(eng, self.name, template=template, rows=rows)
+        data = {"labelled_examples": len(ctx.train), **retrieval.data()}
+        retrieval.close()
+        return self.result(
+            ctx,
+            eng,
+            res,
+            f"{c.shots} {c.strategy} shots, {c.k} {c.mode} passages",
+            training=retrieval.cost,
+            data=data,
+            artifacts={"index": str(retrieval.dir)},
         )
 
 
@@ -222,6 +296,7 @@ class Trained:
 
 class TrainedRung(Rung):
     Settings = TrainSettings
+    kinds = ("classification",)  # generation tasks: not trained by the ladder yet
 
     def hyperparameters(self, ctx: LadderContext) -> tuple[dict[str, Any], dict | None]:
         """What this rung trains with, and the search that chose it (None: the config's values).
@@ -278,7 +353,7 @@ class TrainedRung(Rung):
         t = self.train(ctx, hp)
         res = ctx.evaluate(t.engine, self.name)
         if t.finetuned is not None:
-            ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.cfg.metric]))
+            ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
         r = self.result(
             ctx,
             t.engine,
