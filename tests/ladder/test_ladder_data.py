@@ -125,6 +125,18 @@ def test_unusable_data_is_one_line_exit_2_and_nothing_written(case, tmp_path, ca
     assert not out.exists()  # nothing half-written
 
 
+def test_a_metric_of_the_other_kind_is_refused_before_anything_runs(tmp_path, capsys):
+    f = write_rows(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": "a"} for i in range(25)])
+    argv = ["ladder", "--data", str(f), "--out", str(tmp_path / "o"), "--metric", "macro_f1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--metric macro_f1 does not score a generation task: use one of exact_match, token_f1"
+        in err
+    )
+    assert not (tmp_path / "o" / "summary.json").exists() and not (tmp_path / "ws").exists()
+
+
 def test_missing_data_file_and_bad_template(tmp_path, capsys):
     assert main(["ladder", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
     assert "data file not found" in capsys.readouterr().err

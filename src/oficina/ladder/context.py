@@ -42,6 +42,18 @@ METRICS = {
 }
 
 
+def metric_for(task: Task, metric: str | None) -> str:
+    """The quality metric: the one asked for, if it scores this kind of task, or the kind's first."""
+    metric = metric or METRICS[task.kind][0]
+    if metric not in METRICS[task.kind]:
+        raise UserError(
+            f"--metric {metric} does not score a {task.kind} task: use one of "
+            f"{', '.join(METRICS[task.kind])}",
+            exit_code=2,
+        )
+    return metric
+
+
 @dataclass
 class Task:
     """A task: its kind, labels (classification), prompt template and three splits."""
@@ -123,13 +135,7 @@ class LadderContext:
     def __init__(self, cfg: Any, run: Any, task: Task, corpus: str | None):
         self.cfg, self.run, self.task, self.corpus = cfg, run, task, corpus
         self.kind = task.kind
-        self.metric = cfg.metric or METRICS[task.kind][0]
-        if self.metric not in METRICS[task.kind]:
-            raise UserError(
-                f"--metric {self.metric} does not score a {task.kind} task: use one of "
-                f"{', '.join(METRICS[task.kind])}",
-                exit_code=2,
-            )
+        self.metric = metric_for(task, cfg.metric)
         self.out = Path(cfg.out).resolve()
         self.labels, self.template = task.labels, task.template
         self.train, self.val, self.test = task.train, task.validation, task.test

@@ -28,7 +28,7 @@ from pydantic import Field, create_model
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
-from oficina.ladder.context import LadderContext, Task, check_template
+from oficina.ladder.context import LadderContext, Task, check_template, metric_for
 from oficina.ladder.data import prepare_task
 from oficina.ladder.recommend import recommend
 from oficina.ladder.report import write
@@ -158,6 +158,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
     """Run the enabled rungs; returns the summary dict (also written to cfg.out)."""
     out = Path(cfg.out)
     task, corpus = load_task(cfg)  # bad data stops here, before anything else is written
+    metric_for(task, cfg.metric)
     out.mkdir(parents=True, exist_ok=True)
     with start_run("ladder", cfg) as run:
         ctx = LadderContext(cfg, run, task, corpus)
