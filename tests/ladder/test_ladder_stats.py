@@ -124,6 +124,9 @@ def test_no_rung_meets_the_target_the_cheapest_tie_of_the_best_is_named():
     assert rec["tied_with"] == ["full"]
     assert "The best was 'full' at 0.550" in rec["reasoning"]
     assert "'lora' (0.525) cannot be told apart from it on these 40 items" in rec["reasoning"]
+    # A cheaper tie that learned nothing (one label for everything) is passed over.
+    rs[1].flags = ["collapsed"]
+    assert recommend(rs, target=0.9, requests=0)["rung"] == "full"
     # Without a cheaper tie the best itself is named.
     rs[1] = rung("lora", right_on(8), train_usd=0.5)
     assert recommend(rs, target=0.9, requests=0)["rung"] == "full"

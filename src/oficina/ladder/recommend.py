@@ -9,9 +9,10 @@ Pure functions on measured ``RungResult``s, so they are tested on hand-made per-
 - ``recommend``: among the rungs whose quality meets the target, the one with the lowest total
   cost (training once + inference at the expected request volume); equal costs go to the simpler
   rung (the ladder's order). If none meets the target, the best rung and the rungs tied with it
-  are the candidates, and the cheapest of them is named. Either way every other rung is compared
-  with the pick, the tied ones are listed (``tied_with``), and the reasoning says in words why
-  the pick beats each near alternative (cost, a real difference, or the target).
+  are the candidates, and the cheapest of them that did not collapse to one label is named.
+  Either way every other rung is compared with the pick, the tied ones are listed
+  (``tied_with``), and the reasoning says in words why the pick beats each near alternative
+  (cost, a real difference, or the target).
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def recommend(
     else:
         best = max(measured, key=lambda r: (r.quality, -order[r.name]))
         tied_best = [r for r in measured if r is not best and (c := vs(r, best)) and c["tied"]]
-        pick = min([best, *tied_best], key=cost_key)
+        # A rung that learned nothing (one label for everything) is no place to start from,
+        # however cheap: on few items it can still be "tied" with the best.
+        learned = [r for r in (best, *tied_best) if "collapsed" not in r.flags]
+        pick = min(learned or [best, *tied_best], key=cost_key)
         lines.append(
             f"No rung reached the target {target:.2f}. The best was '{best.name}' at "
             f"{best.quality:.3f}{_ci_text(best.ci)}."

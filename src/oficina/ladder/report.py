@@ -281,7 +281,8 @@ SELECTION_RULE = (
     "cost (training once + inference at the expected request volume; equal costs go to the simpler "
     "rung). Every other rung is compared with it by a paired bootstrap on the same test items; a "
     "rung whose difference's 95% interval contains 0 is reported as tied. If no rung meets the "
-    "target, the cheapest of the best rung and the rungs tied with it is named."
+    "target, the cheapest of the best rung and the rungs tied with it that did not collapse to one "
+    "label is named."
 )
 
 
