@@ -257,3 +257,17 @@ def test_own_data_in_one_command(tiny_lm, task_files, tmp_path, capsys):
     assert main([*argv[:9], "--rungs.lora.enabled", "false", *argv[13:]]) == 0
     assert (out / "data" / "test.jsonl").read_text() == test_split
     capsys.readouterr()
+
+
+def test_training_files_follow_the_limit(tmp_path, task_files, tiny_lm):
+    data, _ = task_files
+    for limit in (5, 7, None):
+        cfg = LadderConfig(out=str(tmp_path / "o"), data=str(data), limit_train=limit)
+        task, corpus = load_task(cfg)
+        with start_run("ladder", cfg) as run:
+            train, val = LadderContext(cfg, run, task, corpus).training_files()
+        rows = [json.loads(x) for x in train.read_text().splitlines()]
+        assert [r["id"] for r in rows] == [r["id"] for r in task.train] and len(rows) == (
+            limit or 21
+        )
+        assert val == task.path.parent / "validation.jsonl"

@@ -202,16 +202,16 @@ class LadderContext:
         return param_counts(self.base_engine().model)[0]
 
     def training_files(self) -> tuple[Path, Path]:
-        """(train, validation) JSONL for a training recipe: the task's own files, or the
-        limited training rows written once into the output when a limit cut them."""
+        """(train, validation) JSONL for a training recipe: the task's own files, or, when a
+        limit cut the training rows, those rows written into the output (rewritten each time:
+        a rerun may have another limit or task)."""
         d = self.task.path.parent
         train, val = d / "train.jsonl", d / "validation.jsonl"
         if len(self.train) != self.task.split_sizes["train"]:
             train = self.out / "data" / "train-limited.jsonl"
-            if not train.is_file():
-                atomic_write_text(
-                    train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.train)
-                )
+            atomic_write_text(
+                train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.train)
+            )
         return train, val
 
     # -- evaluation shared by every rung ----------------------------------------
