@@ -276,6 +276,22 @@ def _items_text(meta: dict) -> str:
     return f"{n} held-out items"
 
 
+def settings_lines(rungs: list[RungResult]) -> list[str]:
+    """What each measured rung ran with, and where those values came from."""
+    out = []
+    for r in rungs:
+        if not r.measured or not r.hyperparameters:
+            continue
+        values = ", ".join(f"{k}={v}" for k, v in r.hyperparameters.items())
+        source = (
+            f"chosen by a search of {len(r.search.get('trials', []))} trials"
+            if r.search
+            else "the config's values (no search)"
+        )
+        out.append(f"{r.name}: {values} — {source}")
+    return out
+
+
 SELECTION_RULE = (
     "Selection rule: among the rungs whose quality meets the target, the one with the lowest total "
     "cost (training once + inference at the expected request volume; equal costs go to the simpler "
@@ -357,6 +373,9 @@ def write(
     if flagged:
         md += [""] + [f"- ⚠ **{r.name}** ({', '.join(r.flags)}): {r.flag_text}" for r in flagged]
     md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", "", SELECTION_RULE, ""]
+    settings = settings_lines(rungs)
+    if settings:
+        md += ["## What each rung ran with", ""] + [f"- {x}" for x in settings] + [""]
     if claim_lines:
         md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
@@ -442,6 +461,7 @@ profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
 <div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
 <p style="font-size:13px">{e(SELECTION_RULE)}</p>
 <h2>Rungs</h2>{table_html}
+<h2>What each rung ran with</h2><ul>{"".join(f"<li>{e(x)}</li>" for x in settings)}</ul>
 {_answers_html(rungs, meta.get("labels") or [])}
 <h2>Plots</h2><div class="plots">{"".join(f'<img alt="{e(t)}" title="{e(t)}" src="data:image/png;base64,{b}">' for t, b in plots)}</div>
 <h2>The seeds' claims, measured</h2><ul>{"".join(f"<li>{e(c)}</li>" for c in claim_lines)}</ul>
