@@ -131,7 +131,8 @@ def reference_points(baselines: dict | None, metric: str) -> list[tuple[str, dic
         maj = baselines["majority"]
         return [(f"always '{maj['label']}'", maj), ("uniform random", baselines["uniform"])]
     top = baselines["most_frequent"]
-    return [("empty answer", baselines["empty"]), (f"always '{top['label']}'", top)]
+    said = top["label"] if len(top["label"]) <= 40 else top["label"][:37] + "..."
+    return [("empty answer", baselines["empty"]), (f"always '{said}'", top)]
 
 
 def table_rows(
