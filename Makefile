@@ -51,6 +51,8 @@ demo: setup
 	$(OFI) data prepare examples/demo/reference.jsonl --out out/demo-data --config examples/data.yaml
 	@echo; echo "== 4/4 The adaptation ladder: which adaptation is cheapest for this domain? =="
 	$(OFI) ladder examples/ladder.yaml --out out/ladder
+	@echo; echo "== 4b  The same question for answers found in the reference (where retrieval matters) =="
+	$(OFI) ladder examples/ladder-qa.yaml --out out/ladder-qa
 
 # What the tests need from Debian, as "command=package": the browser tests drive Debian's
 # chromium. Installed with apt when missing and we are root; otherwise one line says what to

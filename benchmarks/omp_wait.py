@@ -64,20 +64,22 @@ def run_one(tmp: Path, steps: int, policy: str | None, neighbour: bool) -> float
         bg = subprocess.Popen(
             finetune(tmp / "bg", 100000),
             env=env_with(policy),
-            cwd=tmp,
+            cwd=ROOT,  # the example config names its data relative to the repository
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         time.sleep(20)  # let it load the model and start stepping
     try:
-        out = subprocess.run(
+        done = subprocess.run(
             finetune(tmp / "fg", steps),
             env=env_with(policy),
-            cwd=tmp,
+            cwd=ROOT,
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the fine-tune failed:\n{done.stderr[-2000:]}")
+        out = done.stdout
     finally:
         if bg is not None:
             bg.kill()

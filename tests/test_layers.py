@@ -96,7 +96,8 @@ def test_a_cycle_inside_a_layer_breaks_the_acyclic_contract(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     out = r.stdout
     assert "No import cycles between the modules of any package BROKEN" in out
-    assert "-> serve -> cli KEPT" in out  # the layers alone cannot see this cycle
+    # the layers alone cannot see this cycle (the report wraps a long contract name: unwrap it)
+    assert "-> serve -> cli KEPT" in " ".join(out.split())
     assert "No cycles are allowed in oficina.models." in out
     assert "- .counting -> .sizing (1 import)" in out
 

@@ -182,7 +182,7 @@ VERBS: dict[str, Verb] = {
         "perplexity and task metrics with confidence intervals",
     ),
     "ladder": Verb(
-        "oficina.evals.ladder",
+        "oficina.ladder.run",
         "LadderConfig",
         "run",
         "the main job: which adaptation is cheapest for your quality bar",

@@ -339,6 +339,36 @@ def classification_baselines(
     }
 
 
+def generation_baselines(
+    train_answers: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    *,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """What a generator that learned nothing scores on these test items: the empty answer, and
+    always the most frequent answer of the *training* split (ties: the first seen), each by
+    exact match and token F1 with bootstrap intervals."""
+    if not references:
+        raise ValueError("no test items")
+    counts = Counter(str(a) for a in train_answers)
+    top = max(counts, key=lambda a: (counts[a], -list(counts).index(a))) if counts else ""
+    out = {}
+    for name, answer in (("empty", ""), ("most_frequent", top)):
+        scores = {
+            "exact_match": [exact_match(answer, r) for r in references],
+            "token_f1": [token_f1(answer, r) for r in references],
+        }
+        cis = {k: with_ci(v, n=n, alpha=alpha, seed=seed) for k, v in scores.items()}
+        out[name] = {
+            "label": answer,
+            **{k: v["value"] for k, v in cis.items()},
+            "ci": {k: v["ci"] for k, v in cis.items()},
+        }
+    return out
+
+
 def prediction_flags(
     predictions: Sequence[Any],
     quality: float,

@@ -202,9 +202,13 @@ def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: Memo
             "final_train_loss": result.final_train_loss,
             "stopped": result.stopped,
             "overfit_warnings": len(result.overfit_warnings),
+            # The curves, for callers that plot or judge them (the ladder): (step, loss) pairs.
+            "loss_curve": [[int(k), float(v)] for k, v in result.history],
+            "val_curve": [[int(k), float(v)] for k, v in result.val_history],
         }
     )
-    run.summary.update(s)
+    # The run's record keeps the figures; its curves are already in its metrics.jsonl.
+    run.summary.update({k: v for k, v in s.items() if not k.endswith("_curve")})
     rank, _ = dist_env()
     best = "-" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
     if rank == 0:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from oficina.evals.report import Cost, InferenceCost, RungResult, recommend, write
+from oficina.ladder.recommend import recommend
+from oficina.ladder.report import write
+from oficina.ladder.result import Cost, InferenceCost, RungResult
 
 
 def rung(name, q, train_usd=0.0, usd_1k=0.0, params=100, changed=0, ci=None):
@@ -66,6 +68,8 @@ def test_report_files_and_claims(tmp_path):
         RungResult(name="quantize", status="skipped", reason="turned off"),
     ]
     rs[2].loss_curve = [(1, 2.0), (2, 1.5)]
+    rs[2].hyperparameters = {"lr": 0.002, "rank": 8, "steps": 30}
+    rs[3].hyperparameters, rs[3].search = {"lr": 0.0003}, {"trials": [{"lr": 1e-3}, {"lr": 3e-4}]}
     rec = recommend(rs, 0.6, 1000)
     paths = write(
         tmp_path, rs, rec, {"target": 0.6, "base_model": "m", "task": "t", "test_items": 10}
@@ -83,8 +87,13 @@ def test_report_files_and_claims(tmp_path):
     assert any("keeps the parameter count" in c and "same" in c for c in s["claims"])
     assert any("student has 500 parameters, 50%" in c for c in s["claims"])
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Recommendation:" in page
-    assert "| lora |" in paths["markdown"].read_text()
+    assert page.count("data:image/png;base64,") == 4 and "Recommendation:" in page
+    assert 'alt="Quality vs total cost"' in page and "Selection rule:" in page
+    md = paths["markdown"].read_text()
+    assert "| lora |" in md
+    assert "- lora: lr=0.002, rank=8, steps=30 — the config's values (no search)" in md
+    assert "- distill: lr=0.0003 — chosen by a search of 2 trials" in md
+    assert "What each rung ran with" in page
 
 
 # ------------------------------------------------------------------ learned nothing? (issue 17)

@@ -1,12 +1,7 @@
-"""The ladder's results: the recommendation, and the report as JSON, Markdown and one HTML page.
+"""The ladder's report: ``summary.json`` (the interface other tools read), ``summary.md`` and
+one self-contained HTML page (plots inlined as base64 PNG, so it can be mailed or archived).
 
-``recommend`` is the decision the whole project exists for, kept as a pure function so it can
-be tested on hand-made results: among the rungs whose quality meets the target, pick the one
-with the lowest total cost (training once + inference for the expected request volume); ties
-go to the simpler rung (the ladder's order). If none meets the target, say so and point at
-the best one.
-
-The HTML page is self-contained (plots inlined as base64 PNG), so it can be mailed or archived.
+The decision itself is ``oficina.ladder.recommend``; this module only lays it out.
 """
 
 from __future__ import annotations
@@ -16,120 +11,9 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field
-
+from oficina.ladder.result import RungResult
 from oficina.workspace import atomic_write_json, atomic_write_text
-
-
-class Cost(BaseModel):
-    wall_time_s: float = 0.0
-    flops: float = 0.0
-    peak_memory_mb: float = 0.0
-    usd: float = 0.0
-
-
-class InferenceCost(BaseModel):
-    latency_s_per_item: float = 0.0
-    tokens_per_s: float = 0.0
-    peak_memory_mb: float = 0.0
-    prompt_tokens_mean: float = 0.0
-    usd_per_1k_requests: float = 0.0
-
-
-class RungResult(BaseModel):
-    """One rung of the ladder, measured."""
-
-    name: str
-    description: str = ""
-    status: str = "ok"  # ok | skipped | failed
-    reason: str = ""
-    quality: float | None = None
-    ci: tuple[float, float] | None = None
-    metric: str = "accuracy"
-    extra_metrics: dict[str, float] = Field(default_factory=dict)
-    extra_ci: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    # What the rung answered: a classifier that collapsed to one label is visible here.
-    predicted_label_counts: dict[str, int] = Field(default_factory=dict)
-    confusion: list[list[int]] = Field(default_factory=list)  # rows gold, columns predicted
-    flags: list[str] = Field(default_factory=list)  # "collapsed", "within_interval_of_majority"
-    flag_text: str = ""
-    training: Cost = Field(default_factory=Cost)
-    inference: InferenceCost = Field(default_factory=InferenceCost)
-    params_total: int = 0
-    params_trainable: int = 0
-    params_changed: int = 0  # how many base-model parameters this rung altered
-    data: dict[str, Any] = Field(default_factory=dict)
-    artifacts: dict[str, str] = Field(default_factory=dict)
-    loss_curve: list[tuple[int, float]] = Field(default_factory=list)
-    val_curve: list[tuple[int, float]] = Field(default_factory=list)
-
-    def total_usd(self, requests: int) -> float:
-        return self.training.usd + self.inference.usd_per_1k_requests * requests / 1000.0
-
-
-def recommend(rungs: list[RungResult], target: float, requests: int) -> dict:
-    """The cheapest rung that meets the quality target, with the reasoning in words."""
-    measured = [r for r in rungs if r.status == "ok" and r.quality is not None]
-    if not measured:
-        return {"rung": None, "met_target": False, "reasoning": "no rung produced a quality figure"}
-    order = {r.name: i for i, r in enumerate(rungs)}
-    meeting = [r for r in measured if r.quality >= target]
-    if not meeting:
-        best = max(measured, key=lambda r: (r.quality, -order[r.name]))
-        return {
-            "rung": best.name,
-            "met_target": False,
-            "reasoning": (
-                f"No rung reached the target {target:.2f}. The best was '{best.name}' at {best.quality:.3f}"
-                + (f" (95% CI {best.ci[0]:.3f}–{best.ci[1]:.3f})" if best.ci else "")
-                + ". Add labelled data, train longer, or start from a larger base model."
-                + "".join(f" {r.name} {r.flag_text}." for r in measured if "collapsed" in r.flags)
-            ),
-        }
-    pick = min(meeting, key=lambda r: (round(r.total_usd(requests), 6), order[r.name]))
-    lines = [
-        f"'{pick.name}' is the cheapest rung that meets the target {target:.2f}: quality {pick.quality:.3f}"
-        + (f" (95% CI {pick.ci[0]:.3f}–{pick.ci[1]:.3f})" if pick.ci else "")
-        + f", ${pick.training.usd:.4f} to train and ${pick.inference.usd_per_1k_requests:.4f} per 1k requests"
-        f" (${pick.total_usd(requests):.2f} for {requests:,} requests)."
-    ]
-    if "collapsed" in pick.flags:
-        lines.append(
-            f"Beware: '{pick.name}' {pick.flag_text}; a constant answer meets this target."
-        )
-    if pick.ci and pick.ci[0] < target:
-        lines.append(
-            f"Its confidence interval dips below the target ({pick.ci[0]:.3f}): measure on more held-out data before relying on it."
-        )
-    cheaper = [
-        r
-        for r in measured
-        if r.total_usd(requests) < pick.total_usd(requests) and r.quality < target
-    ]
-    if cheaper:
-        lines.append(
-            "Cheaper rungs miss the target: "
-            + ", ".join(f"{r.name} {r.quality:.3f}" for r in cheaper)
-            + "."
-        )
-    learned_nothing = [r for r in measured if "collapsed" in r.flags and r is not pick]
-    if learned_nothing:
-        lines.append(
-            "Learned nothing usable: "
-            + "; ".join(f"{r.name} {r.flag_text}" for r in learned_nothing)
-            + "."
-        )
-    better = [r for r in meeting if r.quality > pick.quality and r is not pick]
-    if better:
-        b = max(better, key=lambda r: r.quality)
-        lines.append(
-            f"'{b.name}' is more accurate ({b.quality:.3f}) but costs ${b.total_usd(requests):.2f} in total; "
-            "raise the target if that margin matters."
-        )
-    return {"rung": pick.name, "met_target": True, "reasoning": " ".join(lines)}
-
 
 # ---------------------------------------------------------------------------- plots
 
@@ -150,6 +34,7 @@ def _scatter(
     target: float,
     title: str,
     references: dict[str, float] | None = None,
+    frontier: bool = False,
 ) -> str:
     import matplotlib
 
@@ -164,6 +49,14 @@ def _scatter(
         err = [[r.quality - r.ci[0]], [r.ci[1] - r.quality]] if r.ci else None
         ax.errorbar([x], [r.quality], yerr=err, fmt="o", capsize=3)
         ax.annotate(r.name, (x, r.quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if frontier:  # the rungs no other rung beats on both quality and cost
+        pts = sorted((x_of(r), r.quality) for r in rungs if r.measured)
+        front, best = [], float("-inf")
+        for x, q in pts:
+            if q > best:
+                front.append((x, q))
+                best = q
+        ax.step(*zip(*front, strict=True), where="post", c="seagreen", lw=1, alpha=0.7)
     ax.axhline(target, ls="--", c="gray", lw=1)
     ax.text(ax.get_xlim()[0], target, " target", va="bottom", fontsize=8, color="gray")
     for name, y in (references or {}).items():  # what learning nothing scores
@@ -211,8 +104,42 @@ def _ci(ci) -> str:
     return "-" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
 
 
+def _vs_pick(c: dict | None) -> str:
+    if not c:
+        return "-"
+    return f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" + (
+        " tied" if c["tied"] else ""
+    )
+
+
+def _second(metric: str) -> tuple[str, str]:
+    """The metric shown beside the quality: (key, column title)."""
+    return {
+        "accuracy": ("macro_f1", "macro-F1"),
+        "macro_f1": ("macro_f1", "macro-F1"),
+        "exact_match": ("token_f1", "token F1"),
+        "token_f1": ("exact_match", "exact match"),
+    }[metric]
+
+
+def reference_points(baselines: dict | None, metric: str) -> list[tuple[str, dict]]:
+    """(title, baseline) of what learning nothing scores: always the majority label and a
+    uniform guess (classification), or the empty and the most frequent answer (generation)."""
+    if not baselines:
+        return []
+    if "majority" in baselines:
+        maj = baselines["majority"]
+        return [(f"always '{maj['label']}'", maj), ("uniform random", baselines["uniform"])]
+    top = baselines["most_frequent"]
+    said = top["label"] if len(top["label"]) <= 40 else top["label"][:37] + "..."
+    return [("empty answer", baselines["empty"]), (f"always '{said}'", top)]
+
+
 def table_rows(
-    rungs: list[RungResult], baselines: dict | None = None, metric: str = "accuracy"
+    rungs: list[RungResult],
+    baselines: dict | None = None,
+    metric: str = "accuracy",
+    rec: dict | None = None,
 ) -> list[dict]:
     """The table's rows: the reference points first (what learning nothing scores), then rungs."""
     rows = []
@@ -220,39 +147,31 @@ def table_rows(
         ["train time", "train FLOPs", "train $", "latency/item", "prompt tokens", "$/1k req",
          "params", "changed params", "labelled data"], "-"
     )  # fmt: skip
-    if baselines:
-        maj, uni = baselines["majority"], baselines["uniform"]
+    key2, title2 = _second(metric)
+    for title, b in reference_points(baselines, metric):
         rows.append(
             {
-                "rung": f"baseline: always '{maj['label']}'",
+                "rung": f"baseline: {title}",
                 "status": "reference",
-                "quality": f"{maj[metric]:.3f}",
-                "95% CI": _ci(maj["ci"].get(metric)),
-                "macro-F1": f"{maj['macro_f1']:.3f}",
-                **blank,
-                "flags": "",
-            }
-        )
-        rows.append(
-            {
-                "rung": "baseline: uniform random",
-                "status": "reference",
-                "quality": f"{uni[metric]:.3f}",
-                "95% CI": "-",
-                "macro-F1": f"{uni['macro_f1']:.3f}",
+                "quality": f"{b[metric]:.3f}",
+                "95% CI": _ci((b.get("ci") or {}).get(metric)),
+                title2: f"{b[key2]:.3f}",
                 **blank,
                 "flags": "",
             }
         )
     for r in rungs:
-        f1 = r.extra_metrics.get("macro_f1")
+        f1 = r.extra_metrics.get(key2)
         rows.append(
             {
                 "rung": r.name,
                 "status": r.status if r.status == "ok" else f"{r.status}: {r.reason}",
                 "quality": "-" if r.quality is None else f"{r.quality:.3f}",
                 "95% CI": _ci(r.ci),
-                "macro-F1": "-" if f1 is None else f"{f1:.3f}",
+                title2: "-" if f1 is None else f"{f1:.3f}",
+                "vs recommended": "recommended"
+                if rec and r.name == rec.get("rung")
+                else _vs_pick((rec or {}).get("comparisons", {}).get(r.name)),
                 "train time": _fmt_s(r.training.wall_time_s) if r.training.wall_time_s else "0",
                 "train FLOPs": f"{r.training.flops:.2e}" if r.training.flops else "0",
                 "train $": f"{r.training.usd:.4f}",
@@ -350,27 +269,63 @@ def _answers_html(rungs: list[RungResult], labels: list[str]) -> str:
     return "".join(parts)
 
 
-def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str, Path]:
+def _items_text(meta: dict) -> str:
+    """'96 held-out items', or '16 of 96 ...' when a limit cut the test split (never silently)."""
+    n, of = meta.get("test_items"), meta.get("test_split_items")
+    if of is not None and n != of:
+        return f"{n} of {of} held-out items (limit_test)"
+    return f"{n} held-out items"
+
+
+def settings_lines(rungs: list[RungResult]) -> list[str]:
+    """What each measured rung ran with, and where those values came from."""
+    out = []
+    for r in rungs:
+        if not r.measured or not r.hyperparameters:
+            continue
+        values = ", ".join(f"{k}={v}" for k, v in r.hyperparameters.items())
+        source = (
+            f"chosen by a search of {len(r.search.get('trials', []))} trials"
+            if r.search
+            else "the config's values (no search)"
+        )
+        out.append(f"{r.name}: {values} — {source}")
+    return out
+
+
+SELECTION_RULE = (
+    "Selection rule: among the rungs whose quality meets the target, the one with the lowest total "
+    "cost (training once + inference at the expected request volume; equal costs go to the simpler "
+    "rung). Every other rung is compared with it by a paired bootstrap on the same test items; a "
+    "rung whose difference's 95% interval contains 0 is reported as tied. If no rung meets the "
+    "target, the cheapest of the best rung and the rungs tied with it that did not collapse to one "
+    "label is named."
+)
+
+
+def write(
+    out: Path, rungs: list[RungResult], rec: dict, meta: dict, task: dict | None = None
+) -> dict[str, Path]:
+    """summary.json, summary.md and report.html in ``out``; ``task`` is the task's description
+    (kind, labels, split sizes) as summary.json's ``task``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metric = str(meta.get("metric", "accuracy"))
     baselines = meta.get("baselines")
-    rows = table_rows(rungs, baselines, metric)
+    requests = int(meta.get("requests") or 0)
+    rows = table_rows(rungs, baselines, metric, rec)
     claim_lines = claims(rungs)
-    references = (
-        {
-            f"always '{baselines['majority']['label']}'": baselines["majority"][metric],
-            "uniform random": baselines["uniform"][metric],
-        }
-        if baselines
-        else None
-    )
+    references = {title: b[metric] for title, b in reference_points(baselines, metric)} or None
     summary = {
         "meta": meta,
+        "task": task or {},
         "target": meta.get("target"),
         "recommended": rec["rung"],
         "met_target": rec["met_target"],
         "reasoning": rec["reasoning"],
+        "selection_rule": SELECTION_RULE,
+        "tied_with": rec.get("tied_with", []),
+        "comparisons": rec.get("comparisons", {}),
         "claims": claim_lines,
         "baselines": baselines,
         "rungs": [
@@ -381,6 +336,9 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
                 "metric": r.metric,
                 "quality": r.quality,
                 "ci": list(r.ci) if r.ci else None,
+                "hyperparameters": r.hyperparameters,
+                "search": r.search,
+                "total_usd": r.total_usd(requests) if r.measured else None,
                 "training_cost": r.training.model_dump(),
                 "inference_cost": r.inference.model_dump(),
                 "parameters": r.params_total,
@@ -394,6 +352,9 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
                 "confusion": r.confusion,
                 "flags": r.flags,
                 "flag_text": r.flag_text,
+                "predictions": r.predictions,
+                "loss_curve": [list(p) for p in r.loss_curve],
+                "val_curve": [list(p) for p in r.val_curve],
                 "description": r.description,
             }
             for r in rungs
@@ -405,22 +366,39 @@ def write(out: Path, rungs: list[RungResult], rec: dict, meta: dict) -> dict[str
     md = [f"# Adaptation ladder — {meta.get('task', '')}", ""]
     md.append(
         f"Base model `{meta.get('base_model')}`, target {meta.get('metric', 'accuracy')} ≥ {meta.get('target')}, "
-        f"{meta.get('test_items')} held-out items, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h."
+        f"{_items_text(meta)}, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h."
     )
     md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     flagged = [r for r in rungs if r.flags]
     if flagged:
         md += [""] + [f"- ⚠ **{r.name}** ({', '.join(r.flags)}): {r.flag_text}" for r in flagged]
-    md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", ""]
+    md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", "", SELECTION_RULE, ""]
+    settings = settings_lines(rungs)
+    if settings:
+        md += ["## What each rung ran with", ""] + [f"- {x}" for x in settings] + [""]
     if claim_lines:
         md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
-    ok = [r for r in rungs if r.status == "ok" and r.quality is not None]
+    ok = [r for r in rungs if r.measured]
     target = float(meta.get("target") or 0)
     plots = []
     if ok:
+        plots.append(
+            (
+                "Quality vs total cost",
+                _scatter(
+                    ok,
+                    lambda r: r.total_usd(requests),
+                    f"total cost, $ (training + {requests:,} requests)",
+                    target,
+                    "quality vs total cost (Pareto front in green)",
+                    references,
+                    frontier=True,
+                ),
+            )
+        )
         plots.append(
             (
                 "Quality vs training cost",
@@ -478,11 +456,13 @@ tr.flag td {{ background: #fff3f0; }} .cm {{ display: inline-block; vertical-ali
 </style></head><body>
 <h1>Which adaptation is cheapest?</h1>
 <p>Base model <code>{e(str(meta.get("base_model")))}</code> · task <code>{e(str(meta.get("task")))}</code> ·
-target {e(str(meta.get("metric", "accuracy")))} ≥ {e(str(meta.get("target")))} on {e(str(meta.get("test_items")))} held-out items ·
+target {e(str(meta.get("metric", "accuracy")))} ≥ {e(str(meta.get("target")))} on {e(_items_text(meta))} ·
 costs on <code>{e(str(meta.get("hardware")))}</code> at ${e(str(meta.get("usd_per_hour")))}/h for {e(f"{meta.get('requests', 0):,}")} requests ·
 profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
 <div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
+<p style="font-size:13px">{e(SELECTION_RULE)}</p>
 <h2>Rungs</h2>{table_html}
+<h2>What each rung ran with</h2><ul>{"".join(f"<li>{e(x)}</li>" for x in settings)}</ul>
 {_answers_html(rungs, meta.get("labels") or [])}
 <h2>Plots</h2><div class="plots">{"".join(f'<img alt="{e(t)}" title="{e(t)}" src="data:image/png;base64,{b}">' for t, b in plots)}</div>
 <h2>The seeds' claims, measured</h2><ul>{"".join(f"<li>{e(c)}</li>" for c in claim_lines)}</ul>

@@ -18,7 +18,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "ladder", str(repo_root / "examples/ladder.yaml"), "--out", str(out), "--quick",
         "--base-model", str(tiny_lm), "--task", str(repo_root / "examples/demo/task/task.json"),
         "--corpus", str(repo_root / "examples/demo/reference.jsonl"),
-        "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1",
+        "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1", "--rungs.few_shot_rag.shots", "1",
         "--rungs.lora.steps", "2", "--rungs.full.steps", "2", "--rungs.cpt_lora.steps", "2",
         "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.steps", "2", "--rungs.distill.keep_layers", "1",
         "--target", "0.0", "--requests", "0",
@@ -30,6 +30,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "zero_shot",
         "few_shot",
         "rag",
+        "few_shot_rag",
         "lora",
         "full",
         "cpt_lora",
@@ -67,6 +68,31 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         assert sum(map(sum, r["confusion"])) == 6 and "macro_f1" in r["extra_metrics"]
         one_label = max(r["predicted_label_counts"].values()) >= 0.9 * 6
         assert ("collapsed" in r["flags"]) >= one_label
+    # The interface other checks rely on (issue 14): the task, what each rung ran with, ties.
+    assert s["task"]["kind"] == "classification" and s["task"]["labels"] == s["meta"]["labels"]
+    assert s["task"]["splits"] == {"train": 433, "validation": 91, "test": 96}
+    assert (
+        s["task"]["used"]["test"] == 6
+        and "6 of 96 held-out items" in (out / "summary.md").read_text()
+    )
+    for r in by.values():
+        assert {
+            "hyperparameters",
+            "search",
+            "training_cost",
+            "inference_cost",
+            "parameters",
+        } <= set(r)
+        assert r["search"] is None and len(r["predictions"]) == 6
+    assert by["lora"]["hyperparameters"]["lr"] > 0 and by["lora"]["hyperparameters"]["rank"] == 8
+    assert by["lora"]["hyperparameters"]["steps_run"] == 2
+    assert by["few_shot"]["hyperparameters"] == {"shots": 1, "strategy": "similar"}
+    # The curves came back from training: a point per step, validation at the end.
+    assert [p[0] for p in by["lora"]["loss_curve"]] == [1, 2] and by["lora"]["val_curve"][-1][
+        0
+    ] == 2
+    assert set(s["tied_with"]) <= set(by) - {s["recommended"]}
+    assert set(s["comparisons"]) == set(by) - {s["recommended"]}
     # Target 0 and no traffic: every rung meets the bar and only training costs count, so the
     # rungs that train nothing tie and the simplest of them (zero-shot) is picked.
     assert s["recommended"] == "zero_shot" and s["met_target"]
@@ -86,7 +112,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         page.goto((out / "report.html").as_uri())
         assert page.locator("tr.pick td").first.inner_text() == "zero_shot"
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(widths) == 3 and all(w > 100 for w in widths)  # the plots decoded
+        assert len(widths) == 4 and all(w > 100 for w in widths)  # the plots decoded
         shot = Path(tmp_path / "ladder-report.png")
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -1,0 +1,325 @@
+"""What every rung of one ladder run shares: the task's data, the base model, the corpus, the
+evaluation on the test split, the costs, and the rungs measured so far.
+
+Two kinds of task: ``classification`` (rows ``{text, label}``, a label scored by its
+log-likelihood: accuracy, macro-F1) and ``generation`` (rows ``{text: question, answer}``, a
+greedy answer scored against the reference: exact match, token F1). Both prompt with a template
+over ``{text}``, so a rung that only prompts serves both.
+
+A rung gets this context in ``run(context)`` and returns a ``RungResult``; ``evaluate`` scores a
+model on the test items and ``measured`` turns that score into the result every rung reports
+(quality with its interval, per-item answers, flags, inference cost, parameters).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oficina.errors import UserError
+from oficina.evals.metrics import (
+    classification_baselines,
+    generation_baselines,
+    prediction_flags,
+)
+from oficina.jsonl import read_jsonl
+from oficina.ladder.result import Cost, InferenceCost, RungResult
+from oficina.measure import param_counts, peak_memory, usd
+from oficina.workspace import atomic_write_text
+
+
+def check_template(template: str) -> str:
+    if "{text}" not in template:
+        raise UserError(f"the prompt template must contain {{text}}: {template!r}", exit_code=2)
+    return template
+
+
+METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "generation": ("exact_match", "token_f1"),
+}
+
+
+def metric_for(task: Task, metric: str | None) -> str:
+    """The quality metric: the one asked for, if it scores this kind of task, or the kind's first."""
+    metric = metric or METRICS[task.kind][0]
+    if metric not in METRICS[task.kind]:
+        raise UserError(
+            f"--metric {metric} does not score a {task.kind} task: use one of "
+            f"{', '.join(METRICS[task.kind])}",
+            exit_code=2,
+        )
+    return metric
+
+
+@dataclass
+class Task:
+    """A task: its kind, labels (classification), prompt template and three splits."""
+
+    path: Path
+    name: str
+    kind: str  # classification | generation
+    labels: list[str]
+    template: str
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    split_sizes: dict[str, int]  # before any limit: what the files hold
+    info: dict = field(default_factory=dict)  # the task.json as read
+
+    @classmethod
+    def load(
+        cls,
+        task_file: str | Path,
+        *,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+        template: str | None = None,
+    ) -> Task:
+        p = Path(task_file)
+        if not p.is_file():
+            raise UserError(f"task file not found: {p}")
+        info = json.loads(p.read_text())
+        kind = info.get("type", "classification")
+        if kind not in METRICS:
+            raise UserError(f"task file {p}: unknown type '{kind}' (classification | generation)")
+        for key in ("labels", "template") if kind == "classification" else ("template",):
+            if key not in info:
+                raise UserError(f"task file {p} has no '{key}'")
+        splits = {}
+        for split in ("train", "validation", "test"):
+            f = p.parent / f"{split}.jsonl"
+            if not f.is_file():
+                raise UserError(f"task split missing: {f}")
+            splits[split] = read_jsonl(f, f"{split} split")[0]
+        template = check_template(template or info["template"])
+        return cls(
+            path=p,
+            name=str(info.get("name", p)),
+            kind=kind,
+            labels=[str(x) for x in info.get("labels", [])],
+            template=template,
+            train=splits["train"][:limit_train],
+            validation=splits["validation"],
+            test=splits["test"][:limit_test],
+            split_sizes={k: len(v) for k, v in splits.items()},
+            info=info,
+        )
+
+    @property
+    def answer_field(self) -> str:
+        return "label" if self.kind == "classification" else "answer"
+
+    def describe(self) -> dict:
+        """summary.json's ``task``: kind, labels, split sizes (and the items actually used)."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            **({"labels": self.labels} if self.kind == "classification" else {}),
+            "template": self.template,
+            "splits": self.split_sizes,
+            "used": {
+                "train": len(self.train),
+                "validation": len(self.validation),
+                "test": len(self.test),
+            },
+            **{k: self.info[k] for k in ("source", "duplicates_removed") if k in self.info},
+        }
+
+
+class LadderContext:
+    """The shared state of one ladder run (``cfg`` is the verb's LadderConfig)."""
+
+    def __init__(self, cfg: Any, run: Any, task: Task, corpus: str | None):
+        self.cfg, self.run, self.task, self.corpus = cfg, run, task, corpus
+        self.kind = task.kind
+        self.metric = metric_for(task, cfg.metric)
+        self.out = Path(cfg.out).resolve()
+        self.labels, self.template = task.labels, task.template
+        self.train, self.val, self.test = task.train, task.validation, task.test
+        if corpus is not None and not Path(corpus).exists():
+            raise UserError(f"documents not found: {corpus}", exit_code=2)
+        # What learning nothing scores on these test items: every rung is read against it.
+        if task.kind == "classification":
+            self.baselines = classification_baselines(
+                [str(r.get("label")) for r in self.train],
+                [str(r.get("label")) for r in self.test],
+                self.labels,
+                seed=cfg.seed,
+            )
+        else:
+            self.baselines = generation_baselines(
+                [str(r.get("answer")) for r in self.train],
+                [str(r.get("answer")) for r in self.test],
+                seed=cfg.seed,
+            )
+        self.results: list[RungResult] = []
+        self.shared: dict[str, Any] = {}  # what one rung builds and another reuses (an index)
+        self._base_engine = None
+        # rung -> (model dir or spec, adapter dir or None, quality): teachers and quantization pick from it
+        self.finetuned: dict[str, tuple[str, str | None, float]] = {}
+        from oficina.models.sizing import hardware_table
+
+        table = hardware_table()
+        if cfg.hardware not in table:
+            raise UserError(f"unknown hardware '{cfg.hardware}'; rows: {', '.join(table)}")
+        self.hw = table[cfg.hardware]
+
+    # -- costs ------------------------------------------------------------------
+    def usd_for_seconds(self, seconds: float) -> float:
+        return usd(seconds, self.cfg.usd_per_hour)
+
+    def training_usd(self, wall_s: float, flops: float) -> float:
+        """Dollars to train: measured time here, or FLOPs at the stated utilisation elsewhere."""
+        if self.cfg.hardware == "this-cpu":
+            return self.usd_for_seconds(wall_s)
+        peak = self.hw["peak_flops"]["bf16"]
+        return self.usd_for_seconds(flops / (peak * self.cfg.utilization))
+
+    def training_cost(self, wall_s: float, *summaries: dict) -> Cost:
+        """The cost of training that took ``wall_s`` and ran the recipes behind ``summaries``."""
+        flops = sum(float(s.get("flops", 0.0)) for s in summaries)
+        return Cost(
+            wall_time_s=wall_s,
+            flops=flops,
+            peak_memory_mb=max(
+                (float(s.get("peak_memory_mb", 0.0)) for s in summaries), default=0.0
+            ),
+            usd=self.training_usd(wall_s, flops),
+        )
+
+    # -- the base model and the training files ---------------------------------
+    def base_engine(self):
+        if self._base_engine is None:
+            from oficina.infer.engine import Engine
+
+            self._base_engine = Engine.from_spec(self.cfg.base_model)
+        return self._base_engine
+
+    def base_params(self) -> int:
+        return param_counts(self.base_engine().model)[0]
+
+    def training_files(self) -> tuple[Path, Path]:
+        """(train, validation) JSONL for a training recipe: the task's own files, or, when a
+        limit cut the training rows, those rows written into the output (rewritten each time:
+        a rerun may have another limit or task)."""
+        d = self.task.path.parent
+        train, val = d / "train.jsonl", d / "validation.jsonl"
+        if len(self.train) != self.task.split_sizes["train"]:
+            train = self.out / "data" / "train-limited.jsonl"
+            atomic_write_text(
+                train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.train)
+            )
+        return train, val
+
+    # -- evaluation shared by every rung ----------------------------------------
+    def evaluate(
+        self,
+        engine,
+        name: str,
+        template: str | None = None,
+        rows: list[dict] | None = None,
+        fewshot=None,
+    ) -> dict:
+        """Score ``engine`` on the test items (or ``rows``, the same items with more fields):
+        classify by label log-likelihood, or generate greedily and compare with the reference."""
+        from oficina.evals.tasks import classify, generate_task
+
+        rows = rows if rows is not None else self.test
+        template = template or self.template
+        # This rung's own inference peak (not the process's: a training rung ran before it).
+        with peak_memory() as mem:
+            if self.kind == "classification":
+                res = classify(engine, rows, self.labels, template, fewshot=fewshot)
+            else:
+                res = generate_task(
+                    engine, rows, template, fewshot, reference_field="answer", max_new_tokens=32
+                )
+        wall = mem.wall_s
+        res.setdefault("latency_s_per_item", wall / max(1, len(rows)))
+        res["peak_memory_mb"] = mem.peak_mb
+        self.run.log({"rung": name, **{m: res[m] for m in METRICS[self.kind]}, "eval_s": wall})
+        return res
+
+    def measured(
+        self,
+        name: str,
+        description: str,
+        engine,
+        res: dict,
+        *,
+        training: Cost | None = None,
+        params_changed: int = 0,
+        data: dict | None = None,
+        artifacts: dict | None = None,
+        hyperparameters: dict | None = None,
+        summary: dict | None = None,
+    ) -> RungResult:
+        """The RungResult of ``engine`` scoring ``res``; ``summary`` is a training recipe's
+        summary, whose curves the result carries."""
+        metric = self.metric
+        quality = float(res[metric])
+        ci = res.get("ci", {}).get(metric) if isinstance(res.get("ci"), dict) else None
+        total, trainable = param_counts(engine.model)
+        prompt_tokens = float(res.get("prompt_tokens_mean", 0.0))
+        latency = float(res["latency_s_per_item"])
+        # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
+        tps = prompt_tokens / latency if latency else 0.0
+        preds = [str(p) for p in res.get("predictions", [])]
+        s = summary or {}
+        if self.kind == "classification":
+            flags, flag_text = prediction_flags(
+                preds, quality, ci, self.baselines["majority"][metric]
+            )
+            golds = [str(g) for g in res["golds"]]
+            per_item = [float(x) for x in res["per_item"]]
+        else:  # no label to collapse onto; the baselines row tells the story
+            flags, flag_text = [], ""
+            golds = [str(r[0]) for r in res["references"]]
+            per_item = [float(x) for x in res["per_item_scores"][metric]]
+        shown = METRICS[self.kind] + (("rouge_l",) if self.kind == "generation" else ())
+        return RungResult(
+            name=name,
+            description=description,
+            quality=quality,
+            ci=tuple(ci) if ci else None,
+            metric=metric,
+            extra_metrics={k: float(res[k]) for k in shown if k in res},
+            extra_ci={k: tuple(v) for k, v in (res.get("ci") or {}).items() if k in shown},
+            item_ids=list(res.get("ids", [])),
+            predictions=preds,
+            golds=golds,
+            per_item=per_item,
+            predicted_label_counts={lab: preds.count(lab) for lab in self.labels},
+            confusion=res.get("confusion", []),
+            flags=flags,
+            flag_text=flag_text,
+            hyperparameters=hyperparameters or {},
+            training=training or Cost(),
+            inference=InferenceCost(
+                latency_s_per_item=latency,
+                tokens_per_s=tps,
+                peak_memory_mb=float(res["peak_memory_mb"]),
+                prompt_tokens_mean=prompt_tokens,
+                usd_per_1k_requests=self.usd_for_seconds(latency * 1000.0),
+            ),
+            params_total=total,
+            params_trainable=trainable,
+            params_changed=params_changed,
+            data=data or {},
+            artifacts=artifacts or {},
+            loss_curve=[tuple(p) for p in s.get("loss_curve", [])],
+            val_curve=[tuple(p) for p in s.get("val_curve", [])],
+        )
+
+    def best_finetuned(self) -> tuple[str, str, str | None]:
+        """(rung, model dir or spec, adapter or None) of the most accurate fine-tuned rung so far."""
+        if not self.finetuned:
+            raise UserError(
+                "distillation needs a fine-tuned teacher: enable the lora, full or cpt_lora rung"
+            )
+        name = max(self.finetuned, key=lambda k: self.finetuned[k][2])
+        base, adapter, _ = self.finetuned[name]
+        return name, base, adapter

@@ -1,0 +1,72 @@
+"""What one rung of the ladder measured: quality, per-item answers, costs, parameters, curves.
+
+Kept apart from the rungs and the report so the recommendation and the report can be tested on
+hand-made results, without a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Cost(BaseModel):
+    wall_time_s: float = 0.0
+    flops: float = 0.0
+    peak_memory_mb: float = 0.0
+    usd: float = 0.0
+
+
+class InferenceCost(BaseModel):
+    latency_s_per_item: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    prompt_tokens_mean: float = 0.0
+    usd_per_1k_requests: float = 0.0
+
+
+class RungResult(BaseModel):
+    """One rung of the ladder, measured."""
+
+    name: str
+    description: str = ""
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    quality: float | None = None
+    ci: tuple[float, float] | None = None
+    metric: str = "accuracy"
+    extra_metrics: dict[str, float] = Field(default_factory=dict)
+    extra_ci: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # Per test item, in the test split's order: its id, what the rung answered, the gold answer
+    # and the item's score on the metric (1/0 correct, or a token F1). The paired comparison of
+    # two rungs resamples the same items for both from these.
+    item_ids: list[Any] = Field(default_factory=list)
+    predictions: list[str] = Field(default_factory=list)
+    golds: list[str] = Field(default_factory=list)
+    per_item: list[float] = Field(default_factory=list)
+    # What the rung answered: a classifier that collapsed to one label is visible here.
+    predicted_label_counts: dict[str, int] = Field(default_factory=dict)
+    confusion: list[list[int]] = Field(default_factory=list)  # rows gold, columns predicted
+    flags: list[str] = Field(default_factory=list)  # "collapsed", "within_interval_of_majority"
+    flag_text: str = ""
+    # The settings it ran with (for a trained rung: lr, steps, batch size, rank...), and the
+    # hyperparameter search that chose them (None: they are the config's, not searched).
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] | None = None
+    training: Cost = Field(default_factory=Cost)
+    inference: InferenceCost = Field(default_factory=InferenceCost)
+    params_total: int = 0
+    params_trainable: int = 0
+    params_changed: int = 0  # how many base-model parameters this rung altered
+    data: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    val_curve: list[tuple[int, float]] = Field(default_factory=list)
+
+    def total_usd(self, requests: int) -> float:
+        return self.training.usd + self.inference.usd_per_1k_requests * requests / 1000.0
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "ok" and self.quality is not None

@@ -1,0 +1,251 @@
+"""The adaptation ladder — Oficina's main job: which way of adapting a model is worth its cost?
+
+For one base model, domain documents, a labelled training set and a held-out test set, run the
+rungs (``oficina.ladder.rungs``) from the simplest up — zero-shot, few-shot, RAG, LoRA, full
+fine-tuning, continued pretraining + LoRA, distillation into a smaller student, quantization of
+the best — and measure each on the same held-out items: quality with a bootstrap confidence
+interval, training cost (wall time, FLOPs, peak memory, dollars), inference cost (latency,
+tokens/s, memory, parameters, prompt length) and the data it needed. Then recommend the cheapest
+rung that meets the quality target, with the rungs it cannot be told apart from, and write a
+report.
+
+    oficina ladder examples/ladder.yaml --out out/ladder            # the full demo
+    oficina ladder examples/ladder.yaml --out out/ladder --quick    # CI profile (< 5 min)
+    oficina ladder examples/ladder.yaml --out out/l --rungs.full.enabled false --target 0.7
+    oficina ladder --data my.jsonl [--docs manuals/] --out out/mine [--quick] [--target 0.8]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, create_model
+
+from oficina.config import Section, VerbConfig
+from oficina.errors import UserError
+from oficina.ladder.context import LadderContext, Task, check_template, metric_for
+from oficina.ladder.data import prepare_task
+from oficina.ladder.recommend import recommend
+from oficina.ladder.report import write
+from oficina.ladder.result import RungResult
+from oficina.ladder.rungs import REGISTRY, Rung
+from oficina.workspace import atomic_write_text, start_run
+
+# The config schema, the order and the quick profile, read from the registry.
+Rungs = create_model(
+    "Rungs",
+    __base__=Section,
+    **{
+        name: (cls.Settings, Field(default_factory=cls.Settings, description=cls.description))
+        for name, cls in REGISTRY.items()
+    },
+)
+QUICK = {
+    "limit_test": 16,
+    "limit_train": 32,
+    "rungs": {name: dict(cls.quick) for name, cls in REGISTRY.items() if cls.quick},
+}
+
+
+class LadderConfig(VerbConfig):
+    """Run every adaptation rung on your held-out data and recommend the cheapest that meets the target."""
+
+    config_positional = True
+    profiles = {"quick": QUICK}
+    out: str = Field(
+        description="folder for report.html, summary.md, summary.json and the rungs' models"
+    )
+    quick: bool = Field(
+        False,
+        description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, bf16 embeddings, 2-4 steps per trained rung; replaces the config file's values, flags still win",
+    )
+    base_model: str = Field("smollm2-135m-instruct", description="model spec of the base model")
+    data: str | None = Field(
+        None,
+        description="your one labelled JSONL ({text, label} rows): split into OUT/data and used instead of --task",
+    )
+    docs: str | None = Field(
+        None,
+        description="your domain documents (file or folder) for RAG and continued pretraining; with --data, those rungs are skipped without it",
+    )
+    kind: Literal["auto", "classification", "generation"] = Field(
+        "auto",
+        description="--data: the task's kind (auto: text+label -> classification, question+answer -> generation)",
+    )
+    text_field: str | None = Field(
+        None, description="--data: the field holding the text (generation: the question)"
+    )
+    label_field: str | None = Field(
+        None, description="--data: the field holding the label (generation: the reference answer)"
+    )
+    template: str | None = Field(
+        None,
+        description="prompt template with {text} (default: the task's, or one listing the labels for --data)",
+    )
+    task: str = Field(
+        "examples/demo/task/task.json",
+        description="task.json with labels and template; splits beside it",
+    )
+    corpus: str = Field(
+        "examples/demo/reference.jsonl",
+        description="domain documents (JSONL with 'text') for RAG and continued pretraining (with --task)",
+    )
+    target: float = Field(
+        0.6, description="quality the application needs (metric on the test split)"
+    )
+    metric: Literal["accuracy", "macro_f1", "exact_match", "token_f1"] | None = Field(
+        None,
+        description="quality metric (default: accuracy for classification, exact_match for generation)",
+    )
+    stop_early: bool = Field(False, description="stop at the first rung that meets the target")
+    limit_test: int | None = Field(
+        None, ge=1, description="evaluate on the first N test items only (default: all of them)"
+    )
+    limit_train: int | None = Field(
+        None, ge=1, description="use the first N labelled training items only"
+    )
+    hardware: str = Field(
+        "this-cpu", description="hardware row (oficina size's table) for the dollar figures"
+    )
+    usd_per_hour: float = Field(
+        0.10, ge=0, description="price of that hardware per hour (default: a 2-vCPU cloud VM)"
+    )
+    utilization: float = Field(
+        0.35, gt=0, le=1, description="assumed FLOP utilisation for FLOPs -> time on other hardware"
+    )
+    requests: int = Field(
+        100_000, ge=0, description="expected requests over the deployment, for total cost"
+    )
+    seed: int = Field(0, description="seed for splits, sampling, example selection and training")
+    bootstrap: int = Field(
+        1000, ge=100, description="bootstrap resamples for the paired comparisons of rungs"
+    )
+    rungs: Rungs = Field(default_factory=Rungs)  # type: ignore[valid-type]
+
+
+def load_task(cfg: LadderConfig) -> tuple[Task, str | None]:
+    """The task (the user's file split into OUT/data, or a task.json) and the documents, if any."""
+    if cfg.template is not None:
+        check_template(cfg.template)  # before any split is written
+    if cfg.data:
+        task_file = prepare_task(
+            cfg.data,
+            Path(cfg.out) / "data",
+            text_field=cfg.text_field,
+            label_field=cfg.label_field,
+            kind=cfg.kind,
+            seed=cfg.seed,
+        )
+        corpus = cfg.docs
+    else:
+        task_file, corpus = Path(cfg.task), cfg.docs or cfg.corpus
+    task = Task.load(
+        task_file, limit_train=cfg.limit_train, limit_test=cfg.limit_test, template=cfg.template
+    )
+    return task, corpus
+
+
+def _skipped(cls: type[Rung], reason: str) -> RungResult:
+    return RungResult(name=cls.name, description=cls.description, status="skipped", reason=reason)
+
+
+def run_ladder(cfg: LadderConfig) -> dict:
+    """Run the enabled rungs; returns the summary dict (also written to cfg.out)."""
+    out = Path(cfg.out)
+    task, corpus = load_task(cfg)  # bad data stops here, before anything else is written
+    metric_for(task, cfg.metric)
+    out.mkdir(parents=True, exist_ok=True)
+    with start_run("ladder", cfg) as run:
+        ctx = LadderContext(cfg, run, task, corpus)
+        run.add_input("task", str(task.path))
+        if corpus:
+            run.add_input("corpus", corpus)
+        run.add_input("base_model", cfg.base_model)
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        t_start = time.time()
+        met = False
+        for name, cls in REGISTRY.items():
+            settings = getattr(cfg.rungs, name)
+            if met:
+                ctx.results.append(_skipped(cls, "target already met (stop_early)"))
+                continue
+            if not settings.enabled:
+                ctx.results.append(_skipped(cls, "turned off in the config"))
+                continue
+            if cls.needs_docs and not corpus:
+                ctx.results.append(_skipped(cls, "no domain documents (--docs)"))
+                continue
+            if task.kind not in cls.kinds:
+                ctx.results.append(_skipped(cls, f"not run on {task.kind} tasks yet"))
+                continue
+            console.print(f"[bold]rung {name}[/] — {cls.description}")
+            t0 = time.perf_counter()
+            try:
+                r = cls(settings).run(ctx)
+            except UserError:
+                raise
+            except Exception as e:  # a rung that breaks must not lose the others' results
+                r = RungResult(
+                    name=name,
+                    description=cls.description,
+                    status="failed",
+                    reason=f"{type(e).__name__}: {e}",
+                )
+                (run.dir / f"error-{name}.txt").write_text(traceback.format_exc())
+            ctx.results.append(r)
+            q = "-" if r.quality is None else f"{r.quality:.3f}"
+            console.print(f"  {name}: {r.status} quality={q} ({time.perf_counter() - t0:.0f}s)")
+            atomic_write_text(
+                out / "partial.json",
+                json.dumps([x.model_dump() for x in ctx.results], default=str),
+            )
+            if cfg.stop_early and r.quality is not None and r.quality >= cfg.target:
+                console.print(f"  target {cfg.target} met: stopping early")
+                met = True
+        rec = recommend(ctx.results, cfg.target, cfg.requests, n_boot=cfg.bootstrap, seed=cfg.seed)
+        meta = {
+            "base_model": cfg.base_model,
+            "task": task.name,
+            "target": cfg.target,
+            "metric": ctx.metric,
+            "kind": task.kind,
+            "test_items": len(task.test),
+            "test_split_items": task.split_sizes["test"],
+            "train_items": len(task.train),
+            "hardware": cfg.hardware,
+            "usd_per_hour": cfg.usd_per_hour,
+            "requests": cfg.requests,
+            "profile": "quick" if cfg.quick else "full",
+            "wall_time_s": round(time.time() - t_start, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu_count": os.cpu_count(),
+            "labels": task.labels,
+            "baselines": ctx.baselines,
+        }
+        paths = write(out, ctx.results, rec, meta, task.describe())
+        (out / "partial.json").unlink(missing_ok=True)
+        for k, p in paths.items():
+            run.add_output(k, p)
+        run.summary.update(
+            recommended=rec["rung"],
+            met_target=rec["met_target"],
+            tied_with=rec["tied_with"],
+            rungs={r.name: r.quality for r in ctx.results},
+        )
+        return json.loads(paths["json"].read_text())
+
+
+def run(cfg: LadderConfig) -> int:
+    summary = run_ladder(cfg)
+    out = Path(cfg.out).resolve()
+    print(Path(out / "summary.md").read_text())
+    print(f"report: {out / 'report.html'}")
+    print(f"recommendation: {summary['recommended']} — {summary['reasoning']}")
+    return 0

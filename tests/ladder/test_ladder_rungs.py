@@ -1,0 +1,273 @@
+"""Each rung on the tiny random model, alone, through its one interface (``run(context)``); the
+registry that derives the config schema, order and quick profile; ``--data`` in one command.
+
+A tiny task (30 passages of the Python reference, three labels) is split by the ladder itself;
+each rung test trains or scores for a few seconds. What the random model answers is never
+asserted, only what the rung must report whatever it answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import pytest
+
+from oficina.cli import main
+from oficina.config import load
+from oficina.evals.metrics import exact_match
+from oficina.ladder.context import LadderContext
+from oficina.ladder.run import QUICK, LadderConfig, Rungs, load_task
+from oficina.ladder.rungs import (
+    REGISTRY,
+    CptLora,
+    Distill,
+    FewShot,
+    FewShotRag,
+    Full,
+    Lora,
+    Quantize,
+    Rag,
+    ZeroShot,
+)
+from oficina.workspace import start_run
+
+LABELS = ["alpha", "beta", "gamma"]
+TEXTS = [" ".join(t.split())[:240] for t in list(topics.values())[:30]]
+# LoRA on q, k, v, o of the tiny Llama (hidden 64, 4 heads of 16, 2 KV heads -> k, v out 32):
+# r * ((64+64) + (64+32) + (64+32) + (64+64)) = 448 r per layer, 2 layers.
+LORA_PARAMS_PER_RANK = 2 * 448
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    data = write_jsonl(
+        tmp_path / "mine.jsonl",
+        [{"text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)],
+    )
+    docs = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [{"id": k, "title": k, "text": v[:2000]} for k, v in list(topics.items())[:6]],
+    )
+    return data, docs
+
+
+@pytest.fixture
+def ctx(tiny_lm, tmp_path, task_files):
+    data, docs = task_files
+    cfg = LadderConfig(
+        out=str(tmp_path / "out"), data=str(data), docs=str(docs), base_model=str(tiny_lm)
+    )
+    task, corpus = load_task(cfg)
+    with start_run("ladder", cfg) as run:
+        yield LadderContext(cfg, run, task, corpus)
+
+
+def check_measured(r, ctx) -> None:
+    """What every measured rung reports, whatever the model answered."""
+    assert r.status == "ok" and len(r.predictions) == len(ctx.test) == 6
+    assert r.golds == [row["label"] for row in ctx.test]
+    assert r.quality == sum(p == g for p, g in zip(r.predictions, r.golds, strict=True)) / 6
+    assert r.ci[0] <= r.quality <= r.ci[1]
+    assert sum(r.predicted_label_counts.values()) == 6 and sum(map(sum, r.confusion)) == 6
+    assert r.inference.latency_s_per_item > 0 and r.inference.prompt_tokens_mean > 0
+
+
+def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
+    assert list(REGISTRY) == [
+        "zero_shot", "few_shot", "rag", "few_shot_rag", "lora", "full", "cpt_lora", "distill",
+        "quantize",
+    ]  # fmt: skip
+    assert list(Rungs.model_fields) == list(REGISTRY)
+    cfg = LadderConfig(out="x")
+    for name, cls in REGISTRY.items():
+        assert type(getattr(cfg.rungs, name)) is cls.Settings
+        assert Rungs.model_fields[name].description == cls.description
+        cls.Settings(**cls.quick)  # every quick value is a valid setting of its rung
+        assert QUICK["rungs"].get(name, {}) == cls.quick
+    assert cfg.rungs.full.lr == 3e-5 and cfg.rungs.distill.lr == 3e-4  # per-rung defaults
+    demo = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x"})
+    assert demo.rungs.lora.rank == 8 and demo.limit_test is None  # the whole test split
+    quick = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x", "quick": True})
+    assert quick.rungs.lora.steps == Lora.quick["steps"] and quick.limit_test == 16
+
+
+def test_zero_shot(ctx):
+    r = ZeroShot(ZeroShot.Settings()).run(ctx)
+    check_measured(r, ctx)
+    assert r.params_changed == 0 and r.training.usd == 0 and r.hyperparameters == {}
+    assert r.params_total == ctx.base_params() and r.search is None
+
+
+def test_few_shot_pays_in_prompt_tokens(ctx):
+    zero = ZeroShot(ZeroShot.Settings()).run(ctx)
+    r = FewShot(FewShot.Settings(shots=2, strategy="fixed")).run(ctx)
+    check_measured(r, ctx)
+    assert r.hyperparameters == {"shots": 2, "strategy": "fixed"}
+    assert r.inference.prompt_tokens_mean > zero.inference.prompt_tokens_mean
+    assert r.params_changed == 0 and r.data["labelled_examples"] == len(ctx.train) == 21
+
+
+@pytest.mark.integration  # embeds the documents with the packaged MiniLM
+def test_rag_reads_the_documents(ctx):
+    zero = ZeroShot(ZeroShot.Settings()).run(ctx)
+    r = Rag(Rag.Settings(k=1, mode="bm25", precision="bf16")).run(ctx)
+    check_measured(r, ctx)
+    assert r.data["corpus_documents"] == 6 and r.data["chunks"] >= 6
+    assert r.inference.prompt_tokens_mean > zero.inference.prompt_tokens_mean
+    assert r.training.wall_time_s > 0 and Path(r.artifacts["index"]).is_dir()
+
+
+@pytest.mark.integration  # embeds the documents with the packaged MiniLM
+def test_few_shot_rag_shows_examples_and_passages(ctx):
+    few = FewShot(FewShot.Settings(shots=2, strategy="fixed")).run(ctx)
+    rag = Rag(Rag.Settings(k=1, mode="bm25", precision="bf16")).run(ctx)
+    s = FewShotRag.Settings(shots=2, strategy="fixed", k=1, mode="bm25", precision="bf16")
+    r = FewShotRag(s).run(ctx)
+    check_measured(r, ctx)
+    # Its prompt holds the few-shot examples and the passages: longer than either alone.
+    assert r.inference.prompt_tokens_mean > max(
+        few.inference.prompt_tokens_mean, rag.inference.prompt_tokens_mean
+    )
+    assert r.training == rag.training  # the same index: its one-off cost, counted once measured
+    assert r.data["labelled_examples"] == 21 and r.data["corpus_documents"] == 6
+
+
+def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
+    r = Lora(Lora.Settings(steps=2, batch_size=4, lr=1e-3, rank=8)).run(ctx)
+    check_measured(r, ctx)
+    assert r.hyperparameters == {
+        "steps": 2, "lr": 1e-3, "batch_size": 4, "rank": 8, "steps_run": 2
+    }  # fmt: skip
+    assert r.search is None
+    # One training-loss point per step and a validation point at the end, from the trainer.
+    assert [s for s, _ in r.loss_curve] == [1, 2] and r.val_curve[-1][0] == 2
+    assert r.params_trainable == r.params_changed == 8 * LORA_PARAMS_PER_RANK
+    assert r.params_total == ctx.base_params() and r.training.flops > 0
+    assert ctx.finetuned["lora"][:2] == (ctx.cfg.base_model, r.artifacts["adapter"])
+
+
+def test_a_trained_rung_takes_its_hyperparameters_from_a_search(ctx):
+    """The seam a hyperparameter search fills: what it returns is what the rung trains with."""
+    trials = [{"lr": 1e-3, "rank": 2, "val_loss": 1.5}, {"lr": 3e-4, "rank": 8, "val_loss": 1.9}]
+
+    class SearchedLora(Lora):
+        def hyperparameters(self, ctx):
+            return {**self.settings_used(), "lr": 1e-3, "rank": 2}, {"trials": trials}
+
+    r = SearchedLora(Lora.Settings(steps=2, batch_size=4, rank=8)).run(ctx)
+    assert r.search == {"trials": trials} and r.hyperparameters["rank"] == 2
+    assert r.params_trainable == 2 * LORA_PARAMS_PER_RANK  # trained at the searched rank
+
+
+def test_full_changes_every_parameter(ctx):
+    r = Full(Full.Settings(steps=2, batch_size=4)).run(ctx)
+    check_measured(r, ctx)
+    assert r.params_changed == r.params_total == ctx.base_params()
+    assert ctx.finetuned["full"][1] is None and r.loss_curve and r.hyperparameters["lr"] == 3e-5
+
+
+def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
+    r = CptLora(CptLora.Settings(steps=2, batch_size=4, cpt_steps=1, seq_len=64)).run(ctx)
+    check_measured(r, ctx)
+    assert r.data["corpus_tokens"] > 0 and Path(r.artifacts["model"]).is_dir()
+    assert r.params_changed == ctx.base_params()  # continued pretraining moves every weight
+    assert r.params_trainable == 8 * LORA_PARAMS_PER_RANK and r.params_total == ctx.base_params()
+    assert r.hyperparameters["cpt_steps"] == 1 and [s for s, _ in r.loss_curve] == [1, 2]
+
+
+def test_distill_shrinks_the_best_fine_tuned_model(ctx, tiny_lm):
+    ctx.finetuned = {"lora": (str(tiny_lm), None, 0.2), "full": (str(tiny_lm), None, 0.5)}
+    r = Distill(Distill.Settings(steps=2, batch_size=4, keep_layers=1)).run(ctx)
+    check_measured(r, ctx)
+    assert r.params_total < ctx.base_params() and r.artifacts["teacher"] == str(tiny_lm)
+
+
+def test_quantize_the_base_when_nothing_was_trained(ctx):
+    r = Quantize(Quantize.Settings()).run(ctx)
+    check_measured(r, ctx)
+    assert "from zero_shot" in r.description and r.params_total == ctx.base_params()
+    assert r.extra_metrics["weights_mb"] < r.extra_metrics["float_weights_mb"]
+
+
+def test_question_answer_data_runs_the_prompting_rungs(tiny_lm, tmp_path):
+    """A generation task: answers generated and scored by exact match and token F1; the rungs
+    that train skip it, saying so; the baselines are the empty and the most frequent answer."""
+    rows = [{"question": f"Which topic is this: {t[:80]}?", "answer": "the reference"}
+            for t in TEXTS[:20]]  # fmt: skip
+    rows += [{"question": f"What does {k} cover?", "answer": k} for k in list(topics)[30:40]]
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    out = tmp_path / "qa"
+    argv = [
+        "ladder", "--data", str(data), "--out", str(out), "--base-model", str(tiny_lm),
+        "--rungs.few_shot.strategy", "fixed", "--rungs.few_shot.shots", "2",
+        "--target", "0", "--requests", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["task"]["kind"] == "generation" and "labels" not in s["task"]
+    assert s["meta"]["metric"] == "exact_match"
+    by = {r["name"]: r for r in s["rungs"]}
+    for name in ("lora", "full", "distill"):
+        assert by[name]["status"] == "skipped" and "generation" in by[name]["reason"]
+    test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    for name in ("zero_shot", "few_shot", "quantize"):
+        r = by[name]
+        assert r["status"] == "ok" and len(r["predictions"]) == len(test) == 6
+        assert {"exact_match", "token_f1", "rouge_l"} <= set(r["extra_metrics"])
+        em = [exact_match(p, t["answer"]) for p, t in zip(r["predictions"], test, strict=True)]
+        assert r["quality"] == pytest.approx(sum(em) / 6)  # exact match of what it generated
+    # 'the reference' is the most frequent training answer: the baseline that always says it.
+    most = s["baselines"]["most_frequent"]
+    share = sum(t["answer"] == "the reference" for t in test) / 6
+    assert most["label"] == "the reference" and most["exact_match"] == pytest.approx(share)
+    assert s["baselines"]["empty"]["exact_match"] == 0.0
+    assert "baseline: always 'the reference'" in (out / "summary.md").read_text()
+
+
+def test_own_data_in_one_command(tiny_lm, task_files, tmp_path, capsys):
+    data, _ = task_files
+    out = tmp_path / "mine"
+    argv = [
+        "ladder", "--data", str(data), "--out", str(out), "--base-model", str(tiny_lm),
+        "--rungs.few_shot.strategy", "fixed", "--rungs.lora.steps", "2",
+        "--rungs.lora.batch-size", "4", "--rungs.full.enabled", "false",
+        "--rungs.distill.enabled", "false", "--target", "0", "--requests", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["task"]["kind"] == "classification" and s["task"]["labels"] == LABELS
+    assert s["task"]["splits"] == {"train": 21, "validation": 3, "test": 6}
+    by = {r["name"]: r for r in s["rungs"]}
+    # No documents given: the rungs that need them are skipped, saying why.
+    assert by["rag"]["status"] == by["cpt_lora"]["status"] == "skipped"
+    assert "no domain documents" in by["rag"]["reason"]
+    assert by["full"]["reason"] == "turned off in the config"
+    assert [by[n]["status"] for n in ("zero_shot", "few_shot", "lora", "quantize")] == ["ok"] * 4
+    assert "from lora" in by["quantize"]["description"]
+    assert s["recommended"] == "zero_shot"  # target 0, no traffic: the cheapest, simplest rung
+    test_split = (out / "data" / "test.jsonl").read_text()
+    # A rerun reuses the splits (its numbers compare with the first run's).
+    assert main([*argv[:9], "--rungs.lora.enabled", "false", *argv[13:]]) == 0
+    assert (out / "data" / "test.jsonl").read_text() == test_split
+    capsys.readouterr()
+
+
+def test_training_files_follow_the_limit(tmp_path, task_files, tiny_lm):
+    data, _ = task_files
+    for limit in (5, 7, None):
+        cfg = LadderConfig(out=str(tmp_path / "o"), data=str(data), limit_train=limit)
+        task, corpus = load_task(cfg)
+        with start_run("ladder", cfg) as run:
+            train, val = LadderContext(cfg, run, task, corpus).training_files()
+        rows = [json.loads(x) for x in train.read_text().splitlines()]
+        assert [r["id"] for r in rows] == [r["id"] for r in task.train] and len(rows) == (
+            limit or 21
+        )
+        assert val == task.path.parent / "validation.jsonl"
