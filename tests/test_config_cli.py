@@ -148,3 +148,22 @@ def test_every_verb_entry_follows_one_convention():
         assert list(sig.parameters) == ["cfg"], name
         assert sig.return_annotation in (int, "int"), f"{name}: {sig.return_annotation}"
         assert sig.parameters["cfg"].annotation in (verb.config, getattr(module, verb.config)), name
+
+
+def test_a_positional_may_come_from_the_config_file(tmp_path, capsys):
+    """`oficina finetune --config examples/finetune.yaml` (as the example says) needs no MODEL
+    argument; with neither, one line names what is missing."""
+    from oficina.cli import main
+    from oficina.config import ConfigError, parse_args
+    from oficina.train.recipes import FinetuneConfig
+
+    cfg = parse_args("oficina finetune", FinetuneConfig, ["--config", "examples/finetune.yaml"])
+    assert cfg.model == "smollm2-135m-instruct" and cfg.method == "lora"
+    assert parse_args(
+        "oficina finetune", FinetuneConfig, ["tiny", "--config", "examples/finetune.yaml"]
+    ).model == "tiny"
+    with pytest.raises(ConfigError, match="missing MODEL"):
+        parse_args("oficina finetune", FinetuneConfig, ["--data", "x.jsonl", "--out", "o"])
+    assert main(["finetune", "--data", "x.jsonl", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing MODEL" in err

@@ -157,6 +157,16 @@ def build(cls: type[VerbConfig], data: dict) -> VerbConfig:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
+        first = err.errors()[0]
+        if (
+            first["type"] == "missing"
+            and len(first["loc"]) == 1
+            and first["loc"][0] in cls.positionals
+        ):
+            name = str(first["loc"][0])
+            raise ConfigError(
+                f"missing {name.upper()}: give it as an argument, or as '{name}:' in the --config file"
+            ) from None
         raise ConfigError(format_validation_error(err, data)) from None
 
 
@@ -210,7 +220,9 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
         ann_u = _unwrap_optional(ann)
         variadic = get_origin(ann_u) in (list, tuple)
         required = info.is_required()
-        nargs = ("+" if required else "*") if variadic else (None if required else "?")
+        # Optional to argparse even when required: a --config file may supply it; pydantic then
+        # names it if neither did (``oficina finetune --config examples/finetune.yaml`` works).
+        nargs = "*" if variadic else "?"
         parser.add_argument(
             f"_pos_{name}",
             metavar=name.upper(),
