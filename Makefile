@@ -10,7 +10,16 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup llama demo test lint format bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) postgres
+
+# PostgreSQL server binaries (Debian's postgresql) for the test of `oficina tune --storage
+# postgresql://`, which starts and stops its own throw-away cluster. Installed as root when
+# missing, as on a fresh CI machine; elsewhere the test says it skips.
+.PHONY: postgres
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "postgresql not installed (needs root): the tune PostgreSQL test will skip"; fi; }
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
