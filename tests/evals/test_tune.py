@@ -335,3 +335,15 @@ def test_sigkill_mid_study_then_rerun_finishes_the_plan_without_repeats(tmp_path
     assert sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) == 4
     run_ids = [i for r in rows for i in r["run_ids"]]
     assert len(run_ids) == len(set(run_ids))
+
+
+def test_demo_example_is_a_valid_lora_search_with_cv(monkeypatch, tmp_path):
+    """examples/tune_demo.yaml passes every check that runs before training."""
+    from oficina.evals.tune import TuneConfig, prepare
+
+    monkeypatch.chdir(ROOT)
+    s = prepare(TuneConfig(spec="examples/tune_demo.yaml", out=str(tmp_path / "demo")))
+    assert s.verb == "finetune" and s.base.method == "lora"
+    assert (s.metric, s.direction, s.cfg.cv, s.cfg.pruner) == ("accuracy", "maximize", 3, "median")
+    assert {p.key: p.kind for p in s.space} == {"train.lr": "float", "lora.r": "categorical"}
+    assert s.base.out == "workspace/models/smollm2-demo-tuned"  # best.yaml keeps the verb's out
