@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -243,28 +244,50 @@ def test_cv_scores_each_trial_as_the_mean_over_stratified_folds(tiny_lm, clf_row
             }
         )
     )
-    out = tmp_path / "out"
+    from oficina.workspace import get_run
+
+    def fold_runs(r: dict) -> list[tuple[dict, list[dict]]]:
+        out = []
+        for run_id in r["run_ids"]:
+            rec = get_run(run_id)
+            logged = [json.loads(x) for x in (Path(rec["dir"]) / "metrics.jsonl").open()]
+            out.append((json.loads(rec["config"]), logged))
+        return out
+
+    # Accuracy of the classification head: each fold's score is what its run logged at the
+    # step whose weights were kept, and the trial's value is their mean.
+    out = tmp_path / "acc"
     code = main(["tune", str(cfg), "--cv", "3", "--metric", "accuracy", "--trials", "2",
                  "--pruner", "off", "--out", str(out)])  # fmt: skip
     assert code == 0
     rows = trials_of(out)
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
-    from oficina.workspace import get_run
-
     for r in rows:
         assert len(r["cv_scores"]) == 3 and len(r["run_ids"]) == 3
         assert r["value"] == pytest.approx(sum(r["cv_scores"]) / 3)
-        assert all(0 <= s <= 1 for s in r["cv_scores"])  # accuracies
         assert r["cost"] == 3 * 6
         seen_val: list[str] = []
-        for run_id in r["run_ids"]:
-            c = json.loads(get_run(run_id)["config"])
+        for (c, logged), score in zip(fold_runs(r), r["cv_scores"], strict=True):
             assert c["labels"] == ["alpha", "beta", "gamma"]  # one label order for all folds
             assert Path(c["data"]).name.endswith("-train.jsonl")
             seen_val.append(Path(c["val_data"]).name)
+            evals = [x for x in logged if "val_loss" in x]
+            best = min(evals, key=lambda x: x["val_loss"])  # fit keeps the best val-loss weights
+            assert score == best["val_accuracy"] and 0 <= score <= 1
+            assert {"val_macro_f1"} <= set(best)
         assert seen_val == ["fold0-val.jsonl", "fold1-val.jsonl", "fold2-val.jsonl"]
     meta = json.loads((out / "tune.json").read_text())
     assert meta["best"]["cv_std"] is not None and meta["direction"] == "maximize"
+
+    # Validation loss differs from fold to fold (other rows), so the mean is a real mean.
+    out = tmp_path / "loss"
+    code = main(["tune", str(cfg), "--cv", "3", "--trials", "1", "--pruner", "off",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    (r,) = trials_of(out)
+    assert len(set(r["cv_scores"])) == 3
+    assert r["value"] == pytest.approx(sum(r["cv_scores"]) / 3)
+    assert r["cv_std"] == pytest.approx(float(np.std(r["cv_scores"])))
 
 
 # ---------------------------------------------------------------------------- SIGKILL
