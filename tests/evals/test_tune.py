@@ -370,3 +370,22 @@ def test_demo_example_is_a_valid_lora_search_with_cv(monkeypatch, tmp_path):
     assert (s.metric, s.direction, s.cfg.cv, s.cfg.pruner) == ("accuracy", "maximize", 3, "median")
     assert {p.key: p.kind for p in s.space} == {"train.lr": "float", "lora.r": "categorical"}
     assert s.base.out == "workspace/models/smollm2-demo-tuned"  # best.yaml keeps the verb's out
+
+
+def test_a_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path, pack, capsys):
+    """lr 1e30 without clipping overflows the weights: fit stops on the NaN/inf loss; that
+    trial is FAIL with the reason, the other point of the grid still completes and wins."""
+    cfg = tiny_config(tmp_path, pack)
+    data = yaml.safe_load(cfg.read_text())
+    data["train"].update(max_grad_norm=0)
+    data["space"] = {"train.lr": [1.0e30, 0.002]}
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    assert main(["tune", str(cfg), "--sampler", "grid", "--trials", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "every point of the grid has been tried" in printed and "failed (" in printed
+    rows = {r["params"]["train.lr"]: r for r in trials_of(out)}
+    assert rows[1e30]["state"] == "FAIL" and rows[0.002]["state"] == "COMPLETE"
+    assert "stopped before the optimizer step" in rows[1e30]["error"]
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["failed"] == 1 and meta["best"]["params"] == {"train.lr": 0.002}

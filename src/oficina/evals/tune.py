@@ -47,13 +47,21 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from oficina.config import ConfigError, VerbConfig, build, deep_merge, leaf_fields, load_yaml
-from oficina.config import dump_yaml as _dump_cfg
+from oficina.config import (
+    ConfigError,
+    VerbConfig,
+    build,
+    deep_merge,
+    dump_yaml,
+    leaf_fields,
+    load_yaml,
+)
 from oficina.workspace import atomic_write_json, atomic_write_text, home
 
 VERBS = ("finetune", "pretrain", "distill")
 # Settings a search must not vary: where the trial writes, and whether it resumes.
 FIXED_KEYS = {"out", "resume"}
+MAX_FAILURES_IN_A_ROW = 3  # then the space, not the luck of a point, is what is wrong
 METRIC_KEYS = {"val_loss": "val_loss", "accuracy": "val_accuracy", "macro_f1": "val_macro_f1"}
 
 
@@ -689,9 +697,11 @@ def run(cfg: TuneConfig) -> int:
         f"{planned} trials planned, {done0} already finished · sampler {s.cfg.sampler}, pruner "
         f"{s.cfg.pruner}{f', {s.cfg.cv}-fold CV' if s.cfg.cv else ''} · study '{study.study_name}'"
     )
+    from oficina.train.loop import TrainingStopped
+
     host = socket.gethostname()
     t0 = time.perf_counter()
-    mine = 0
+    mine = failures = 0
     with start_run("tune", cfg) as rec:
         rec.add_input("config", cfg.spec)
         while True:
@@ -715,8 +725,19 @@ def run(cfg: TuneConfig) -> int:
             state, value = TrialState.COMPLETE, None
             try:
                 value = run_trial(s, trial)
+                failures = 0
             except (_Pruned, optuna.TrialPruned):
                 state = TrialState.PRUNED
+                failures = 0
+            except TrainingStopped as e:  # diverged (NaN/inf): a verdict on this point only
+                state, failures = TrialState.FAIL, failures + 1
+                trial.set_user_attr("error", str(e))
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    study.tell(trial, state=state)
+                    raise ConfigError(
+                        f"{failures} trials in a row stopped on a NaN/inf loss; the last: {e}; "
+                        "narrow the space (lower train.lr)"
+                    ) from None
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
@@ -727,7 +748,8 @@ def run(cfg: TuneConfig) -> int:
             _progress(study, s, trial.number, state, value, mine, t0)
         summary = finish(study, s)
         rec.summary.update(summary)
-        rec.add_output("best", s.out / "best.yaml") if (s.out / "best.yaml").is_file() else None
+        if (s.out / "best.yaml").is_file():
+            rec.add_output("best", s.out / "best.yaml")
     return 0
 
 
@@ -736,7 +758,7 @@ def _grid_exhausted(study, s: Search) -> bool:
     tried = {
         json.dumps(t.params, sort_keys=True)
         for t in study.get_trials(deepcopy=False)
-        if t.params and not t.user_attrs.get("surplus") and t.state.name != "FAIL"
+        if t.params and not t.user_attrs.get("surplus") and not t.user_attrs.get("killed")
     }
     return len(tried) >= total
 
@@ -747,11 +769,12 @@ def _progress(study, s: Search, number: int, state, value, mine: int, t0: float)
     best = _best(study)
     elapsed = time.perf_counter() - t0
     left = elapsed / mine * max(0, s.cfg.trials - finished)
-    what = (
-        f"{s.metric} {_fmt_v(value)}"
-        if value is not None
-        else f"pruned at step {t.user_attrs.get('cost_steps')}"
-    )
+    if state.name == "PRUNED":
+        what = f"pruned at step {t.user_attrs.get('cost_steps')}"
+    elif state.name == "FAIL":
+        what = f"failed ({t.user_attrs.get('error', '?')})"
+    else:
+        what = f"{s.metric} {_fmt_v(value)}"
     cv = (
         f" ± {t.user_attrs['cv_std']:.4f}" if "cv_std" in t.user_attrs and value is not None else ""
     )
@@ -793,6 +816,7 @@ def _trial_rows(study, s: Search) -> list[dict]:
                 "duration_s": ua.get("duration_s"),
                 "run_ids": ua.get("run_ids", []),
                 "worker": f"{ua.get('host')}:{ua.get('pid')}",
+                "error": ua.get("error"),
                 "curve": ua.get("curve", []),
             }
         )
@@ -847,7 +871,7 @@ def finish(study, s: Search) -> dict:
             f"{s.metric} {best.value:.6g}{cv}, trial #{best.number}.\n"
             f"#   oficina {s.verb} --config {s.out / 'best.yaml'}\n"
         )
-        atomic_write_text(s.out / "best.yaml", head + _dump_cfg(best_cfg))
+        atomic_write_text(s.out / "best.yaml", head + dump_yaml(best_cfg))
     atomic_write_json(s.out / "tune.json", summary)
     from oficina.evals.tune_report import write_report
 
