@@ -389,3 +389,13 @@ def test_a_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path, pack, ca
     assert "stopped before the optimizer step" in rows[1e30]["error"]
     meta = json.loads((out / "tune.json").read_text())
     assert meta["failed"] == 1 and meta["best"]["params"] == {"train.lr": 0.002}
+
+
+def test_timeout_starts_no_trial_after_it(tmp_path, pack, capsys):
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    args = ["tune", str(cfg), "--trials", "3", "--timeout", "1e-9", "--out", str(out)]
+    assert main(args) == 0
+    assert "--timeout 1e-09s reached" in capsys.readouterr().out
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["finished"] <= 1 < meta["planned"] == 3  # the check runs before each trial

@@ -45,7 +45,8 @@ def _history(rows: list[dict], summary: dict) -> str:
     ax.set_xlabel("trial")
     ax.set_ylabel(summary["metric"])
     ax.grid(alpha=0.3)
-    ax.legend()
+    if done or pruned:
+        ax.legend()
     fig.tight_layout()
     return _png(fig)
 
