@@ -33,6 +33,7 @@ Outputs in DIR: ``best.yaml`` (the verb's full config with the best values: run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -493,8 +494,6 @@ def prepare(cfg: TuneConfig) -> Search:
     if cfg.sampler == "grid":
         for p in space:
             p.grid()
-    import hashlib
-
     fp = hashlib.sha256(
         json.dumps(
             [
@@ -604,7 +603,6 @@ class _Pruned(Exception):
 
 def run_trial(s: Search, trial) -> float:
     """One point of the space: train (each fold), report every validation to the pruner."""
-    import optuna
 
     from oficina.train.loop import FitHooks
 
@@ -657,8 +655,10 @@ def run_trial(s: Search, trial) -> float:
     if s.cfg.cv:
         trial.set_user_attr("cv_scores", scores)
         trial.set_user_attr("cv_std", statistics.pstdev(scores) if len(scores) > 1 else 0.0)
-    if any(v is None for v in scores):
-        raise optuna.TrialPruned("no validation score")  # pragma: no cover - fit always validates
+    if any(v is None for v in scores):  # finetune holds out nothing from under 10 rows
+        raise ConfigError(
+            f"the {s.verb} run reported no validation score: give val_data (or more rows)"
+        )
     return float(statistics.fmean(scores))
 
 
@@ -726,7 +726,7 @@ def run(cfg: TuneConfig) -> int:
             try:
                 value = run_trial(s, trial)
                 failures = 0
-            except (_Pruned, optuna.TrialPruned):
+            except _Pruned:
                 state = TrialState.PRUNED
                 failures = 0
             except TrainingStopped as e:  # diverged (NaN/inf): a verdict on this point only
