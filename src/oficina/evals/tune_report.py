@@ -33,6 +33,9 @@ def _history(rows: list[dict], summary: dict) -> str:
             best = r["value"] if best is None else better(best, r["value"])
             xs.append(r["number"])
             ys.append(best)
+        last = max(r["number"] for r in rows)
+        xs.append(last)  # the best so far holds until the last trial, pruned ones included
+        ys.append(best)
         ax.step(xs, ys, where="post", color="C2", label="best so far")
     if pruned:
         ax.plot(
@@ -89,7 +92,7 @@ def _curves(rows: list[dict], summary: dict, top: int = 5) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for r in rows:
         if r["state"] == "PRUNED" and r["curve"]:
-            ax.plot(*zip(*r["curve"], strict=True), color="0.7", lw=1)
+            ax.plot(*zip(*r["curve"], strict=True), "x-", color="0.7", lw=1, ms=4)
     for r in best:
         ax.plot(*zip(*r["curve"], strict=True), "o-", ms=3, label=f"#{r['number']}")
     ax.set_xlabel("trial-step" + (" (folds run one after another)" if summary.get("cv") else ""))
