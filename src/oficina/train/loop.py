@@ -494,6 +494,7 @@ def _fit(
                     {"val_loss": round(v, 6), "train_loss_avg": round(train_avg, 6), **extra}, step
                 )
                 trackers.log({"val_loss": v, **extra}, step)
+            hook_stop = bool(hooks.on_eval and hooks.on_eval(step, {"val_loss": v, **extra}))
             vh, th = state["val_history"], state["train_at_eval"]
             if len(vh) >= 2 and vh[-1][1] > vh[-2][1] and th[-1] < th[-2]:
                 msg = (
@@ -519,7 +520,7 @@ def _fit(
                 if rank == 0:
                     run.log({"event": "early_stopping", "best_step": state["best_step"]}, step)
                 break
-            if hooks.on_eval and hooks.on_eval(step, {"val_loss": v, **extra}) and not at_end:
+            if hook_stop and not at_end:
                 stopped = "on_eval"
                 _say(f"stopped at step {step} by the caller (on_eval)", rank)
                 if rank == 0:
