@@ -399,3 +399,15 @@ def test_timeout_starts_no_trial_after_it(tmp_path, pack, capsys):
     assert "--timeout 1e-09s reached" in capsys.readouterr().out
     meta = json.loads((out / "tune.json").read_text())
     assert meta["finished"] <= 1 < meta["planned"] == 3  # the check runs before each trial
+
+
+@pytest.mark.parametrize("pruner", ["halving", "hyperband"])
+def test_multi_fidelity_pruners_run_a_study(tmp_path, pack, pruner):
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    assert main(["tune", str(cfg), "--trials", "4", "--pruner", pruner, "--out", str(out)]) == 0
+    rows = trials_of(out)
+    assert len(rows) == 4 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    for r in rows:  # a trial stops only at a validation: its cost is a multiple of eval_every
+        assert r["cost"] % 8 == 0 and 8 <= r["cost"] <= 40
+        assert r["cost"] == (40 if r["state"] == "COMPLETE" else r["curve"][-1][0])
