@@ -186,6 +186,14 @@ def test_tiny_example_search_writes_best_trials_report_and_records_runs(tmp_path
         assert rec["verb"] == "pretrain" and rec["status"] == "completed"
         assert json.loads(rec["config"])["train"]["lr"] == r["params"]["train.lr"]
     assert not (out / "trials").exists() or not any((out / "trials").iterdir())
+    first, second = rows[0], rows[1]
+    assert main(["runs", "compare", first["run_ids"][0], second["run_ids"][0], "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert cmp["config_diff"]["train.lr"] == [
+        first["params"]["train.lr"],
+        second["params"]["train.lr"],
+    ]
+    assert cmp["metrics"]["steps"] == [first["cost"], second["cost"]]
 
     assert main(["tune", "show", str(out)]) == 0
     shown = capsys.readouterr().out
