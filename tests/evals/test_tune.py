@@ -328,8 +328,8 @@ def test_sigkill_mid_study_then_rerun_finishes_the_plan_without_repeats(tmp_path
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "the study never reached a second trial"
             time.sleep(0.3)
-            if not (ws / "tune.db").exists():
-                continue
+            if "trials planned" not in (tmp_path / "first.log").read_text():
+                continue  # not before the worker has made the database and the study
             try:
                 trials = _study("killed", ws).get_trials(deepcopy=False)
             except Exception:  # noqa: BLE001 - the study is not created yet

@@ -96,6 +96,9 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, pack, tmp_path)
         while True:  # the second worker joins once the first has created the study and a trial
             assert a.poll() is None, (tmp_path / "a.log").read_text()
             assert time.monotonic() < deadline, "the first worker never started a trial"
+            if "trials planned" not in (tmp_path / "a.log").read_text():
+                time.sleep(0.5)
+                continue  # not before the worker has made the tables and the study
             try:
                 if optuna.load_study(study_name="shared", storage=postgres_url).trials:
                     break

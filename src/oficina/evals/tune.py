@@ -380,7 +380,15 @@ def open_storage(url: str | None):
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            except Exception as e:
+                # Two processes opening a new database at once both create Optuna's tables;
+                # the loser sees "already exists" and only has to open it again.
+                if "already exists" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ModuleNotFoundError as e:
         raise ConfigError(
             f"storage {_safe_url(url)} needs the {e.name} driver: pip install it"
@@ -695,7 +703,8 @@ def run(cfg: TuneConfig) -> int:
     print(
         f"tune: {s.verb} · {len(s.space)} setting(s) · {s.cfg.metric} ({s.direction}) · "
         f"{planned} trials planned, {done0} already finished · sampler {s.cfg.sampler}, pruner "
-        f"{s.cfg.pruner}{f', {s.cfg.cv}-fold CV' if s.cfg.cv else ''} · study '{study.study_name}'"
+        f"{s.cfg.pruner}{f', {s.cfg.cv}-fold CV' if s.cfg.cv else ''} · study '{study.study_name}'",
+        flush=True,
     )
     from oficina.train.loop import TrainingStopped
 
