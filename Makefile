@@ -54,12 +54,14 @@ demo: setup
 	@echo; echo "== 4b  The same question for answers found in the reference (where retrieval matters) =="
 	$(OFI) ladder examples/ladder-qa.yaml --out out/ladder-qa
 
-# What the tests need from Debian, as "command=package": the browser tests drive Debian's
-# chromium. Installed with apt when missing and we are root; otherwise one line says what to
-# install and make stops before any test runs (never a red test that looks like a bug).
-DEB_TEST := chromium=chromium
+# What the tests need from Debian, as "command-or-path=package": the browser tests drive Debian's
+# chromium; the `oficina tune --storage postgresql://` test starts its own throw-away PostgreSQL
+# cluster from Debian's server binaries. Installed with apt when missing and we are root;
+# otherwise one line says what to install and make stops before any test runs (never a red test
+# that looks like a bug).
+DEB_TEST := chromium=chromium /usr/lib/postgresql/*/bin/initdb=postgresql
 system-test-deps:
-	@missing=""; for cp in $(DEB_TEST); do command -v $${cp%%=*} >/dev/null 2>&1 || missing="$$missing $${cp#*=}"; done; \
+	@missing=""; for cp in $(DEB_TEST); do c=$${cp%%=*}; command -v $$c >/dev/null 2>&1 || ls $$c >/dev/null 2>&1 || missing="$$missing $${cp#*=}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing from Debian for the tests:$$missing"; \

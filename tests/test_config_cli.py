@@ -159,9 +159,12 @@ def test_a_positional_may_come_from_the_config_file(tmp_path, capsys):
 
     cfg = parse_args("oficina finetune", FinetuneConfig, ["--config", "examples/finetune.yaml"])
     assert cfg.model == "smollm2-135m-instruct" and cfg.method == "lora"
-    assert parse_args(
-        "oficina finetune", FinetuneConfig, ["tiny", "--config", "examples/finetune.yaml"]
-    ).model == "tiny"
+    assert (
+        parse_args(
+            "oficina finetune", FinetuneConfig, ["tiny", "--config", "examples/finetune.yaml"]
+        ).model
+        == "tiny"
+    )
     with pytest.raises(ConfigError, match="missing MODEL"):
         parse_args("oficina finetune", FinetuneConfig, ["--data", "x.jsonl", "--out", "o"])
     assert main(["finetune", "--data", "x.jsonl", "--out", str(tmp_path / "o")]) == 2

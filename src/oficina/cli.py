@@ -181,6 +181,15 @@ VERBS: dict[str, Verb] = {
         "run",
         "perplexity and task metrics with confidence intervals",
     ),
+    "tune": Verb(
+        "oficina.evals.tune",
+        "TuneConfig",
+        "run",
+        "hyperparameter search over a training verb: TPE or grid, pruned, resumable, shared",
+    ),
+    "tune show": Verb(
+        "oficina.evals.tune", "TuneShowConfig", "show", "the trials and best config of a search"
+    ),
     "ladder": Verb(
         "oficina.ladder.run",
         "LadderConfig",

@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -227,6 +228,20 @@ class NullRun:
 
 
 @dataclass
+class FitHooks:
+    """What a caller such as ``oficina tune`` adds to each periodic validation.
+
+    ``eval_metrics(model, val_batches) -> {name: value}`` adds metrics beside ``val_loss``
+    (logged as ``val_<name>``); ``on_eval(step, metrics) -> stop`` sees them all and returns
+    True to end training there (``FitResult.stopped == "on_eval"``: a pruned trial costs only
+    the steps it ran). Under torchrun every rank must return the same answer.
+    """
+
+    eval_metrics: Callable[[object, list[dict]], dict[str, float]] | None = None
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None
+
+
+@dataclass
 class FitResult:
     steps: int
     train_tokens: int
@@ -235,7 +250,8 @@ class FitResult:
     best_val_loss: float | None
     best_step: int | None
     final_train_loss: float | None
-    stopped: str  # "max_steps" | "early_stopping"
+    stopped: str  # "max_steps" | "early_stopping" | "on_eval"
+    max_steps: int = 0  # the budget it was given: ``steps`` < this when it stopped early
     overfit_warnings: list[str] = field(default_factory=list)
     history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
@@ -274,11 +290,13 @@ def fit(
     run=None,
     resume: bool = False,
     eval_objective=None,
+    hooks: FitHooks | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best validation weights (or the last).
 
     ``objective(model, batch) -> (loss, n_target_tokens)``; ``eval_objective`` (default: the
     same) scores validation batches — distillation validates on plain cross-entropy.
+    ``hooks`` (``FitHooks``) add validation metrics and a stop signal.
     """
     restore: list = []
     undo_memory = keep_freed_memory()  # big tensors reuse mapped pages: see train/memory.py
@@ -287,7 +305,7 @@ def fit(
     try:
         return _fit(
             model, objective, train_ds, val_ds, args, max_steps, out_dir, run, resume,
-            eval_objective, restore,
+            eval_objective, restore, hooks or FitHooks(),
         )  # fmt: skip
     finally:
         for undo in reversed(restore):
@@ -309,7 +327,7 @@ def _compile(wrapped, objective, restore: list):
 
 def _fit(
     model, objective, train_ds, val_ds, args: TrainArgs, max_steps: int, out_dir, run,
-    resume: bool, eval_objective, restore: list,
+    resume: bool, eval_objective, restore: list, hooks: FitHooks,
 ) -> FitResult:  # fmt: skip
     rank, world = dist_env()
     run = run or NullRun()
@@ -452,9 +470,14 @@ def _fit(
                 ckpt.save_best(model)
             else:
                 state["bad_evals"] += 1
+            extra = hooks.eval_metrics(train_model, val) if hooks.eval_metrics else {}
+            extra = {f"val_{k}": x for k, x in extra.items()}
             if rank == 0:
-                run.log({"val_loss": round(v, 6), "train_loss_avg": round(train_avg, 6)}, step)
-                trackers.log({"val_loss": v}, step)
+                run.log(
+                    {"val_loss": round(v, 6), "train_loss_avg": round(train_avg, 6), **extra}, step
+                )
+                trackers.log({"val_loss": v, **extra}, step)
+            hook_stop = bool(hooks.on_eval and hooks.on_eval(step, {"val_loss": v, **extra}))
             vh, th = state["val_history"], state["train_at_eval"]
             if len(vh) >= 2 and vh[-1][1] > vh[-2][1] and th[-1] < th[-2]:
                 msg = (
@@ -479,6 +502,12 @@ def _fit(
                 )
                 if rank == 0:
                     run.log({"event": "early_stopping", "best_step": state["best_step"]}, step)
+                break
+            if hook_stop and not at_end:
+                stopped = "on_eval"
+                _say(f"stopped at step {step} by the caller (on_eval)", rank)
+                if rank == 0:
+                    run.log({"event": "stopped_on_eval"}, step)
                 break
         if step % args.save_every == 0 and not at_end:
             state["step"] = step
@@ -508,6 +537,7 @@ def _fit(
         best_step=state["best_step"],
         final_train_loss=hist[-1][1] if hist else None,
         stopped=stopped,
+        max_steps=max_steps,
         overfit_warnings=list(state["warnings"]),
         history=[tuple(x) for x in hist],
         val_history=[tuple(x) for x in state["val_history"]],

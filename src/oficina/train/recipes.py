@@ -31,7 +31,7 @@ from oficina.errors import UserError
 from oficina.measure import MemorySpan, param_counts, start_span
 from oficina.train.checkpoint import unwrap
 from oficina.train.data import JsonlDataset, PackedDataset, load_jsonl_dataset, read_pack_meta
-from oficina.train.loop import NullRun, TrainArgs, dist_env, fit
+from oficina.train.loop import FitHooks, NullRun, TrainArgs, dist_env, fit
 from oficina.train.objectives import KD, SFT, CausalLM, Classification, Regression, check_same_vocab
 from oficina.workspace import staged_dir
 
@@ -197,6 +197,7 @@ def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: Memo
             "tokens_per_s": round(result.tokens_per_s, 1),
             "best_val_loss": result.best_val_loss,
             "steps": result.steps,
+            "max_steps": result.max_steps,
             "run_id": str(run.id) if run.id else "",
             "best_step": result.best_step,
             "final_train_loss": result.final_train_loss,
@@ -283,7 +284,7 @@ def _pack_tokenizer(meta: dict, fallback: str | None):
     raise UserError(f"the shards' tokenizer {path!r} is not a directory here")
 
 
-def pretrain(cfg: PretrainConfig) -> Summary:
+def pretrain(cfg: PretrainConfig, hooks: FitHooks | None = None) -> Summary:
     from oficina.models.presets import is_preset
 
     mem = start_span()
@@ -319,8 +320,9 @@ def pretrain(cfg: PretrainConfig) -> Summary:
                 run.add_input("preset", cfg.model)
         model.train()
         result = fit(
-            model, CausalLM(), train_ds, val_ds, cfg.train, cfg.max_steps, cfg.out, run, cfg.resume
-        )
+            model, CausalLM(), train_ds, val_ds, cfg.train, cfg.max_steps, cfg.out, run,
+            cfg.resume, hooks=hooks,
+        )  # fmt: skip
         out = Path(cfg.out)
         _save_hf(model, tok, out, rank, world)
         if rank == 0:
@@ -374,7 +376,7 @@ def _max_steps(cfg_steps: int | None, epochs: float, n: int, args: TrainArgs, wo
     return max(1, math.ceil(epochs * n / per_step))
 
 
-def finetune(cfg: FinetuneConfig) -> Summary:
+def finetune(cfg: FinetuneConfig, hooks: FitHooks | None = None) -> Summary:
     from oficina.models.safety import check_model_dir
     from oficina.models.sources import load_tokenizer, resolve
 
@@ -436,7 +438,9 @@ def finetune(cfg: FinetuneConfig) -> Summary:
             model = _apply_lora(model, cfg.lora, peft_task)
         model.train()
         steps = _max_steps(cfg.max_steps, cfg.epochs, len(train), cfg.train, world)
-        result = fit(model, objective, train, val, cfg.train, steps, cfg.out, run, cfg.resume)
+        result = fit(
+            model, objective, train, val, cfg.train, steps, cfg.out, run, cfg.resume, hooks=hooks
+        )
         out = Path(cfg.out)
         _save_hf(model, tok, out, rank, world)  # PEFT models save an adapter directory
         if rank == 0:
@@ -514,7 +518,7 @@ def _teacher_generations(
     return out
 
 
-def distill(cfg: DistillConfig) -> Summary:
+def distill(cfg: DistillConfig, hooks: FitHooks | None = None) -> Summary:
     from oficina.jsonl import read_jsonl
     from oficina.models.presets import is_preset
 
@@ -588,6 +592,7 @@ def distill(cfg: DistillConfig) -> Summary:
             run,
             cfg.resume,
             eval_objective=eval_objective,
+            hooks=hooks,
         )
         out = Path(cfg.out)
         _save_hf(student, s_tok, out, rank, world)

@@ -1,0 +1,421 @@
+"""``oficina tune``: the space and its errors, pruning fed by fit's validation, CV folds, the
+outputs, and a study that survives a SIGKILL (real processes on the workspace SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from oficina.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pack(tiny_lm, tmp_path_factory) -> Path:
+    """The demo reference packed with the tiny tokenizer, as examples/tune_tiny.yaml says."""
+    from oficina.data.pack import PackConfig
+    from oficina.data.pack import run as pack_run
+
+    out = tmp_path_factory.mktemp("pack") / "demo"
+    pack_run(
+        PackConfig(
+            input=[str(ROOT / "examples/demo/reference.jsonl")],
+            tokenizer=str(tiny_lm),
+            out=str(out),
+            seq_len=64,
+            val_fraction=0.1,
+        )
+    )
+    return out
+
+
+def tiny_config(tmp_path: Path, pack: Path, **tune) -> Path:
+    """examples/tune_tiny.yaml pointed at the test's shards."""
+    cfg = yaml.safe_load((ROOT / "examples/tune_tiny.yaml").read_text())
+    cfg["data"] = str(pack)
+    cfg["tune"].update(tune)
+    p = tmp_path / "tune.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def trials_of(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _fails(capsys, args: list[str], *needles: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_bad_space_metric_and_storage_stop_before_training(tmp_path, pack, capsys):
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    space = tmp_path / "space.yaml"
+
+    space.write_text("train.lrr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    _fails(capsys, ["tune", str(cfg), "--space", str(space), "--out", str(out)],
+           "unknown key 'train.lrr'", "train.lr", "train.warmup_steps", "max_steps")  # fmt: skip
+    space.write_text("train.lr: {type: loguniform, low: 1.0e-2, high: 1.0e-2}\n")
+    _fails(capsys, ["tune", str(cfg), "--space", str(space), "--out", str(out)], "empty range")
+    space.write_text("train.batch_size: []\n")
+    _fails(capsys, ["tune", str(cfg), "--space", str(space), "--out", str(out)], "empty choices")
+    space.write_text("train.batch_size: {type: int, low: 0, high: 4}\n")  # the verb needs >= 1
+    _fails(capsys, ["tune", str(cfg), "--space", str(space), "--out", str(out)],
+           "train.batch_size", "0")  # fmt: skip
+    _fails(capsys, ["tune", str(cfg), "--metric", "accuracy", "--out", str(out)],
+           "metric 'accuracy'", "val_loss")  # fmt: skip
+    url = "postgresql://nobody:secret@127.0.0.1:1/none"
+    err = _fails(capsys, ["tune", str(cfg), "--storage", url, "--out", str(out)], "cannot reach")
+    assert "secret" not in err  # the password is never printed
+    assert not out.exists()  # nothing written, no trial run
+    from oficina.workspace import list_runs
+
+    assert list_runs(verb="pretrain") == []
+
+
+# ---------------------------------------------------------------------------- the loop hook
+
+
+def test_fit_hook_adds_metrics_and_stops_training(tiny_lm, pack, tmp_path):
+    from oficina.train.loop import FitHooks
+    from oficina.train.recipes import PretrainConfig, pretrain
+
+    seen = []
+
+    def on_eval(step, metrics):
+        seen.append((step, dict(metrics)))
+        return step >= 10  # stop at the second validation
+
+    cfg = PretrainConfig(
+        model="tiny", data=str(pack), out=str(tmp_path / "m"), max_steps=40,
+        train={"eval_every": 5, "eval_batches": 2, "batch_size": 2, "precision": "fp32"},
+    )  # fmt: skip
+    s = pretrain(cfg, hooks=FitHooks(lambda model, batches: {"n": len(batches)}, on_eval))
+    assert s["steps"] == 10 and s["max_steps"] == 40 and s["stopped"] == "on_eval"
+    assert [st for st, _ in seen] == [5, 10]
+    assert seen[0][1]["val_n"] == 2 and seen[0][1]["val_loss"] > 0
+    from oficina.workspace import get_run
+
+    rows = [json.loads(x) for x in (Path(get_run(s["run_id"])["dir"]) / "metrics.jsonl").open()]
+    assert [r["val_n"] for r in rows if "val_n" in r] == [2, 2]
+
+
+# ---------------------------------------------------------------------------- a search
+
+
+def test_tiny_example_search_writes_best_trials_report_and_records_runs(tmp_path, pack, capsys):
+    """A grid with two hopeless learning rates: once 3 trials are complete, a hopeless one is
+    pruned at its first validation and costs only those steps."""
+    cfg = tiny_config(tmp_path, pack)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: [0.002, 0.003, 0.004, 1.0e-9, 2.0e-9]\n")
+    out = tmp_path / "out"
+    args = ["tune", str(cfg), "--space", str(space), "--sampler", "grid", "--trials", "5"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "trial 5 of 5" in printed and "best" in printed and "left" in printed
+
+    rows = trials_of(out)
+    assert sorted(r["number"] for r in rows) == [0, 1, 2, 3, 4]
+    assert {json.dumps(r["params"]) for r in rows} == {
+        json.dumps({"train.lr": v}) for v in (0.002, 0.003, 0.004, 1e-9, 2e-9)
+    }
+    every = 8  # eval_every in the example
+    hopeless_checked = 0
+    for r in rows:
+        assert {"number", "state", "params", "value", "cost"} <= set(r)
+        assert r["cost"] == r["curve"][-1][0]  # the steps it ran = its last validation step
+        if r["params"]["train.lr"] < 1e-6:
+            good_before = sum(
+                x["state"] == "COMPLETE" and x["params"]["train.lr"] > 1e-6
+                for x in rows
+                if x["number"] < r["number"]
+            )
+            if good_before >= 3:
+                assert r["state"] == "PRUNED" and r["cost"] == every, r
+                hopeless_checked += 1
+        else:
+            assert r["state"] == "COMPLETE" and r["cost"] == 40
+    assert hopeless_checked >= 1  # the grid's seeded order puts one after three good ones
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    best = min(complete, key=lambda r: r["value"])
+
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["best"]["number"] == best["number"] and meta["best"]["value"] == best["value"]
+    assert meta["trial_steps"] == sum(r["cost"] for r in rows)
+    assert meta["trial_steps_unpruned"] == 40 * 5
+    assert meta["pruning_saved"] == round(1 - meta["trial_steps"] / 200, 4) > 0
+
+    from oficina.config import load
+    from oficina.train.recipes import PretrainConfig
+
+    best_cfg = load(PretrainConfig, out / "best.yaml")  # the verb's own --config
+    assert best_cfg.train.lr == best["params"]["train.lr"]
+    assert best_cfg.data == str(pack) and best_cfg.max_steps == 40
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "pruning saved" in page
+
+    from oficina.workspace import get_run
+
+    for r in rows:  # every trial is a recorded pretrain run with its trial's learning rate
+        (run_id,) = r["run_ids"]
+        rec = get_run(run_id)
+        assert rec["verb"] == "pretrain" and rec["status"] == "completed"
+        assert json.loads(rec["config"])["train"]["lr"] == r["params"]["train.lr"]
+    assert not (out / "trials").exists() or not any((out / "trials").iterdir())
+    first, second = rows[0], rows[1]
+    assert main(["runs", "compare", first["run_ids"][0], second["run_ids"][0], "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert cmp["config_diff"]["train.lr"] == [
+        first["params"]["train.lr"],
+        second["params"]["train.lr"],
+    ]
+    assert cmp["metrics"]["steps"] == [first["cost"], second["cost"]]
+
+    assert main(["tune", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"best: trial #{best['number']}" in shown and "pruned" in shown
+
+    # A rerun of a finished study trains nothing more and keeps the same results.
+    assert main([*args, "--out", str(out)]) == 0
+    assert trials_of(out) == rows
+
+
+# ---------------------------------------------------------------------------- CV
+
+
+def test_stratified_folds_keep_the_label_mix():
+    from oficina.evals.tune import stratified_folds
+
+    rows = [{"label": "a"}] * 10 + [{"label": "b"}] * 7 + [{"label": "c"}] * 2
+    folds = stratified_folds(rows, 3, seed=0)
+    assert sorted(i for f in folds for i in f) == list(range(len(rows)))  # a partition
+    for lab in "abc":
+        per = [sum(rows[i]["label"] == lab for i in f) for f in folds]
+        assert max(per) - min(per) <= 1, (lab, per)
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) <= 1
+
+
+@pytest.fixture
+def clf_rows(tmp_path) -> Path:
+    labels = ["alpha", "beta", "gamma"]
+    words = {"alpha": "class def return", "beta": "for while in", "gamma": "import from as"}
+    f = tmp_path / "train.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps({"text": f"{words[lab]} {i}", "label": lab}) + "\n"
+            for i in range(8)
+            for lab in labels
+        )
+    )
+    (tmp_path / "test.jsonl").write_text("not json: a test split the search must not read\n")
+    return f
+
+
+def test_cv_scores_each_trial_as_the_mean_over_stratified_folds(tiny_lm, clf_rows, tmp_path):
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "verb": "finetune",
+                "model": str(tiny_lm),
+                "method": "full",
+                "data": str(clf_rows),
+                "max_len": 16,
+                "max_steps": 6,
+                "out": str(tmp_path / "model"),
+                "train": {"eval_every": 3, "batch_size": 4, "precision": "fp32", "lr": 1e-3},
+                "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+            }
+        )
+    )
+    from oficina.workspace import get_run
+
+    def fold_runs(r: dict) -> list[tuple[dict, list[dict]]]:
+        out = []
+        for run_id in r["run_ids"]:
+            rec = get_run(run_id)
+            logged = [json.loads(x) for x in (Path(rec["dir"]) / "metrics.jsonl").open()]
+            out.append((json.loads(rec["config"]), logged))
+        return out
+
+    # Accuracy of the classification head: each fold's score is what its run logged at the
+    # step whose weights were kept, and the trial's value is their mean.
+    out = tmp_path / "acc"
+    code = main(["tune", str(cfg), "--cv", "3", "--metric", "accuracy", "--trials", "2",
+                 "--pruner", "off", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = trials_of(out)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:
+        assert len(r["cv_scores"]) == 3 and len(r["run_ids"]) == 3
+        assert r["value"] == pytest.approx(sum(r["cv_scores"]) / 3)
+        assert r["cost"] == 3 * 6
+        seen_val: list[str] = []
+        for (c, logged), score in zip(fold_runs(r), r["cv_scores"], strict=True):
+            assert c["labels"] == ["alpha", "beta", "gamma"]  # one label order for all folds
+            assert Path(c["data"]).name.endswith("-train.jsonl")
+            seen_val.append(Path(c["val_data"]).name)
+            evals = [x for x in logged if "val_loss" in x]
+            best = min(evals, key=lambda x: x["val_loss"])  # fit keeps the best val-loss weights
+            assert score == best["val_accuracy"] and 0 <= score <= 1
+            assert {"val_macro_f1"} <= set(best)
+        assert seen_val == ["fold0-val.jsonl", "fold1-val.jsonl", "fold2-val.jsonl"]
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["best"]["cv_std"] is not None and meta["direction"] == "maximize"
+
+    # Validation loss differs from fold to fold (other rows), so the mean is a real mean.
+    out = tmp_path / "loss"
+    code = main(["tune", str(cfg), "--cv", "3", "--trials", "1", "--pruner", "off",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    (r,) = trials_of(out)
+    assert len(set(r["cv_scores"])) == 3
+    assert r["value"] == pytest.approx(sum(r["cv_scores"]) / 3)
+    assert r["cv_std"] == pytest.approx(float(np.std(r["cv_scores"])))
+
+
+# ---------------------------------------------------------------------------- SIGKILL
+
+
+def _study(out_name: str, ws: Path):
+    import optuna
+
+    return optuna.load_study(study_name=out_name, storage=f"sqlite:///{ws / 'tune.db'}")
+
+
+def test_sigkill_mid_study_then_rerun_finishes_the_plan_without_repeats(tmp_path, pack):
+    from optuna.trial import TrialState
+
+    cfg = tiny_config(tmp_path, pack)
+    data = yaml.safe_load(cfg.read_text())
+    data.update(max_steps=120)  # long enough trials to be killed inside one
+    data["train"].update(eval_every=20)
+    cfg.write_text(yaml.safe_dump(data))
+    out, ws = tmp_path / "killed", tmp_path / "ws"
+    args = [sys.executable, "-m", "oficina.cli", "tune", str(cfg), "--trials", "4",
+            "--pruner", "off", "--out", str(out)]  # fmt: skip
+    e = {**env(), "OFICINA_HOME": str(ws)}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(args, env=e, stdout=log, stderr=subprocess.STDOUT)
+    killed_number = None
+    try:
+        deadline = time.monotonic() + 600
+        while killed_number is None:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the study never reached a second trial"
+            time.sleep(0.3)
+            if "trials planned" not in (tmp_path / "first.log").read_text():
+                continue  # not before the worker has made the database and the study
+            try:
+                trials = _study("killed", ws).get_trials(deepcopy=False)
+            except Exception:  # noqa: BLE001 - the study is not created yet
+                continue
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            inside = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+            if done and inside:  # one finished, and one is training past its first validation
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed_number = inside[0].number
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {
+        t.number: (t.params, t.value)
+        for t in _study("killed", ws).get_trials()
+        if t.state == TrialState.COMPLETE
+    }
+    left = [t for t in _study("killed", ws).get_trials() if t.state == TrialState.RUNNING]
+    assert [t.number for t in left] == [killed_number]
+
+    rerun = subprocess.run(args, env=e, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "1 trial(s) of a killed worker marked failed" in rerun.stdout
+    trials = _study("killed", ws).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # the plan, exactly
+    for n, (params, value) in before.items():  # finished trials kept, never trained again
+        assert trials[n].params == params and trials[n].value == value
+    assert trials[killed_number].state == TrialState.FAIL
+    retried = [t for t in finished if t.number > killed_number and t.params == left[0].params]
+    assert len(retried) == 1  # the killed point was tried again, once
+    rows = trials_of(out)
+    assert sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) == 4
+    run_ids = [i for r in rows for i in r["run_ids"]]
+    assert len(run_ids) == len(set(run_ids))
+
+
+def test_demo_example_is_a_valid_lora_search_with_cv(monkeypatch, tmp_path):
+    """examples/tune_demo.yaml passes every check that runs before training."""
+    from oficina.evals.tune import TuneConfig, prepare
+
+    monkeypatch.chdir(ROOT)
+    s = prepare(TuneConfig(spec="examples/tune_demo.yaml", out=str(tmp_path / "demo")))
+    assert s.verb == "finetune" and s.base.method == "lora"
+    assert (s.metric, s.direction, s.cfg.cv, s.cfg.pruner) == ("accuracy", "maximize", 3, "median")
+    assert {p.key: p.kind for p in s.space} == {"train.lr": "float", "lora.r": "categorical"}
+    assert s.base.out == "workspace/models/smollm2-demo-tuned"  # best.yaml keeps the verb's out
+
+
+def test_a_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path, pack, capsys):
+    """lr 1e30 without clipping overflows the weights: fit stops on the NaN/inf loss; that
+    trial is FAIL with the reason, the other point of the grid still completes and wins."""
+    cfg = tiny_config(tmp_path, pack)
+    data = yaml.safe_load(cfg.read_text())
+    data["train"].update(max_grad_norm=0)
+    data["space"] = {"train.lr": [1.0e30, 0.002]}
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    assert main(["tune", str(cfg), "--sampler", "grid", "--trials", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "every point of the grid has been tried" in printed and "failed (" in printed
+    rows = {r["params"]["train.lr"]: r for r in trials_of(out)}
+    assert rows[1e30]["state"] == "FAIL" and rows[0.002]["state"] == "COMPLETE"
+    assert "stopped before the optimizer step" in rows[1e30]["error"]
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["failed"] == 1 and meta["best"]["params"] == {"train.lr": 0.002}
+
+
+def test_timeout_starts_no_trial_after_it(tmp_path, pack, capsys):
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    args = ["tune", str(cfg), "--trials", "3", "--timeout", "1e-9", "--out", str(out)]
+    assert main(args) == 0
+    assert "--timeout 1e-09s reached" in capsys.readouterr().out
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["finished"] <= 1 < meta["planned"] == 3  # the check runs before each trial
+
+
+@pytest.mark.parametrize("pruner", ["halving", "hyperband"])
+def test_multi_fidelity_pruners_run_a_study(tmp_path, pack, pruner):
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    assert main(["tune", str(cfg), "--trials", "4", "--pruner", pruner, "--out", str(out)]) == 0
+    rows = trials_of(out)
+    assert len(rows) == 4 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    for r in rows:  # a trial stops only at a validation: its cost is a multiple of eval_every
+        assert r["cost"] % 8 == 0 and 8 <= r["cost"] <= 40
+        assert r["cost"] == (40 if r["state"] == "COMPLETE" else r["curve"][-1][0])
