@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from oficina.evals.report import _png
+from oficina.evals.plots import png_base64
 from oficina.workspace import atomic_write_text
 
 
@@ -51,7 +51,7 @@ def _history(rows: list[dict], summary: dict) -> str:
     if done or pruned:
         ax.legend()
     fig.tight_layout()
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _importances(study) -> tuple[str | None, dict[str, float]]:
@@ -75,7 +75,7 @@ def _importances(study) -> tuple[str | None, dict[str, float]]:
     ax.barh(names, [imp[n] for n in names], color="C0")
     ax.set_xlabel("importance (Optuna's default evaluator, sums to 1)")
     fig.tight_layout()
-    return _png(fig), dict(imp)
+    return png_base64(fig), dict(imp)
 
 
 def _curves(rows: list[dict], summary: dict, top: int = 5) -> str | None:
@@ -102,7 +102,7 @@ def _curves(rows: list[dict], summary: dict, top: int = 5) -> str | None:
     if best:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _cell(v: Any) -> str:

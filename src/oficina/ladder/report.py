@@ -6,25 +6,15 @@ The decision itself is ``oficina.ladder.recommend``; this module only lays it ou
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
+from oficina.evals.plots import png_base64
 from oficina.ladder.result import RungResult
 from oficina.workspace import atomic_write_json, atomic_write_text
 
 # ---------------------------------------------------------------------------- plots
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _scatter(
@@ -66,7 +56,7 @@ def _scatter(
     ax.set_ylabel("quality")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _curves(rungs: list[RungResult]) -> str | None:
@@ -90,7 +80,7 @@ def _curves(rungs: list[RungResult]) -> str | None:
     ax.set_title("training loss curves", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_base64(fig)
 
 
 # ---------------------------------------------------------------------------- writers
