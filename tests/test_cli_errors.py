@@ -147,11 +147,13 @@ def test_a_full_disk_simulated_in_process(tiny_lm, capsys, monkeypatch, tmp_path
     ],
     ids=["mro-escape", "globals-escape", "syntax"],
 )
-def test_a_chat_template_the_sandbox_refuses(tiny_lm, tmp_path, capsys, template, needles):
+def test_a_chat_template_the_sandbox_refuses(
+    tiny_lm, tmp_path, capsys, monkeypatch, template, needles
+):
     d = tmp_path / "model"
     shutil.copytree(tiny_lm, d)
     (d / "chat_template.jinja").write_text(template)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where a CANARY would land; restored after the test
     code = main(["generate", str(d), "--prompt", "hi", "--max-new-tokens", "2"])
     assert code == 2
     _one_line(capsys, code, "generate", *needles)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -157,12 +158,11 @@ def test_a_positional_may_come_from_the_config_file(tmp_path, capsys):
     from oficina.config import ConfigError, parse_args
     from oficina.train.recipes import FinetuneConfig
 
-    cfg = parse_args("oficina finetune", FinetuneConfig, ["--config", "examples/finetune.yaml"])
+    example = str(Path(__file__).resolve().parents[1] / "examples/finetune.yaml")
+    cfg = parse_args("oficina finetune", FinetuneConfig, ["--config", example])
     assert cfg.model == "smollm2-135m-instruct" and cfg.method == "lora"
     assert (
-        parse_args(
-            "oficina finetune", FinetuneConfig, ["tiny", "--config", "examples/finetune.yaml"]
-        ).model
+        parse_args("oficina finetune", FinetuneConfig, ["tiny", "--config", example]).model
         == "tiny"
     )
     with pytest.raises(ConfigError, match="missing MODEL"):

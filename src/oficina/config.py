@@ -309,7 +309,7 @@ def parse_args(
 ) -> VerbConfig:
     """Parse argv for one verb into a validated config (raises ConfigError)."""
     parser = make_parser(prog, cls, description)
-    ns = vars(parser.parse_args(_bool_words(cls, argv)))
+    ns = vars(parser.parse_intermixed_args(_bool_words(cls, argv)))
     fields = {d: a for d, a, _ in leaf_fields(cls)}
     overrides: dict = {}
     for key, value in ns.items():
