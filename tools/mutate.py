@@ -59,7 +59,11 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
     ),
     "objectives": (
         "src/oficina/train/objectives.py",
-        ["tests/train/test_data_objectives.py", "tests/train/test_fused_ce.py"],
+        [
+            "tests/train/test_objectives_values.py",
+            "tests/train/test_data_objectives.py",
+            "tests/train/test_fused_ce.py",
+        ],
         None,
     ),
     "recipes": ("src/oficina/train/recipes.py", ["tests/train/test_finetune_distill.py"], None),
