@@ -42,7 +42,11 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
     ),
     "dedup": (
         "src/oficina/data/stages/dedup.py",
-        ["tests/data/test_data_dedup.py", "tests/data/test_data_stages.py"],
+        [
+            "tests/data/test_data_dedup_values.py",
+            "tests/data/test_data_dedup.py",
+            "tests/data/test_data_stages.py",
+        ],
         None,
     ),
     # The ladder's recommendation: recommend() in evals/report.py, not the HTML/Markdown
