@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
     # rendering around it.
     "recommend": (
         "src/oficina/evals/report.py",
-        ["tests/evals/test_ladder_recommend.py"],
+        ["tests/evals/test_recommend_values.py", "tests/evals/test_ladder_recommend.py"],
         ["oficina.evals.report.x_recommend__mutmut_*"],
     ),
     "evaluate": (
