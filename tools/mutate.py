@@ -58,7 +58,13 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
     ),
     "evaluate": (
         "src/oficina/evals/evaluate.py",
-        ["tests/evals/test_eval_cli.py", "tests/evals/test_eval_tasks.py", "-m", "not integration"],
+        [
+            "tests/evals/test_eval_task_loading.py",
+            "tests/evals/test_eval_cli.py",
+            "tests/evals/test_eval_tasks.py",
+            "-m",
+            "not integration",
+        ],
         None,
     ),
     "objectives": (
