@@ -76,7 +76,11 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
         ],
         None,
     ),
-    "recipes": ("src/oficina/train/recipes.py", ["tests/train/test_finetune_distill.py"], None),
+    "recipes": (
+        "src/oficina/train/recipes.py",
+        ["tests/train/test_recipes_pieces.py", "tests/train/test_finetune_distill.py"],
+        None,
+    ),
 }
 
 # Modules whose every mutant reruns whole training or eval runs: a seeded sample of their mutants
