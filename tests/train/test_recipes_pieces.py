@@ -58,6 +58,7 @@ def test_split_holds_out_a_seeded_share():
     ]
     assert val.task == "sft" and val.label_names == ["x"]
     assert len(_split(_ds(10), 0.01, 0)[1].examples) == 1  # at least one row
+    assert len(_split(_ds(19), 0.1, 0)[1].examples) == 2  # 1.9 rounds to 2
     small = _ds(9)
     assert _split(small, 0.5, 0) == (small, None)  # under 10 rows: nothing held out
     assert _split(_ds(20), 0.0, 0)[1] is None
