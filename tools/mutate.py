@@ -85,7 +85,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
 
 # Modules whose every mutant reruns whole training or eval runs: a seeded sample of their mutants
 # by default (an hour each otherwise on 2 cores); --sample overrides.
-DEFAULT_SAMPLE = {"evaluate": 12, "recipes": 10}
+DEFAULT_SAMPLE = {"evaluate": 6, "recipes": 6}
 
 MUTMUT = [sys.executable, "-m", "mutmut"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
