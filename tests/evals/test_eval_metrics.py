@@ -266,6 +266,7 @@ def test_empty_and_zero_overlap_generation_scores():
     assert M.token_f1("", "") == 1.0  # SQuAD: both empty
     # LCS by hand: "ABCBDAB" vs "BDCABA" -> 4 (e.g. B C B A), either order
     assert M.lcs_length("ABCBDAB", "BDCABA") == M.lcs_length("BDCABA", "ABCBDAB") == 4
+    assert M.lcs_length("ab", "aba") == 2  # a b: needs the cell above-right, not above-left
     # F-beta: P = 1/2, R = 1/4 (pred "a b" vs ref "a x y z", LCS 1); beta 2 ->
     # (1 + 4) * 1/2 * 1/4 / (1/4 + 4 * 1/2) = 0.625 / 2.25
     assert M.rouge_l("a b", "a x y z", beta=2.0) == pytest.approx(0.625 / 2.25)
@@ -322,6 +323,18 @@ def test_classification_baselines_by_hand():
     }
     assert b["uniform"]["accuracy"] == 0.5
     assert b == M.classification_baselines(["b"], golds, ["a", "b"], n=300, alpha=0.3, seed=2)
+    # with enough items the intervals show the seed and the level were passed on
+    many = (golds * 6)[:23]
+    got = M.classification_baselines(["b"], many, ["a", "b"], n=300, alpha=0.3, seed=2)
+    correct = [float(g == "b") for g in many]
+    pairs = [("b", g) for g in many]
+    assert got["majority"]["ci"] == {
+        "accuracy": M.with_ci(correct, n=300, alpha=0.3, seed=2)["ci"],
+        "macro_f1": M.with_ci(pairs, M.macro_f1_stat(["a", "b"]), n=300, alpha=0.3, seed=2)["ci"],
+    }
+    for other in ({"seed": 0}, {"alpha": 0.05}):
+        kw = {"n": 300, "alpha": 0.3, "seed": 2, **other}
+        assert got != M.classification_baselines(["b"], many, ["a", "b"], **kw), other
     assert M.classification_baselines(["b"], golds, ["a", "b"]) == M.classification_baselines(
         ["b"], golds, ["a", "b"], n=1000, alpha=0.05, seed=0
     )
