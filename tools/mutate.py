@@ -4,9 +4,9 @@
     python tools/mutate.py metrics dedup        # some of them
     python tools/mutate.py recipes --sample 60  # a seeded sample of a module's mutants
 
-Each module runs in its own scratch copy of the project (``.mutate/<name>/``: src, tests and a
-pyproject.toml whose ``[tool.mutmut]`` names that one file and its targeted tests), because
-mutmut reads one config per directory and a per-module test selection keeps a run in minutes.
+Each module runs in its own scratch copy of the project (``.mutate/<name>/``: src, tests,
+examples and a pyproject.toml whose ``[tool.mutmut]`` names that one file and its targeted
+tests), because mutmut reads one config per directory and a per-module test selection keeps a run in minutes.
 mutmut then runs, for each mutant, only the selected tests that call the mutated function.
 Prints one line per module: killed / tested = score, and the survivors' names; with
 ``--json FILE`` the same as JSON. Slow (minutes to an hour): ``make mutate``, never in CI.
@@ -98,7 +98,7 @@ def _prepare(name: str) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for d in ("src", "tests"):
+    for d in ("src", "tests", "examples"):  # tests read examples/ (the demo task, configs)
         shutil.copytree(ROOT / d, work / d, ignore=ignore)
     # a test file named here but not written yet is left out (the "before" score)
     tests = [t for t in tests if not t.startswith("tests/") or (ROOT / t).exists()]
@@ -107,6 +107,7 @@ def _prepare(name: str) -> Path:
     conf += (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
+        'also_copy = ["examples"]\n'
         f"only_mutate = [{json.dumps(path)}]\n"
         f"pytest_add_cli_args_test_selection = [{selection}]\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
