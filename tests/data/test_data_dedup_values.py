@@ -56,6 +56,10 @@ def test_signatures_follow_their_settings_and_estimate_jaccard():
     assert not np.array_equal(s, signature(a, num_perm=64, ngram=3, seed=8))
     assert not np.array_equal(s, signature(a, num_perm=64, ngram=4, seed=7))
     assert np.array_equal(signature(a)[:16], signature(a, 128, 5, 1)[:16])  # the defaults
+    # a stage keys documents with its own settings, its seed included
+    near = NearDedup(NearDedupConfig(num_perm=32, ngram=3, seed=5))
+    assert np.array_equal(near.key(a), signature(a, 32, 3, 5))
+    assert not np.array_equal(near.key(a), signature(a, 32, 3, 1))
     # the share of equal MinHash values estimates the Jaccard of the 5-gram sets
     want = jaccard(shingles(a, 5), shingles(b, 5))
     got = float(np.mean(signature(a, 1024) == signature(b, 1024)))
