@@ -20,6 +20,7 @@ from oficina.config import (
     leaf_fields,
     load,
     load_yaml,
+    make_parser,
     parse_args,
     set_dotted,
 )
@@ -156,3 +157,73 @@ def test_yaml_round_trip(tmp_path):
     p.write_text(dump_yaml(cfg))
     assert "ü" in p.read_text()  # written as text, not escaped
     assert load(Conf, p) == cfg
+
+
+class Helped(VerbConfig):
+    """A verb."""
+
+    positionals = ("model", "more")
+    model: str = Field(description="the model")
+    more: list[str] = Field(default_factory=list, description="extra inputs")
+    max_new: int = Field(5, description="how many, 50%")
+    mode: Literal["a", "b"] = Field("a", description="which mode")
+    quiet: bool = Field(False, description="say less")
+    opts: dict[str, int] = Field(default_factory=dict, description="options")
+    names: list[str] = Field(default_factory=list, description="some names")
+    inner: Inner = Inner()
+    req: str = Field(description="needed")
+
+
+def test_help_shows_every_setting_its_default_and_choices():
+    text = " ".join(make_parser("prog", Helped).format_help().split())  # unwrap the columns
+    for want in [
+        "usage: prog [-h] [--config FILE.yaml] [--max-new MAX_NEW] [--mode MODE] "
+        "[--quiet | --no-quiet] [--opts JSON] [--names [X ...]] [--inner.lr LR] "
+        "[--inner.steps STEPS] [--req REQ] MODEL [MORE ...]",
+        "A verb.",
+        "MODEL the model MORE extra inputs (default: [])",
+        "--config FILE.yaml read settings from a YAML file (flags override it)",
+        "--max-new MAX_NEW, --max_new MAX_NEW how many, 50% (default: 5)",
+        "--mode MODE which mode (default: a) [choices: a | b]",
+        "--quiet, --no-quiet say less (default: False)",
+        "--opts JSON options (default: {})",
+        "--names [X ...] some names (default: [])",
+        "--inner.lr LR (default: 0.1)",
+        "--req REQ needed (required)",
+    ]:
+        assert want in text, want
+    assert "PydanticUndefined" not in text
+    assert make_parser("prog", Helped, "Told otherwise.").description == "Told otherwise."
+
+
+def test_a_bad_flag_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args("prog", Helped, ["m", "--req", "r", "--nope"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "prog: error: unrecognized arguments: --nope\n"
+
+
+def test_boolean_words_for_every_boolean_flag():
+    class B(VerbConfig):
+        positionals = ("name",)
+        name: str = "x"
+        dry_run: bool = False
+        loud: bool = True
+
+    c = parse_args("t", B, ["--dry-run", "yes", "--loud", "OFF", "n1"])
+    assert (c.dry_run, c.loud, c.name) == (True, False, "n1")
+    c = parse_args("t", B, ["--dry_run", "1", "--loud", "no"])
+    assert (c.dry_run, c.loud) == (True, False)
+    c = parse_args("t", B, ["n2", "--loud"])  # a flag last, with no word after it
+    assert (c.name, c.loud) == ("n2", True)
+    c = parse_args("t", B, ["--loud", "false", "--dry-run", "on"])
+    assert (c.loud, c.dry_run) == (False, True)
+
+
+def test_dump_yaml_keeps_field_order_aliases_and_plain_values():
+    class D(VerbConfig):
+        zeta: int = 1
+        alpha: tuple[int, int] = (1, 2)
+        json_: bool = Field(False, alias="json")
+
+    assert dump_yaml(D()) == "zeta: 1\nalpha:\n- 1\n- 2\njson: false\n"
