@@ -119,3 +119,24 @@ def test_ties_in_cost_go_to_the_earlier_rung_and_nothing_measured_is_said():
     assert recommend([_rung("x", status="skipped"), _rung("y", 0.9, status="failed")], 0.5, 10) == (
         nothing
     )
+
+
+def test_lists_join_several_rungs_and_only_cheaper_misses_count():
+    rungs = [
+        _rung("c1", 0.30, flags=["collapsed"], flag_text="flag one"),
+        _rung("c2", 0.35, flags=["collapsed"], flag_text="flag two"),
+        _rung("same", 0.50, None, 1.0),  # as cheap as the pick, below the target
+        _rung("p", 0.70, None, 1.0),
+        _rung("twin", 0.70, None, 3.0),  # as accurate as the pick, dearer: not "more accurate"
+        _rung("dear", 0.50, None, 5.0),  # below the target but dearer: not a cheaper miss
+    ]
+    assert recommend(rungs, 0.6, 0)["reasoning"] == (
+        "'p' is the cheapest rung that meets the target 0.60: quality 0.700, $1.0000 to train "
+        "and $0.0000 per 1k requests ($1.00 for 0 requests). "
+        "Cheaper rungs miss the target: c1 0.300, c2 0.350. "
+        "Learned nothing usable: c1 flag one; c2 flag two."
+    )
+    assert recommend(rungs, 0.9, 0)["reasoning"] == (
+        "No rung reached the target 0.90. The best was 'p' at 0.700. Add labelled data, train "
+        "longer, or start from a larger base model. c1 flag one. c2 flag two."
+    )
