@@ -85,7 +85,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
 
 # Modules whose every mutant reruns whole training or eval runs: a seeded sample of their mutants
 # by default (an hour each otherwise on 2 cores); --sample overrides.
-DEFAULT_SAMPLE = {"evaluate": 6, "recipes": 6}
+DEFAULT_SAMPLE = {"objectives": 20, "evaluate": 4, "recipes": 4}
 
 MUTMUT = [sys.executable, "-m", "mutmut"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
@@ -111,6 +111,10 @@ def _prepare(name: str) -> Path:
         f"only_mutate = [{json.dumps(path)}]\n"
         f"pytest_add_cli_args_test_selection = [{selection}]\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        # A mutant's time limit is (its tests' time + this) * 15. The timed test phase leaves out
+        # a forked run's session fixtures (the tiny model is rebuilt in each fork): without room
+        # for them a busy machine "kills" mutants by timeout that no test caught.
+        "timeout_constant = 10.0\n"
     )
     (work / "pyproject.toml").write_text(conf)
     # mutmut copies src/ into mutants/ later; the folder must exist before Python starts, or the
