@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-test-deps llama demo test test-fast lint format bench clean
+.PHONY: setup system-test-deps llama demo test test-fast mutate lint format bench clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,15 @@ test: setup system-test-deps
 # The unit tier: no packaged models, no long end-to-end runs (a few minutes).
 test-fast: setup system-test-deps
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+# Mutation testing (mutmut) of the modules where a silent error changes a user's result: each
+# module against its own targeted tests, in a scratch copy under .mutate/ (tools/mutate.py). Slow
+# (about an hour on 2 busy cores), so NOT part of `make test` or CI. The scores are in README.md,
+# "Test quality". One module: make mutate MODULES=metrics; sample a slow one: MUTATE_ARGS="--sample 20".
+MODULES ?=
+MUTATE_ARGS ?=
+mutate: setup
+	nice -n 10 $(BIN)/python tools/mutate.py $(MODULES) $(MUTATE_ARGS) --json .mutate/scores.json
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -229,7 +229,8 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
             nargs=nargs,
             default=None,
             help=(
-                (info.description or "") + ("" if required else f" (default: {info.default})")
+                (info.description or "")
+                + ("" if required else f" (default: {info.get_default(call_default_factory=True)})")
             ).replace("%", "%%"),
         )
     for dotted, ann, info in leaf_fields(cls):

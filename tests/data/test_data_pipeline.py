@@ -184,17 +184,24 @@ def test_changed_settings_are_refused_on_resume(tmp_path):
     assert len(list(out.glob("part-*.parquet"))) == 6
 
 
-def test_cli_prints_the_report_path(tmp_path):
+def test_cli_prints_the_report_path(tmp_path, capsys):
     from oficina.cli import main
 
     data = write_jsonl(tmp_path / "c.jsonl", prose_corpus(12))
     assert (
         main(["data", "prepare", str(data), "--out", str(tmp_path / "o"), "--shard-docs", "5"]) == 0
     )
-    assert (
-        main(["data", "prepare", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "p")])
-        == 1
-    )
+    out = capsys.readouterr().out.splitlines()
+    reports = [ln.removeprefix("report: ") for ln in out if ln.startswith("report: ")]
+    o = (tmp_path / "o").resolve()
+    assert reports == [str(o / "report.html"), str(o / "report.json")]
+    assert "<html" in Path(reports[0]).read_text()
+    assert json.loads(Path(reports[1]).read_text())["docs_in"] == 12
+    missing = tmp_path / "missing.jsonl"
+    assert main(["data", "prepare", str(missing), "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"oficina data prepare: error: input not found: {missing}"
+    assert not (tmp_path / "p").exists()  # nothing half-written
 
 
 def test_worker_processes_give_the_same_output(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -158,9 +159,28 @@ def test_perplexity_only_task(tiny_lm, tmp_path, capsys):
     f = _write_jsonl(
         tmp_path / "texts.jsonl", [{"text": "x = 1\n" * 5}, {"text": "for y in z: pass"}]
     )
-    out = _eval(capsys, str(tiny_lm), "--task", str(f))
+    out = _eval(capsys, str(tiny_lm), "--task", str(f), "--window", "8")
     assert out["task"]["type"] == "perplexity"
     assert set(out["metrics"]) == {"perplexity", "bits_per_byte"}
+    # The numbers are the definition's, by the naive one-token-at-a-time loop (tests/helpers.py)
+    from helpers import nll_naive
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    texts = ["x = 1\n" * 5, "for y in z: pass"]
+    d = out["details"]["perplexity"]
+    assert (d["window"], d["stride"], d["texts"]) == (8, 4, 2)
+    per_text = [nll_naive(model, tok, t, 8, 4) for t in texts]
+    nll, n = sum(x for x, _ in per_text), sum(k for _, k in per_text)
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert d["tokens"] == n and d["bytes"] == n_bytes and d["windows"] > 2
+    m = out["metrics"]
+    assert m["perplexity"]["value"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert m["bits_per_byte"]["value"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-4)
+    for name in ("perplexity", "bits_per_byte"):
+        lo, hi = m[name]["ci"]
+        assert lo <= m[name]["value"] <= hi and lo < hi, name  # two texts: a real interval
 
 
 @pytest.mark.parametrize(

@@ -209,3 +209,150 @@ def test_paired_bootstrap_of_macro_f1():
     # good: macro 1. bad: a: TP10 FP20 FN0 -> 20/40 = 0.5; b, c: F1 0 -> macro 0.5/3 = 1/6
     assert res["diff"] == pytest.approx(1 - 1 / 6)
     assert res["distinguishable"]
+
+
+# ---------------------------------------------------------------------------- edges and errors
+# Each below kills mutants that survived `make mutate` (README, "Test quality"): a boundary, a
+# default, a message the user reads, an argument passed on.
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"^3 predictions for 2 gold labels$"):
+        M.accuracy(["a", "b", "c"], ["a", "b"])
+    with pytest.raises(ValueError, match=r"^1 predictions for 2 gold labels$"):
+        M.per_label_f1(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match=r"^no reference answer$"):
+        M.exact_match("x", [])
+    with pytest.raises(ValueError, match=r"^perplexity needs at least one scored token$"):
+        M.perplexity_from_nll(1.0, 0)
+    with pytest.raises(ValueError, match=r"^bits per byte needs at least one byte$"):
+        M.bits_per_byte(1.0, 0)
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"^alpha must be between 0 and 1$"):
+            M.bootstrap_ci([1.0, 0.0], alpha=alpha)
+    with pytest.raises(ValueError, match=r"^paired bootstrap needs the same items: 2 vs 1$"):
+        M.paired_bootstrap([1, 0], [1])
+    with pytest.raises(ValueError, match=r"^no test items$"):
+        M.classification_baselines(["a"], [], ["a", "b"])
+
+
+def test_one_token_and_one_byte_are_enough():
+    assert M.perplexity_from_nll(math.log(7), 1) == pytest.approx(7.0)
+    assert M.bits_per_byte(math.log(2), 1) == pytest.approx(1.0)
+
+
+def test_confusion_ignores_labels_outside_the_list():
+    # ("z", "a") and ("a", "q") name a label outside [a, b]: neither row nor column, not counted
+    assert M.confusion(["a", "z", "a", "b"], ["a", "a", "q", "b"], ["a", "b"]) == [[1, 0], [0, 1]]
+
+
+def test_label_list_restricts_per_label_f1_and_macro_f1():
+    # preds [a, z], golds [a, a], labels [a]: only a counts: tp 1, fp 0, fn 1 -> F1 2/3
+    # (with z counted too, z's F1 0 would halve the macro mean to 1/3)
+    assert M.per_label_f1(["a", "z"], ["a", "a"], ["a"]) == {"a": pytest.approx(2 / 3)}
+    assert M.macro_f1(["a", "z"], ["a", "a"], ["a"]) == pytest.approx(2 / 3)
+    stat = M.macro_f1_stat(["a"])
+    assert stat([("a", "a"), ("z", "a")]) == pytest.approx(2 / 3)
+    assert stat([]) == 0.0
+    # labels of mixed types are ordered by their text, not compared with each other
+    assert list(M.per_label_f1([1, "a"], [1, "a"])) == [1, "a"]
+
+
+def test_empty_and_zero_overlap_generation_scores():
+    assert M.mean([]) == 0.0
+    assert M.rouge_l("", "some words") == 0.0 and M.rouge_l("some words", "") == 0.0
+    assert M.rouge_l("red fox", "blue cat") == 0.0  # no common word
+    assert M.token_f1("", "x") == 0.0 and M.token_f1("x", "") == 0.0
+    assert M.token_f1("", "") == 1.0  # SQuAD: both empty
+    # LCS by hand: "ABCBDAB" vs "BDCABA" -> 4 (e.g. B C B A), either order
+    assert M.lcs_length("ABCBDAB", "BDCABA") == M.lcs_length("BDCABA", "ABCBDAB") == 4
+    assert M.lcs_length("ab", "aba") == 2  # a b: needs the cell above-right, not above-left
+    # F-beta: P = 1/2, R = 1/4 (pred "a b" vs ref "a x y z", LCS 1); beta 2 ->
+    # (1 + 4) * 1/2 * 1/4 / (1/4 + 4 * 1/2) = 0.625 / 2.25
+    assert M.rouge_l("a b", "a x y z", beta=2.0) == pytest.approx(0.625 / 2.25)
+    assert M.rouge_l("A B", "a b") == 1.0  # case does not matter
+
+
+ITEMS = [0.13, 0.92, 0.4, 0.71, 0.05, 0.66, 0.38, 0.99, 0.2, 0.57]
+
+
+def test_defaults_are_1000_resamples_seed_0_and_arguments_are_passed_on():
+    assert M.bootstrap_ci(ITEMS) == M.bootstrap_ci(ITEMS, n=1000, seed=0)
+    assert M.bootstrap_ci(ITEMS, n=1000) != M.bootstrap_ci(ITEMS, n=1001)
+    assert M.bootstrap_ci(ITEMS, seed=0) != M.bootstrap_ci(ITEMS, seed=1)
+    w = M.with_ci(ITEMS, n=300, alpha=0.3, seed=4)
+    assert w["value"] == pytest.approx(sum(ITEMS) / 10)
+    assert tuple(w["ci"]) == M.bootstrap_ci(ITEMS, n=300, alpha=0.3, seed=4)
+    assert M.with_ci(ITEMS) == M.with_ci(ITEMS, n=1000, alpha=0.05, seed=0)
+    assert M.with_ci(ITEMS, stat=None) == M.with_ci(ITEMS)  # None means the mean
+    assert M.with_ci([])["value"] == 0.0
+    other = ITEMS[::-1]
+    assert M.paired_bootstrap(ITEMS, other) == M.paired_bootstrap(ITEMS, other, n=1000, seed=0)
+    assert M.paired_bootstrap(ITEMS, other, stat=None) == M.paired_bootstrap(ITEMS, other)
+    assert M.paired_bootstrap(ITEMS, other, seed=3) != M.paired_bootstrap(ITEMS, other, seed=4)
+
+
+def test_paired_bootstrap_edges_by_hand():
+    empty = M.paired_bootstrap([], [])
+    assert empty == {
+        "diff": 0.0,
+        "ci": (0.0, 0.0),
+        "distinguishable": False,
+        "p_value": 1.0,
+        "n": 0,
+    }
+    one = M.paired_bootstrap([1.0], [0.0])  # every resample is that one item: d = 1
+    assert one == {"diff": 1.0, "ci": (1.0, 1.0), "distinguishable": True, "p_value": 0.0, "n": 1}
+    # a = [1, 0], b = [0, 0]: a resample's mean diff is 0, 1/2 or 1 with chances 1/4, 1/2, 1/4;
+    # P(d <= 0) = 1/4, P(d >= 0) = 1 -> two-sided p = 2 * 1/4 = 1/2
+    assert M.paired_bootstrap([1, 0], [0, 0], n=8000)["p_value"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_classification_baselines_by_hand():
+    golds = ["b", "a", "b", "b"]
+    b = M.classification_baselines(["b"], golds, ["a", "b"], n=300, alpha=0.3, seed=2)
+    maj = b["majority"]
+    assert (maj["label"], maj["train_share"], maj["accuracy"]) == ("b", 1.0, 0.75)
+    # macro-F1 of always "b": b's F1 = 2*3/(2*3+1) = 6/7, a's 0 -> 3/7
+    assert maj["macro_f1"] == pytest.approx(3 / 7)
+    assert maj["ci"] == {
+        "accuracy": M.with_ci([1.0, 0.0, 1.0, 1.0], n=300, alpha=0.3, seed=2)["ci"],
+        "macro_f1": M.with_ci(
+            [("b", g) for g in golds], M.macro_f1_stat(["a", "b"]), n=300, alpha=0.3, seed=2
+        )["ci"],
+    }
+    assert b["uniform"]["accuracy"] == 0.5
+    assert b == M.classification_baselines(["b"], golds, ["a", "b"], n=300, alpha=0.3, seed=2)
+    # with enough items the intervals show the seed and the level were passed on
+    many = (golds * 6)[:23]
+    got = M.classification_baselines(["b"], many, ["a", "b"], n=300, alpha=0.3, seed=2)
+    correct = [float(g == "b") for g in many]
+    pairs = [("b", g) for g in many]
+    assert got["majority"]["ci"] == {
+        "accuracy": M.with_ci(correct, n=300, alpha=0.3, seed=2)["ci"],
+        "macro_f1": M.with_ci(pairs, M.macro_f1_stat(["a", "b"]), n=300, alpha=0.3, seed=2)["ci"],
+    }
+    for other in ({"seed": 0}, {"alpha": 0.05}):
+        kw = {"n": 300, "alpha": 0.3, "seed": 2, **other}
+        assert got != M.classification_baselines(["b"], many, ["a", "b"], **kw), other
+    assert M.classification_baselines(["b"], golds, ["a", "b"]) == M.classification_baselines(
+        ["b"], golds, ["a", "b"], n=1000, alpha=0.05, seed=0
+    )
+    # no training label among the labels: the first label, a share of 0
+    none = M.classification_baselines(["x", "y"], golds, ["a", "b"])["majority"]
+    assert (none["label"], none["train_share"], none["accuracy"]) == ("a", 0.0, 0.25)
+
+
+def test_prediction_flags_at_their_boundaries():
+    assert M.prediction_flags([], 0.5, (0.4, 0.6), 0.3) == ([], "")
+    # 9 of 10 on one label is exactly the 0.9 share: collapsed
+    flags, why = M.prediction_flags(["a"] * 9 + ["b"], 0.8, (0.7, 0.9), 0.3)
+    assert (flags, why) == (["collapsed"], "predicts 'a' for 9 of 10 items")
+    assert M.prediction_flags(["a"] * 4, 0.3, None, 0.3) == (
+        ["collapsed"],
+        "predicts 'a' for every item — no better than always answering the majority label (0.300)",
+    )
+    # the interval's low end equal to the majority's score still reaches it
+    assert M.prediction_flags(["a", "b"] * 5, 0.5, (0.3, 0.7), 0.3)[0] == [
+        "within_interval_of_majority"
+    ]

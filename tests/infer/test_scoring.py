@@ -1,7 +1,7 @@
 """The engine's one scoring kernel against independent naive loops written here.
 
-``loglikelihood_naive`` and ``nll_naive`` share no code with ``oficina.infer.scoring``: they
-tokenize with the tokenizer directly, run each sequence alone (no batching, padding or KV
+``loglikelihood_naive`` and ``nll_naive`` (in tests/helpers.py) share no code with
+``oficina.infer.scoring``: they tokenize with the tokenizer directly, run each sequence alone (no batching, padding or KV
 cache) and follow the documented definitions (lm-eval's context/continuation split; the
 sliding-window perplexity with BOS, token-weighted over texts).
 """
@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from helpers import nll_naive
 
 from oficina.cli import main
 from oficina.errors import UserError
@@ -50,27 +51,6 @@ def loglikelihood_naive(model, tok, pairs) -> list[tuple[float, bool]]:
                 greedy = greedy and int(lp[t - 1].argmax()) == ids[t]
             out.append((total, greedy))
     return out
-
-
-def nll_naive(model, tok, text: str, window: int, stride: int) -> tuple[float, int]:
-    """(NLL, tokens) of one text: each token alone, from the context its window gives it.
-
-    Token t (1-based after BOS) of the first window (t < window) sees ids[0:t]; a later token
-    falls in the window ending at window + k*stride (the first such end >= t + 1, capped at the
-    text's end), which starts ``window`` tokens before that end.
-    """
-    ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
-    nll = 0.0
-    with torch.no_grad():
-        for t in range(1, len(ids)):
-            if t < window:
-                start = 0
-            else:
-                k = math.ceil((t + 1 - window) / stride)
-                start = min(len(ids), window + k * stride) - window
-            logits = model(torch.tensor([ids[start:t]])).logits[0, -1].float()
-            nll -= float(torch.log_softmax(logits, -1)[ids[t]])
-    return nll, len(ids) - 1
 
 
 # ---------------------------------------------------------------------------- log-likelihood

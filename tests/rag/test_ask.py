@@ -155,7 +155,21 @@ def test_real_generation_with_tiny_model(garden_index, tiny_engine):
         max_new_tokens=8,
     )
     assert out["completion_tokens"] <= 8 and out["prompt_tokens"] > 20
-    assert isinstance(out["answer"], str) and out["citations"]
+    assert out["citations"][0]["doc_id"] == "notes/bread"  # the passage that answers it
+    assert "let it rise for two hours" in out["prompt"]
+    # The answer is the model's own greedy text after the prefix, as the engine gives it alone.
+    from oficina.infer.engine import SamplingParams
+
+    alone = tiny_engine.generate(
+        [out["prompt"] + ask_mod.ANSWER_PREFIX],
+        SamplingParams(max_new_tokens=8, stop=["<<<", "\n\nQuestion:"]),
+    )[0]
+    assert out["answer"] == (ask_mod.ANSWER_PREFIX + alone.text).strip()
+    assert (out["prompt_tokens"], out["completion_tokens"]) == (
+        alone.prompt_tokens,
+        alone.completion_tokens,
+    )
+    assert out["prompt_tokens"] == tiny_engine.count_tokens(out["prompt"] + ask_mod.ANSWER_PREFIX)
 
 
 def test_cli_ask_json(garden_index, tiny_lm_long, monkeypatch, hash_embedder, capsys):

@@ -46,15 +46,10 @@ def shards(tiny_lm, tmp_path_factory) -> Path:
 
 
 def root_conftest():
-    """tests/conftest.py as a module (its name collides with this file's, so load it by path)."""
-    import importlib.util
+    """The tiny-model makers (tests/helpers.py; once loaded from tests/conftest.py by path)."""
+    import helpers
 
-    spec = importlib.util.spec_from_file_location(
-        "oficina_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return helpers
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,29 @@ def test_full_sft_with_messages_writes_a_hf_model(tiny_lm, tmp_path):
     )
     assert s["params_trainable"] == s["params_total"]
     assert s["steps"] == 11  # ceil(2 epochs * 22 train rows / 4)
-    AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    from transformers import AutoTokenizer
+
+    from oficina.train.data import eval_batches, load_jsonl_dataset
+    from oficina.train.loop import evaluate
+    from oficina.train.objectives import SFT
+    from oficina.train.recipes import _split
+
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "full").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    # every decoder weight moved (full fine-tuning, not a frozen or untouched model)
+    changed = {
+        n: not torch.equal(p, base.get_parameter(n))
+        for n, p in tuned.named_parameters()
+        if ".layers." in n and n.endswith("proj.weight")
+    }
+    assert changed and all(changed.values()), [n for n, c in changed.items() if not c]
+    # what was saved is what was validated: its loss on the held-out rows is the best one logged
+    tok = AutoTokenizer.from_pretrained(tmp_path / "full")
+    _, val = _split(load_jsonl_dataset(f, tok, 512, "sft"), 0.1, 0)
+    batches = eval_batches(val, 4, 20)
+    got = evaluate(tuned, SFT(), batches, "fp32")
+    assert s["best_val_loss"] == pytest.approx(got, abs=1e-5)
+    assert got < evaluate(base, SFT(), batches, "fp32")  # and it learned the answers
 
 
 def test_classification_head_full_and_lora(tiny_lm, task_rows, tmp_path):
@@ -192,8 +214,38 @@ def test_sequence_level_distillation_trains_on_teacher_generations(tiny_lm, task
             train=_fast(),
         )  # fmt: skip
     )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oficina.train.data import eval_batches, load_jsonl_dataset
+    from oficina.train.loop import evaluate
+    from oficina.train.objectives import SFT
+    from oficina.train.recipes import _split
     from oficina.workspace import get_run
 
-    gen = Path(get_run(s["run_id"])["dir"]) / "teacher_generations.jsonl"
+    run_dir = Path(get_run(s["run_id"])["dir"])
+    gen = run_dir / "teacher_generations.jsonl"
     rows = [json.loads(x) for x in gen.read_text().splitlines()]
-    assert len(rows) == 40 and all(r["prompt"].startswith("Passage:") for r in rows)
+    gold = [json.loads(x) for x in task_rows.read_text().splitlines()[:-1]]  # less "{broken"
+    assert [r["prompt"] for r in rows] == [TEMPLATE.format(**g) for g in gold]
+    # The completions are the teacher's greedy continuations, computed here one prompt at a
+    # time (no padding), not the gold labels.
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    for r in rows[:8]:
+        ids = tok(r["prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = teacher.generate(
+                ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        assert r["completion"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    # The student trained on those generations: the validation loss the run logged is the saved
+    # student's loss on the held-out teacher generations (a student trained and validated on
+    # the gold rows logs another number).
+    ds = load_jsonl_dataset(gen, tok, 512, "sft")
+    _, val = _split(ds, 0.1, 0)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "seq").eval()
+    want = evaluate(student, SFT(), eval_batches(val, 4, 20), "fp32")
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val_losses = [m["val_loss"] for m in logged if "val_loss" in m]
+    assert val_losses[-1] == pytest.approx(want, abs=1e-5)
+    assert s["best_val_loss"] == pytest.approx(want, abs=1e-5)

@@ -1,0 +1,104 @@
+"""Helpers shared by tests in several folders (import as ``from helpers import ...``: pytest puts
+tests/ on the path through the root conftest).
+
+``make_tiny_lm`` / ``make_tiny_tokenizer``: the tiny random Llama and its BPE tokenizer behind the
+``tiny_lm`` fixture (``random_model_seed``: OFICINA_TEST_SEED).
+``nll_naive``: the sliding-window perplexity by its definition, one token at a time, sharing no
+code with ``oficina.infer.scoring`` (the engine's kernel) — tests compare that kernel, and every
+verb that reports a perplexity, with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def nll_naive(model, tok, text: str, window: int, stride: int) -> tuple[float, int]:
+    """(NLL, tokens) of one text: each token alone, from the context its window gives it.
+
+    Token t (1-based after BOS) of the first window (t < window) sees ids[0:t]; a later token
+    falls in the window ending at window + k*stride (the first such end >= t + 1, capped at the
+    text's end), which starts ``window`` tokens before that end.
+    """
+    import torch
+
+    ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    nll = 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            if t < window:
+                start = 0
+            else:
+                k = math.ceil((t + 1 - window) / stride)
+                start = min(len(ids), window + k * stride) - window
+            logits = model(torch.tensor([ids[start:t]])).logits[0, -1].float()
+            nll -= float(torch.log_softmax(logits, -1)[ids[t]])
+    return nll, len(ids) - 1
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tiny_tokenizer(out: Path, vocab_size: int = 512):
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(topics.values())[:20], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def make_tiny_lm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = make_tiny_tokenizer(out)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out)
+    return out
+
+
+def random_model_seed() -> int:
+    """OFICINA_TEST_SEED (default 0): the seed of tiny_lm's random weights."""
+    return int(os.environ.get("OFICINA_TEST_SEED", "0"))
