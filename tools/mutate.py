@@ -49,12 +49,11 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
         ],
         None,
     ),
-    # The ladder's recommendation: recommend() in evals/report.py, not the HTML/Markdown
-    # rendering around it.
+    # The ladder's recommendation (compare, recommend): ladder/recommend.py.
     "recommend": (
-        "src/oficina/evals/report.py",
-        ["tests/evals/test_recommend_values.py", "tests/evals/test_ladder_recommend.py"],
-        ["oficina.evals.report.x_recommend__mutmut_*"],
+        "src/oficina/ladder/recommend.py",
+        ["tests/ladder/test_ladder_stats.py", "tests/ladder/test_ladder_report.py"],
+        None,
     ),
     "evaluate": (
         "src/oficina/evals/evaluate.py",
