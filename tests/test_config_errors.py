@@ -179,9 +179,10 @@ def test_help_shows_every_setting_its_default_and_choices():
     for want in [
         "usage: prog [-h] [--config FILE.yaml] [--max-new MAX_NEW] [--mode MODE] "
         "[--quiet | --no-quiet] [--opts JSON] [--names [X ...]] [--inner.lr LR] "
-        "[--inner.steps STEPS] [--req REQ] MODEL [MORE ...]",
+        "[--inner.steps STEPS] [--req REQ] [MODEL] [MORE ...]",
         "A verb.",
-        "MODEL the model MORE extra inputs (default: [])",
+        "MODEL the model (required: here, or as 'model:' in the --config file) "
+        "MORE extra inputs (default: [])",
         "--config FILE.yaml read settings from a YAML file (flags override it)",
         "--max-new MAX_NEW, --max_new MAX_NEW how many, 50% (default: 5)",
         "--mode MODE which mode (default: a) [choices: a | b]",

@@ -230,7 +230,11 @@ def make_parser(prog: str, cls: type[VerbConfig], description: str = "") -> argp
             default=None,
             help=(
                 (info.description or "")
-                + ("" if required else f" (default: {info.get_default(call_default_factory=True)})")
+                + (
+                    f" (required: here, or as '{name}:' in the --config file)"
+                    if required
+                    else f" (default: {info.get_default(call_default_factory=True)})"
+                )
             ).replace("%", "%%"),
         )
     for dotted, ann, info in leaf_fields(cls):
