@@ -100,10 +100,11 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, pack, tmp_path)
                 time.sleep(0.5)
                 continue  # not before the worker has made the tables and the study
             try:
-                if optuna.load_study(study_name="shared", storage=postgres_url).trials:
-                    break
-            except KeyError:
-                pass
+                started = bool(optuna.load_study(study_name="shared", storage=postgres_url).trials)
+            except KeyError:  # the study is not in the database yet
+                started = False
+            if started:
+                break
             time.sleep(0.5)
         b = worker("b")
         for proc, name in ((a, "a"), (b, "b")):

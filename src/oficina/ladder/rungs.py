@@ -14,6 +14,7 @@ included), and the shared part evaluates and measures it.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,7 +33,7 @@ class RungSettings(Section):
     enabled: bool = Field(True, description="run this rung")
 
 
-class Rung:
+class Rung(ABC):
     """One adaptation. Subclasses set the class attributes and ``run``; ``@register`` adds them."""
 
     name: ClassVar[str]
@@ -49,8 +50,9 @@ class Rung:
         """What the rung runs with, for the report (everything but ``enabled``)."""
         return self.settings.model_dump(exclude={"enabled"})
 
+    @abstractmethod
     def run(self, ctx: LadderContext) -> RungResult:
-        raise NotImplementedError
+        """Measure this rung on ``ctx``'s test items."""
 
     def result(self, ctx: LadderContext, engine, res: dict, detail: str = "", **kw) -> RungResult:
         """``ctx.measured`` under this rung's name and description."""
@@ -194,18 +196,23 @@ class Rag(Rung):
 
     def run(self, ctx: LadderContext) -> RungResult:
         c = self.settings
-        retrieval = Retrieval(ctx, c)
-        rows = [{**r, "context": retrieval.passages(r)} for r in ctx.test]
-        template = "Reference passages:\n{context}\n\n" + ctx.template
+        return self.with_passages(ctx, "", lambda row: {}, f"{c.k} {c.mode} passages", 0)
+
+    def with_passages(self, ctx, prefix: str, extra, detail: str, labelled: int) -> RungResult:
+        """Evaluate the test rows with their retrieved passages (and ``extra(row)`` fields that
+        ``prefix`` uses) before the task; building the index is the rung's one-off cost."""
+        retrieval = Retrieval(ctx, self.settings)
+        rows = [{**r, **extra(r), "context": retrieval.passages(r)} for r in ctx.test]
+        template = prefix + "Reference passages:\n{context}\n\n" + ctx.template
         eng = ctx.base_engine()
         res = ctx.evaluate(eng, self.name, template=template, rows=rows)
-        data = {"labelled_examples": 0, **retrieval.data()}
+        data = {"labelled_examples": labelled, **retrieval.data()}
         retrieval.close()
         return self.result(
             ctx,
             eng,
             res,
-            f"{c.k} {c.mode} passages",
+            detail,
             training=retrieval.cost,
             data=data,
             artifacts={"index": str(retrieval.dir)},
@@ -220,7 +227,7 @@ class FewShotRagSettings(RagSettings):
 
 
 @register
-class FewShotRag(Rung):
+class FewShotRag(Rag):
     """Solved examples first, then the passages retrieved for this query, then the query."""
 
     name = "few_shot_rag"
@@ -235,7 +242,6 @@ class FewShotRag(Rung):
         c = self.settings
         pick = example_picker(ctx, c.shots, c.strategy)
         answer = ctx.task.answer_field
-        retrieval = Retrieval(ctx, c)
 
         def shots(row: dict) -> str:
             # The examples as the few-shot rung shows them; the passages belong to the query.
@@ -243,20 +249,12 @@ class FewShotRag(Rung):
                 render_prompt(ctx.template, ex) + " " + str(ex[answer]) for ex in pick(row)
             )
 
-        rows = [{**r, "shots": shots(r), "context": retrieval.passages(r)} for r in ctx.test]
-        template = "{shots}\n\nReference passages:\n{context}\n\n" + ctx.template
-        eng = ctx.base_engine()
-        res = ctx.evaluate(eng, self.name, template=template, rows=rows)
-        data = {"labelled_examples": len(ctx.train), **retrieval.data()}
-        retrieval.close()
-        return self.result(
+        return self.with_passages(
             ctx,
-            eng,
-            res,
+            "{shots}\n\n",
+            lambda row: {"shots": shots(row)},
             f"{c.shots} {c.strategy} shots, {c.k} {c.mode} passages",
-            training=retrieval.cost,
-            data=data,
-            artifacts={"index": str(retrieval.dir)},
+            len(ctx.train),
         )
 
 
@@ -306,8 +304,9 @@ class TrainedRung(Rung):
         """
         return self.settings_used(), None
 
+    @abstractmethod
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
-        raise NotImplementedError
+        """Train with the hyperparameters ``hp``; the model, its summary and curves."""
 
     def train_args(self, ctx: LadderContext, hp: dict[str, Any], **extra):
         from oficina.train.loop import TrainArgs
