@@ -39,6 +39,14 @@ def tiny_lm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_engine(tiny_lm):
+    """The one Engine over ``tiny_lm`` (id "tiny"), shared by every test that only reads it."""
+    from oficina.infer.engine import Engine
+
+    return Engine.from_spec(str(tiny_lm), name="tiny")
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The real packaged SmolLM2-135M-Instruct, converted once into the shared cache."""
     from oficina.models.sources import resolve

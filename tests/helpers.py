@@ -3,6 +3,9 @@ tests/ on the path through the root conftest).
 
 ``make_tiny_lm`` / ``make_tiny_tokenizer``: the tiny random Llama and its BPE tokenizer behind the
 ``tiny_lm`` fixture (``random_model_seed``: OFICINA_TEST_SEED).
+``write_jsonl`` / ``read_jsonl``: the one JSONL writer and reader of the tests.
+``free_port`` / ``wait_healthy`` / ``PATIENCE_S``: for tests that start a real server process.
+``chromium_path``: Debian's chromium for the browser tests (fails loudly when absent).
 ``nll_naive``: the sliding-window perplexity by its definition, one token at a time, sharing no
 code with ``oficina.infer.scoring`` (the engine's kernel) — tests compare that kernel, and every
 verb that reports a perplexity, with it.
@@ -10,9 +13,86 @@ verb that reports a perplexity, with it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
+import pytest
+
+
+def write_jsonl(path: Path, rows: list, extra: str = "") -> Path:
+    """Rows as JSONL (UTF-8, non-ASCII kept), plus ``extra`` raw text to plant a bad line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + extra
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Waiting on another process: the limits below are hang guards far beyond any slowness (under
+# load 20+ on two cores these tests ran 10x slower than alone), never a verdict on speed.
+PATIENCE_S = 900.0
+
+
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen,
+    timeout: float = PATIENCE_S,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``url``/health until it answers 200, while ``proc`` is alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}:\n{output()}"
+        try:
+            up = httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.TransportError:  # not listening yet
+            up = False
+        if up:
+            return
+        assert time.monotonic() < deadline, f"{url} did not come up in {timeout:.0f}s\n{output()}"
+        time.sleep(0.2)
+
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+
+
+def chromium_path() -> str:
+    """Debian's chromium (or $OFICINA_CHROMIUM); failing loudly, never skipping, if absent."""
+    env = os.environ.get("OFICINA_CHROMIUM")
+    for c in ([env] if env else []) + list(CHROMIUM_CANDIDATES):
+        if c and Path(c).is_file():
+            return c
+    found = shutil.which("chromium")
+    if found:
+        return found
+    pytest.fail(
+        "no Chromium found (looked at $OFICINA_CHROMIUM, "
+        + ", ".join(CHROMIUM_CANDIDATES)
+        + "); install it with `apt-get install -y chromium` — the browser test cannot run without it"
+    )
+
+
+# ---------------------------------------------------------------------------- models
 
 
 def nll_naive(model, tok, text: str, window: int, stride: int) -> tuple[float, int]:

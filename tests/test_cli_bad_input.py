@@ -1,7 +1,7 @@
 """Bad input to every verb of ``oficina.cli.VERBS``: a missing input file, a malformed YAML, a
 YAML that is not a mapping, a wrong type for one field. Each ends in one line on stderr that
-names the problem, a non-zero exit (2 for a config; 1 or 2 for a missing input, as
-``errors.UserError`` documents), no traceback, nothing written. (OS errors while writing — a
+names the problem, exit 2 (a config, or a missing input: ``errors.NotFound``, the code the CLI
+gives an OS ``ENOENT`` too), no traceback, nothing written. (OS errors while writing — a
 path under a file, a full or read-only disk — are tests/test_cli_errors.py's.)
 """
 
@@ -113,7 +113,7 @@ def test_missing_input_file(verb, tiny_lm, tmp_path, capsys):
     argv = _missing_input_argv(verb, tiny_lm, tmp_path)
     code = main(argv)
     line = _one_line(capsys, code, verb)
-    assert code in (1, 2), line
+    assert code == 2, (code, line)
     assert MISSING in line, line
     assert not (tmp_path / "out").exists(), line  # nothing half-written
 

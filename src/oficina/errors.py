@@ -26,3 +26,13 @@ class UserError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class NotFound(UserError):
+    """A file or folder named on the command line or in a config does not exist.
+
+    Exit 2, "the command line was wrong", the same code the CLI gives an ``ENOENT`` from the
+    OS, so every verb answers a mistyped path alike.
+    """
+
+    exit_code = 2

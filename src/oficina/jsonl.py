@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from oficina.errors import UserError
+from oficina.errors import NotFound
 
 
 def read_jsonl(path: str | Path, what: str = "data file") -> tuple[list[dict], int]:
     """The rows of ``path`` that parse as JSON objects, and how many lines did not."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{what} not found: {p}")
+        raise NotFound(f"{what} not found: {p}")
     rows: list[dict] = []
     bad = 0
     with open(p, encoding="utf-8") as f:

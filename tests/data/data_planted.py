@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+
+from helpers import write_jsonl  # noqa: F401  (re-exported for the data tests)
 
 EN = (
     "The river runs through the old town and the people who live near it have learned to "
@@ -37,14 +37,6 @@ def mutate(rng: random.Random, words: list[str], vocab: list[str], k: int) -> li
     for i in rng.sample(range(len(out)), k):
         out[i] = rng.choice(vocab)
     return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
-    return path
 
 
 def prose_corpus(n: int, seed: int = 0, dup_every: int = 0) -> list[dict]:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 
 from oficina.cli import main
 
@@ -16,11 +17,6 @@ def _eval(capsys, *args) -> dict:
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)
-
-
-def _write_jsonl(path: Path, rows: list, extra_lines: tuple[str, ...] = ()) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(extra_lines))
-    return path
 
 
 @pytest.fixture
@@ -34,8 +30,8 @@ def small_task(tmp_path) -> Path:
         for k in range(4)
         for lab, txt in kinds.items()
     ]
-    _write_jsonl(d / "train.jsonl", rows[:6])
-    _write_jsonl(d / "test.jsonl", rows[6:])
+    write_jsonl(d / "train.jsonl", rows[:6])
+    write_jsonl(d / "test.jsonl", rows[6:])
     (d / "task.json").write_text(
         json.dumps(
             {
@@ -120,14 +116,14 @@ def test_lora_adapter_at_zero_changes_nothing(tiny_lm, small_task, tmp_path, cap
 
 
 def test_generation_jsonl_with_a_malformed_line(tiny_lm, tmp_path, capsys):
-    f = _write_jsonl(
+    f = write_jsonl(
         tmp_path / "qa.jsonl",
         [
             {"id": "1", "question": "What is 2 + 2?", "answer": "4"},
             {"id": "2", "question": "Name a Python keyword.", "answers": ["for", "if"]},
             {"id": "3", "question": "no answer here"},
         ],
-        extra_lines=("{not json\n",),
+        extra="{not json\n",
     )
     out = _eval(capsys, str(tiny_lm), "--task", str(f), "--max-new-tokens", "4")
     assert out["task"]["type"] == "generation"
@@ -139,7 +135,7 @@ def test_generation_jsonl_with_a_malformed_line(tiny_lm, tmp_path, capsys):
 
 
 def test_multiple_choice_jsonl_and_a_perplexity_file(tiny_lm, tmp_path, capsys):
-    f = _write_jsonl(
+    f = write_jsonl(
         tmp_path / "mc.jsonl",
         [
             {"id": "a", "question": "2 + 2 =", "choices": ["4", "5"], "answer": 0},
@@ -156,7 +152,7 @@ def test_multiple_choice_jsonl_and_a_perplexity_file(tiny_lm, tmp_path, capsys):
 
 
 def test_perplexity_only_task(tiny_lm, tmp_path, capsys):
-    f = _write_jsonl(
+    f = write_jsonl(
         tmp_path / "texts.jsonl", [{"text": "x = 1\n" * 5}, {"text": "for y in z: pass"}]
     )
     out = _eval(capsys, str(tiny_lm), "--task", str(f), "--window", "8")

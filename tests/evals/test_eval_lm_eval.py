@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from process_helpers import free_port, wait_healthy
+from helpers import free_port, wait_healthy
 
 from oficina.evals.evaluate import (
     LM_EVAL_DATA_PLACEHOLDER,

@@ -5,24 +5,19 @@ texts, and the paired comparison against a baseline run folder."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 
 from oficina.errors import UserError
 from oficina.evals import metrics as M
 from oficina.evals.evaluate import compare_to_baseline, load_task, read_texts, sample
 
 
-def _jsonl(path: Path, rows: list[dict], extra: str = "") -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + extra)
-    return path
-
-
 def test_types_templates_and_labels_from_a_bare_jsonl(tmp_path):
     clf = load_task(
         str(
-            _jsonl(
+            write_jsonl(
                 tmp_path / "clf.jsonl",
                 [
                     {"text": "t1", "label": "b"},
@@ -40,7 +35,11 @@ def test_types_templates_and_labels_from_a_bare_jsonl(tmp_path):
     assert clf.skipped == 2 and [r["text"] for r in clf.rows] == ["t1", "t2", "t3"]
 
     mc = load_task(
-        str(_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["x", "y"], "gold": 1}]))
+        str(
+            write_jsonl(
+                tmp_path / "mc.jsonl", [{"question": "q", "choices": ["x", "y"], "gold": 1}]
+            )
+        )
     )
     assert (mc.type, mc.template, mc.answer_field) == (
         "multiple_choice",
@@ -50,7 +49,7 @@ def test_types_templates_and_labels_from_a_bare_jsonl(tmp_path):
 
     gen = load_task(
         str(
-            _jsonl(
+            write_jsonl(
                 tmp_path / "gen.jsonl",
                 [
                     {"question": "q1", "answers": ["a", "b"]},
@@ -66,18 +65,20 @@ def test_types_templates_and_labels_from_a_bare_jsonl(tmp_path):
         "_references",
     )
     assert [r["_references"] for r in gen.rows] == [["a", "b"], "r"] and gen.skipped == 1
-    prompt_gen = load_task(str(_jsonl(tmp_path / "p.jsonl", [{"prompt": "say", "answer": "x"}])))
+    prompt_gen = load_task(
+        str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "say", "answer": "x"}]))
+    )
     assert prompt_gen.template == "{prompt}" and prompt_gen.stop == ["\n"]
 
-    ppl = load_task(str(_jsonl(tmp_path / "ppl.jsonl", [{"text": "a"}, {"text": ""}])))
+    ppl = load_task(str(write_jsonl(tmp_path / "ppl.jsonl", [{"text": "a"}, {"text": ""}])))
     assert (ppl.type, ppl.template, len(ppl.rows), ppl.skipped) == ("perplexity", None, 1, 1)
 
 
 def test_a_task_json_names_its_fields_splits_and_stop(tmp_path):
     d = tmp_path / "t"
     d.mkdir()
-    _jsonl(d / "dev.jsonl", [{"q": "one", "y": 1}, {"q": "two", "y": 2}])
-    _jsonl(d / "other.jsonl", [{"q": "three", "y": 1}])
+    write_jsonl(d / "dev.jsonl", [{"q": "one", "y": 1}, {"q": "two", "y": 2}])
+    write_jsonl(d / "other.jsonl", [{"q": "three", "y": 1}])
     spec = {
         "name": "named",
         "type": "classification",
@@ -144,9 +145,11 @@ def test_sample_is_seeded_and_keeps_file_order():
 
 
 def test_read_texts(tmp_path):
-    j = _jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "  "}, {"body": "b"}, {"text": 5}])
+    j = write_jsonl(
+        tmp_path / "t.jsonl", [{"text": "a"}, {"text": "  "}, {"body": "b"}, {"text": 5}]
+    )
     assert read_texts(j) == ["a", "5"]
-    assert read_texts(_jsonl(tmp_path / "b.jsonl", [{"body": "x"}]), "body") == ["x"]
+    assert read_texts(write_jsonl(tmp_path / "b.jsonl", [{"body": "x"}]), "body") == ["x"]
     (tmp_path / "t.txt").write_text("whole\nfile\n")
     assert read_texts(tmp_path / "t.txt") == ["whole\nfile\n"]
     with pytest.raises(UserError, match="perplexity file not found: "):
@@ -159,7 +162,7 @@ def test_read_texts(tmp_path):
 def test_compare_to_a_baseline_folder_by_hand(tmp_path):
     base = tmp_path / "base-run"
     base.mkdir()
-    _jsonl(
+    write_jsonl(
         base / "predictions.jsonl",
         [
             {"id": "1", "prediction": "a", "gold": "a", "correct": True},

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from process_helpers import free_port
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))

@@ -1,4 +1,4 @@
-"""Fixtures for the inference tests: one Engine over the tiny random Llama, shared per session."""
+"""Fixtures for the inference tests: ``engine`` is the session's shared ``tiny_engine``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,5 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_lm):
-    from oficina.infer.engine import Engine
-
-    return Engine.from_spec(str(tiny_lm))
+def engine(tiny_engine):
+    return tiny_engine

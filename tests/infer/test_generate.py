@@ -90,7 +90,7 @@ def test_fewshot_prompt_from_template_and_examples(tiny_lm, capsys, repo_root):
 
 def test_bad_input_is_one_line_error(tiny_lm, capsys):
     code, _, err = _gen(capsys, str(tiny_lm), "--prompt", "x", "--template", "/nope.yaml")
-    assert code == 1 and "template file not found" in err and "Traceback" not in err
+    assert code == 2 and "template file not found" in err and "Traceback" not in err
     code, _, err = _gen(capsys, str(tiny_lm), "--prompt", "x", "--top-p", "2")
     assert code == 2 and "top_p" in err
 

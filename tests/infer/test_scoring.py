@@ -20,12 +20,6 @@ from oficina.errors import UserError
 from oficina.infer.engine import Engine
 from oficina.infer.scoring import windows
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_lm):
-    return Engine.from_spec(str(tiny_lm), name="tiny")
-
-
 # ---------------------------------------------------------------------------- references
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import chromium_path
 
 from oficina.cli import main
 
@@ -99,9 +99,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     assert "Recommendation: zero_shot" in (out / "summary.md").read_text()
 
     # Look at the report in headless Chromium and keep a screenshot with the test artifacts.
-    sys.path.insert(0, str(repo_root / "tests/serve"))
     from playwright.sync_api import sync_playwright
-    from test_serve_browser import chromium_path
 
     with sync_playwright() as p:
         browser = p.chromium.launch(

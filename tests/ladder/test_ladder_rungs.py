@@ -13,6 +13,7 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 import pytest
+from helpers import write_jsonl
 
 from oficina.cli import main
 from oficina.config import load
@@ -38,11 +39,6 @@ TEXTS = [" ".join(t.split())[:240] for t in list(topics.values())[:30]]
 # LoRA on q, k, v, o of the tiny Llama (hidden 64, 4 heads of 16, 2 KV heads -> k, v out 32):
 # r * ((64+64) + (64+32) + (64+32) + (64+64)) = 448 r per layer, 2 layers.
 LORA_PARAMS_PER_RANK = 2 * 448
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture

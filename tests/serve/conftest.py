@@ -8,13 +8,6 @@ import pytest
 from serve_helpers import running_server
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_lm):
-    from oficina.infer.engine import Engine
-
-    return Engine.from_spec(str(tiny_lm), name="tiny")
-
-
 @pytest.fixture
 def serve(tiny_engine) -> Callable:
     """serve(**config overrides) -> base URL of a server for the tiny model (id 'tiny')."""

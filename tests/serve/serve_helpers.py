@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
-from process_helpers import free_port
+from helpers import free_port
 
 __all__ = ["free_port", "http", "running_server", "wait_for", "health"]
 

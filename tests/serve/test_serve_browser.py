@@ -3,31 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
-import pytest
+from helpers import chromium_path
 
 from oficina.workspace import connect
-
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-
-
-def chromium_path() -> str:
-    """Debian's chromium (or $OFICINA_CHROMIUM); failing loudly, never skipping, if absent."""
-    env = os.environ.get("OFICINA_CHROMIUM")
-    for c in ([env] if env else []) + list(CHROMIUM_CANDIDATES):
-        if c and Path(c).is_file():
-            return c
-    found = shutil.which("chromium")
-    if found:
-        return found
-    pytest.fail(
-        "no Chromium found (looked at $OFICINA_CHROMIUM, "
-        + ", ".join(CHROMIUM_CANDIDATES)
-        + "); install it with `apt-get install -y chromium` — the browser test cannot run without it"
-    )
 
 
 def test_chat_page_streams_and_records_a_rating(serve, tmp_path, isolated_workspace):

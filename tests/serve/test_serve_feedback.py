@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
+from helpers import read_jsonl
 from serve_helpers import http
 
 from oficina.cli import main
 from oficina.serve import feedback as fb
 from oficina.workspace import connect, list_runs
-
-
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_feedback_route_stores_and_updates(serve, isolated_workspace):
@@ -80,7 +77,7 @@ def test_export_builds_sft_and_preference_pairs(tmp_path, isolated_workspace, ca
 
     out = tmp_path / "export"
     assert main(["feedback", "export", "--out", str(out)]) == 0
-    sft, prefs = _jsonl(out / "sft.jsonl"), _jsonl(out / "preferences.jsonl")
+    sft, prefs = read_jsonl(out / "sft.jsonl"), read_jsonl(out / "preferences.jsonl")
     assert {"messages": [*q1, {"role": "assistant", "content": "It makes a generator."}]} in sft
     q2m = [{"role": "user", "content": q2}]
     assert {"messages": [*q2m, {"role": "assistant", "content": "Paris"}]} in sft
@@ -100,7 +97,7 @@ def test_export_builds_sft_and_preference_pairs(tmp_path, isolated_workspace, ca
 
     only = tmp_path / "only"
     assert main(["feedback", "export", "--out", str(only), "--model", "other"]) == 0
-    assert _jsonl(only / "sft.jsonl") == [] and _jsonl(only / "preferences.jsonl") == []
+    assert read_jsonl(only / "sft.jsonl") == [] and read_jsonl(only / "preferences.jsonl") == []
 
 
 def test_export_without_feedback_is_a_clear_error(tmp_path, isolated_workspace, capsys):

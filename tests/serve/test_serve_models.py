@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from process_helpers import wait_healthy
+from helpers import wait_healthy
 from serve_helpers import free_port, http, running_server
 
 from oficina.errors import UserError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from process_helpers import free_port, wait_healthy
+from helpers import free_port, wait_healthy
 from serve_helpers import wait_for
 
 CONTEXT = 1_000_000

@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import Field
 
 from oficina.config import Section
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 
 FORMATS = ("txt", "md", "html", "jsonl", "csv", "parquet")
 SUFFIX_FORMAT = {
@@ -119,7 +119,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise UserError(f"input not found: {spec}")
+            raise NotFound(f"input not found: {spec}")
     seen: set[Path] = set()
     out = []
     for f in files:

@@ -39,7 +39,7 @@ from typing import Literal
 from pydantic import Field
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.evals import metrics as M
 from oficina.evals import tasks as T
 from oficina.jsonl import read_jsonl
@@ -179,7 +179,7 @@ def load_task(path: str | None, split: str = "test") -> Task:
     split_files: dict[str, Path] = {}
     if p.suffix == ".json":
         if not p.is_file():
-            raise UserError(f"task file not found: {p}")
+            raise NotFound(f"task file not found: {p}")
         try:
             spec = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -266,7 +266,7 @@ def sample(rows: list, limit: int | None, seed: int) -> list:
 def read_texts(path: Path, text_field: str = "text") -> list[str]:
     """Held-out text: a .jsonl (one text per line, ``text_field``) or any text file (whole)."""
     if not path.is_file():
-        raise UserError(f"perplexity file not found: {path}")
+        raise NotFound(f"perplexity file not found: {path}")
     if path.suffix == ".jsonl":
         rows, _ = read_jsonl(path)
         texts = [str(r[text_field]) for r in rows if r.get(text_field)]
@@ -535,7 +535,7 @@ def run(cfg: EvalConfig) -> int:
     if task.type == "perplexity" and not texts:
         raise UserError("a perplexity task needs texts; do not pass --perplexity off")
     if cfg.adapter and not Path(cfg.adapter).expanduser().is_dir():
-        raise UserError(f"adapter folder not found: {cfg.adapter}")
+        raise NotFound(f"adapter folder not found: {cfg.adapter}")
 
     with start_run("eval", cfg) as run:
         from oficina.models.sources import resolve

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.infer.engine import SamplingParams
 from oficina.infer.generate import unescape
 
@@ -175,7 +175,7 @@ def read_rows(path: str | Path) -> list[dict | str]:
     """Each line -> a dict, or an error message for a malformed line (kept, so order holds)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"input file not found: {p}")
+        raise NotFound(f"input file not found: {p}")
     rows: list[dict | str] = []
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

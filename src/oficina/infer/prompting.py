@@ -29,7 +29,7 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.models.embed import Embedder
 
 ANSWER_KEYS = ("output", "answer", "label", "completion")
@@ -180,7 +180,7 @@ def load_template(path: str | Path) -> dict:
     instruction/answer_key."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"template file not found: {p}")
+        raise NotFound(f"template file not found: {p}")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
         import yaml
@@ -200,7 +200,7 @@ def load_examples(path: str | Path) -> list[dict]:
     """A JSONL pool of examples (objects); a malformed line is an error naming the line."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"examples file not found: {p}")
+        raise NotFound(f"examples file not found: {p}")
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

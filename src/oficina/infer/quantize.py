@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.infer import gguf_export as gx
 from oficina.infer.engine import Engine, SamplingParams
 from oficina.infer.int8 import RECIPE, SKIP
@@ -117,7 +117,7 @@ def tokens_per_s(engine, n: int) -> float:
 def _texts(cfg: QuantizeConfig) -> list[str]:
     p = Path(cfg.eval_texts)
     if not p.is_file():
-        raise UserError(f"eval texts not found: {p}")
+        raise NotFound(f"eval texts not found: {p}")
     rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
     return [r["text"] for r in rows if isinstance(r, dict) and r.get("text")][: cfg.max_texts]
 

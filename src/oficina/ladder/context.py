@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.evals.metrics import (
     classification_baselines,
     generation_baselines,
@@ -80,7 +80,7 @@ class Task:
     ) -> Task:
         p = Path(task_file)
         if not p.is_file():
-            raise UserError(f"task file not found: {p}")
+            raise NotFound(f"task file not found: {p}")
         info = json.loads(p.read_text())
         kind = info.get("type", "classification")
         if kind not in METRICS:
@@ -92,7 +92,7 @@ class Task:
         for split in ("train", "validation", "test"):
             f = p.parent / f"{split}.jsonl"
             if not f.is_file():
-                raise UserError(f"task split missing: {f}")
+                raise NotFound(f"task split missing: {f}")
             splits[split] = read_jsonl(f, f"{split} split")[0]
         template = check_template(template or info["template"])
         return cls(
@@ -140,7 +140,7 @@ class LadderContext:
         self.labels, self.template = task.labels, task.template
         self.train, self.val, self.test = task.train, task.validation, task.test
         if corpus is not None and not Path(corpus).exists():
-            raise UserError(f"documents not found: {corpus}", exit_code=2)
+            raise NotFound(f"documents not found: {corpus}")
         # What learning nothing scores on these test items: every rung is read against it.
         if task.kind == "classification":
             self.baselines = classification_baselines(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 
 PARTS = ("embeddings", "attention", "mlp", "norms", "head", "other")
 
@@ -205,7 +205,7 @@ def read_config(path: str | Path):
             raise UserError(f"{p} is a folder without config.json: not a Hugging Face model")
         p = p / "config.json"
     if not p.is_file():
-        raise UserError(f"model config not found: {p}")
+        raise NotFound(f"model config not found: {p}")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

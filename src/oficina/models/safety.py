@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 
 MODEL_FILE = "model.safetensors"
 MODEL_INDEX = "model.safetensors.index.json"
@@ -210,6 +210,8 @@ def check_model_dir(
 def check_adapter_dir(folder: str | Path) -> Path:
     """A PEFT adapter folder whose weights are a checked ``adapter_model.safetensors``."""
     folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise NotFound(f"adapter folder not found: {folder}")
     if not (folder / "adapter_config.json").is_file():
         raise UserError(f"{folder} is not a PEFT adapter directory (no adapter_config.json)")
     if not (folder / ADAPTER_FILE).exists():

@@ -35,7 +35,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.models.counting import (
     PARTS,
     Analysis,
@@ -192,7 +192,7 @@ def hardware_table(path: str | Path | None = None) -> dict[str, dict]:
 
 def _read_hardware(path: Path) -> dict[str, dict]:
     if not path.is_file():
-        raise UserError(f"hardware file not found: {path}")
+        raise NotFound(f"hardware file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -416,7 +416,7 @@ def _analysis_for(cfg: SizeConfig) -> tuple[Analysis, str]:
         path = resolve(spec)  # a GGUF is converted once into the cache (then config only)
         return analyze_config(read_config(path)), f"{spec} ({path})"
     if p.suffix in (".json", ".gguf") or spec.startswith((".", "/", "~")):
-        raise UserError(f"model path not found: {spec}")
+        raise NotFound(f"model path not found: {spec}")
     if looks_like_hub_id(spec):
         return analyze_config(read_config(_hub_config(spec))), f"hub {spec}"
     raise UserError(

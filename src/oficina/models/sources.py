@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import Field
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.models.counting import count_from_path
 from oficina.models.presets import PRESET_NOTES, PRESETS, is_preset
 from oficina.models.safety import check_model_dir, load_errors, model_weight_files
@@ -238,7 +238,7 @@ def resolve(spec: str, allow_pickle: bool = False) -> Path:
         or os.sep in spec
         and not looks_like_hub_id(spec)
     ):
-        raise UserError(f"model path not found: {spec}")
+        raise NotFound(f"model path not found: {spec}")
     if looks_like_hub_id(spec):
         return _from_hub(spec)
     known = ", ".join([*PACKAGED, *PRESETS])

@@ -33,7 +33,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.rag.retrieve import DEFAULT_FUSION, MODES, Index
 from oficina.workspace import atomic_write_json, start_run
 
@@ -61,7 +61,7 @@ class IndexEvalConfig(VerbConfig):
 def read_questions(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"question file not found: {p}")
+        raise NotFound(f"question file not found: {p}")
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -32,7 +32,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from oficina.config import VerbConfig
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.rag import store
 from oficina.rag.chunking import chunk_text
 from oficina.rag.retrieve import bm25_tokenize, default_stemmer
@@ -119,7 +119,7 @@ def read_documents(paths: list[str | Path]) -> tuple[list[Document], dict]:
         elif p.is_file():
             files.append((p, p.parent))
         else:
-            raise UserError(f"document path not found: {p}")
+            raise NotFound(f"document path not found: {p}")
     for f, root in files:
         rel = str(f.relative_to(root))
         suffix = f.suffix.lower()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.rag import store
 
 RRF_K = 60
@@ -110,6 +110,8 @@ class Index:
     def open(cls, index_dir: str | Path, embedder=None) -> Index:
         d = Path(index_dir)
         meta_f = d / "index.json"
+        if not d.exists():
+            raise NotFound(f"index not found: {d}; build one with `oficina index`")
         if not meta_f.is_file():
             raise UserError(f"{d} is not an index (no index.json); build one with `oficina index`")
         return cls(d, json.loads(meta_f.read_text()), embedder)

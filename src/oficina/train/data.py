@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oficina.errors import UserError
+from oficina.errors import NotFound, UserError
 from oficina.jsonl import read_jsonl
 
 IGNORE = -100
@@ -36,6 +36,8 @@ PACK_FORMAT = "oficina-pack-v1"
 def read_pack_meta(data_dir: str | Path) -> dict:
     d = Path(data_dir)
     meta_path = d / "meta.json"
+    if not d.exists():
+        raise NotFound(f"packed shards not found: {d}; make them with `oficina data pack`")
     if not meta_path.is_file():
         raise UserError(
             f"{d} is not a packed-shard directory (no meta.json); make one with `oficina data pack`"

@@ -17,9 +17,11 @@ PEFT adapter directory) and returns the summary dict the ladder reads::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -352,6 +354,19 @@ def _split(
     return pick(order[n_val:]), pick(order[:n_val])
 
 
+@contextlib.contextmanager
+def _hf_quiet():
+    """transformers' logging at ERROR for the duration (its load reports go to stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _apply_lora(model, args: LoraArgs, task_type: str):
     from peft import LoraConfig, get_peft_model
 
@@ -366,7 +381,12 @@ def _apply_lora(model, args: LoraArgs, task_type: str):
         target_modules=list(args.target_modules),
         task_type=task_type,
     )
-    return get_peft_model(model, lcfg)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated alias; the warning is theirs, not the user's.
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        return get_peft_model(model, lcfg)
 
 
 def _max_steps(cfg_steps: int | None, epochs: float, n: int, args: TrainArgs, world: int) -> int:
@@ -422,16 +442,21 @@ def finetune(cfg: FinetuneConfig, hooks: FitHooks | None = None) -> Summary:
                 if ds.task == "classification"
                 else {}
             )
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base,
-                num_labels=n_labels,
-                problem_type="regression"
-                if ds.task == "regression"
-                else "single_label_classification",
-                pad_token_id=tok.pad_token_id,
-                use_safetensors=True,
-                **extra,
-            )
+            # transformers prints a load report naming the head as MISSING: a new head is what
+            # a classifier fine-tune starts from, so the report is ours to say, in one line.
+            with _hf_quiet():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    base,
+                    num_labels=n_labels,
+                    problem_type="regression"
+                    if ds.task == "regression"
+                    else "single_label_classification",
+                    pad_token_id=tok.pad_token_id,
+                    use_safetensors=True,
+                    **extra,
+                )
+            if rank == 0:
+                print(f"{ds.task} head: new, {n_labels} output(s), trained from scratch")
             objective = Classification() if ds.task == "classification" else Regression()
             peft_task = "SEQ_CLS"
         if cfg.method == "lora":
