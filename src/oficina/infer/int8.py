@@ -116,13 +116,6 @@ class Int8Embedding(nn.Module):
         return self.weight[ids].to(self.out_dtype) * self.weight_scale[ids, None].to(self.out_dtype)
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
