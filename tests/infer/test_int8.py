@@ -71,6 +71,17 @@ def test_int8_linear_output_is_close_to_the_float_linear(rows, dtype):
         assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_int8_linear_follows_new_weights_loaded_in_place():
+    a, b = Int8Linear.from_linear(_linear(0)), Int8Linear.from_linear(_linear(1))
+    x = torch.randn(1, a.in_features)
+    with torch.no_grad():
+        a(x)  # the kernel path has run (and converted its scales) once
+        a.load_state_dict(b.state_dict())  # copies into a's tensors in place
+        assert torch.equal(a(x), b(x))
+        a.weight_scale = b.weight_scale.clone()  # replaced
+        assert torch.equal(a(x), b(x))
+
+
 def test_quantize_int8_leaves_the_float_model_alone_and_ties_the_embedding(tiny_lm):
     base = Engine.from_spec(str(tiny_lm))
     before = {k: v.clone() for k, v in base.model.state_dict().items()}

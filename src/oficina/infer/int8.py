@@ -86,13 +86,22 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
+    def _bf16_scale(self) -> torch.Tensor:
+        # Converted once, not at each of the ~200 calls per decoded token; rebuilt whenever
+        # ``weight_scale`` is replaced (load_state_dict(assign=True), re-tying) or written in
+        # place (load_state_dict, copy_: the tensor's version counter moves).
+        s = self.weight_scale
+        cached = self.__dict__.get("_scale_cache")
+        if cached is None or cached[0] is not s or cached[1] != s._version:
+            cached = (s, s._version, s.to(torch.bfloat16))
+            self.__dict__["_scale_cache"] = cached
+        return cached[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= SMALL_M:
             y = torch._weight_int8pack_mm(
-                x2.to(torch.bfloat16).contiguous(),
-                self.weight,
-                self.weight_scale.to(torch.bfloat16),
+                x2.to(torch.bfloat16).contiguous(), self.weight, self._bf16_scale()
             ).to(x.dtype)
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
