@@ -82,6 +82,16 @@ def test_int8_linear_follows_new_weights_loaded_in_place():
         assert torch.equal(a(x), b(x))
 
 
+def test_int8_linear_compiles_whole_and_agrees_with_eager():
+    # The engine may compile its decode step: the layer must trace without a graph break.
+    q = Int8Linear.from_linear(_linear(3))
+    compiled = torch.compile(q, fullgraph=True, dynamic=False)
+    for rows in (1, SMALL_M + 4):  # both branches
+        x = torch.randn(1, rows, q.in_features)
+        with torch.no_grad():
+            assert torch.allclose(compiled(x), q(x), rtol=1e-4, atol=1e-4)
+
+
 def test_quantize_int8_leaves_the_float_model_alone_and_ties_the_embedding(tiny_lm):
     base = Engine.from_spec(str(tiny_lm))
     before = {k: v.clone() for k, v in base.model.state_dict().items()}

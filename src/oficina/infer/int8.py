@@ -74,11 +74,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("weight_scale_bf16", None, persistent=False)
+        self._sync_scale()
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> Int8Linear:
         m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None)
         m.weight, m.weight_scale = quantize_weight(lin.weight)
+        m._sync_scale()
         if lin.bias is not None:
             m.bias = lin.bias.detach().clone()
         return m
@@ -86,22 +89,27 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
-    def _bf16_scale(self) -> torch.Tensor:
-        # Converted once, not at each of the ~200 calls per decoded token; rebuilt whenever
-        # ``weight_scale`` is replaced (load_state_dict(assign=True), re-tying) or written in
-        # place (load_state_dict, copy_: the tensor's version counter moves).
+    def _sync_scale(self) -> None:
+        """The kernel's bf16 copy of the scales, kept as a (non-persistent) buffer: converted
+        once rather than at each of the ~200 calls per decoded token, and a real tensor, which
+        torch.compile's lowering of the kernel requires (a converted one fails to compile)."""
         s = self.weight_scale
-        cached = self.__dict__.get("_scale_cache")
-        if cached is None or cached[0] is not s or cached[1] != s._version:
-            cached = (s, s._version, s.to(torch.bfloat16))
-            self.__dict__["_scale_cache"] = cached
-        return cached[2]
+        self.weight_scale_bf16 = s.to(torch.bfloat16)
+        self._synced = (s, s._version)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync_scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
+        if not torch.compiler.is_compiling():
+            s = self.weight_scale  # replaced (re-tied, assigned) or written in place since?
+            if self._synced[0] is not s or self._synced[1] != s._version:
+                self._sync_scale()
         if x2.shape[0] <= SMALL_M:
             y = torch._weight_int8pack_mm(
-                x2.to(torch.bfloat16).contiguous(), self.weight, self._bf16_scale()
+                x2.to(torch.bfloat16).contiguous(), self.weight, self.weight_scale_bf16
             ).to(x.dtype)
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
@@ -182,6 +190,7 @@ def _retie(model: nn.Module, tie: bool) -> None:
     emb, out = model.get_input_embeddings(), model.get_output_embeddings()
     if isinstance(out, Int8Linear):
         out.weight, out.weight_scale = emb.weight, emb.weight_scale
+        out._sync_scale()
     else:
         out.weight = emb.weight
 
