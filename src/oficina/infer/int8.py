@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -291,7 +292,7 @@ def read_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def load_int8(path: str | Path, dtype: str = "float32"):
+def load_int8(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, Any]:
     """(model, tokenizer) of an int8 directory, in eval mode on the CPU.
 
     The model is built from its config without initialising weights, the recipe's modules are
