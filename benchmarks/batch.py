@@ -1,10 +1,10 @@
-"""Bulk (offline) inference throughput: batch 1 vs 16, dynamic int8 vs float32, and llama.cpp.
+"""Bulk (offline) inference throughput: batch 1 vs 16, int8 vs float32, and llama.cpp.
 
     .venv/bin/python benchmarks/batch.py [--quick]
 
 Same 16 prompts, same number of new tokens (EOS ignored so every row costs the same), greedy,
 SmolLM2-135M on the engine that ``oficina batch`` uses. int8 is ``oficina quantize --method
-int8`` (torch.ao dynamic quantization of nn.Linear), measured at batch 1 and 16 next to float32.
+int8`` (weight-only int8, ``oficina.infer.int8``), measured at batch 1 and 16 next to float32.
 llama.cpp (llama-cpp-python, when installed) runs ``oficina quantize --method gguf`` exports
 (f32: same numbers, other runtime; q8_0: the default export) one prompt at a time on the same
 token ids with as many threads as torch uses, in the same run, as a ratio to fp32 batch 1.

@@ -1,60 +1,11 @@
-"""``oficina quantize``: int8 recipe directory, the engine applying it, figures; GGUF export."""
+"""``oficina quantize --method gguf``: export, figures, refusals (int8: tests/infer/test_int8.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import torch
-
 from oficina.cli import main
-from oficina.infer.engine import Engine, SamplingParams
-
-
-def test_int8_writes_a_recipe_dir_the_engine_quantizes_at_load(
-    tiny_lm, tmp_path, capsys, repo_root
-):
-    out = tmp_path / "int8"
-    code = main(
-        [
-            "quantize",
-            str(tiny_lm),
-            "--method",
-            "int8",
-            "--out",
-            str(out),
-            "--max-texts",
-            "4",
-            "--bench-tokens",
-            "8",
-            "--eval-texts",
-            str(repo_root / "examples/demo/task/validation.jsonl"),
-            "--json",
-        ]
-    )
-    assert code == 0
-    res = json.loads(capsys.readouterr().out)
-    assert (out / "oficina-quantization.json").is_file() and (out / "model.safetensors").is_file()
-    f, q = res["float"], res["quantized"]
-    assert q["state_bytes"] < f["state_bytes"]  # int8 weights take less memory
-    assert f["tokens_per_s"] > 0 and q["tokens_per_s"] > 0
-    assert abs(q["perplexity"] / f["perplexity"] - 1) < 0.05  # quality barely moves
-    eng = Engine.from_spec(str(out))
-    qlinear = torch.ao.nn.quantized.dynamic.Linear
-    kinds = {name: type(m) for name, m in eng.model.named_modules()}
-    # The recipe's skip list holds: lm_head and the MLP down projections stay float, the rest
-    # of the Linear layers are int8.
-    assert json.loads((out / "oficina-quantization.json").read_text())["skip"] == [
-        "lm_head",
-        "down_proj",
-    ]
-    assert kinds["lm_head"] is torch.nn.Linear
-    assert all(k is torch.nn.Linear for n, k in kinds.items() if n.endswith("down_proj"))
-    assert all(k is qlinear for n, k in kinds.items() if n.endswith(("q_proj", "up_proj")))
-    base = Engine.from_spec(str(tiny_lm))
-    assert eng.model_hash != base.model_hash  # cached results never mix float and int8
-    c = eng.generate(["def"], SamplingParams(max_new_tokens=5))[0]
-    assert c.completion_tokens == 5
 
 
 def test_gguf_export_reports_size_perplexity_and_runtime(tiny_lm, tmp_path, capsys, repo_root):

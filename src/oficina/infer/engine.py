@@ -39,7 +39,7 @@ import torch
 
 from oficina.errors import UserError
 from oficina.infer import scoring
-from oficina.infer.int8 import RECIPE, apply_recipe
+from oficina.infer.int8 import RECIPE, load_int8
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
@@ -219,8 +219,8 @@ class Engine:
     ) -> Engine:
         """Load a model spec (see ``oficina.models.sources``), optionally a PEFT LoRA adapter.
 
-        A directory written by ``oficina quantize --method int8`` carries a quantization recipe
-        that is applied here (dynamic int8 of the Linear layers).
+        A directory written by ``oficina quantize --method int8`` (int8 weights + a recipe) is
+        loaded by ``oficina.infer.int8.load_int8``.
         """
         from transformers.utils import logging as hf_logging
 
@@ -228,7 +228,13 @@ class Engine:
 
         hf_logging.disable_progress_bar()  # keep stderr for our own numbers
         path = resolve(spec)
-        model, tok = load_causal_lm(spec, dtype=dtype)
+        int8 = (path / RECIPE).is_file()
+        if adapter and int8:
+            raise UserError(
+                f"{spec} is an int8 directory, which takes no adapter; merge the adapter into "
+                "the float model first, then quantize that"
+            )
+        model, tok = load_int8(path, dtype) if int8 else load_causal_lm(spec, dtype=dtype)
         adapter_path = None
         if adapter:
             from peft import PeftModel
@@ -242,9 +248,6 @@ class Engine:
                 model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
             adapter_path = adapter_path.resolve()
-        recipe = path / RECIPE
-        if recipe.is_file():
-            model = apply_recipe(model, recipe)
         return cls(model, tok, name=name or spec, path=path, adapter=adapter_path, dtype=dtype)
 
     @property

@@ -1,48 +1,370 @@
-"""Dynamic int8 of a model's Linear layers, and the recipe file that asks the engine for it.
+"""Weight-only int8: per-output-channel int8 weights with float scales, activations stay float.
 
-``oficina quantize --method int8`` writes ``oficina-quantization.json`` (``RECIPE``) beside a
-float model; ``Engine.from_spec`` applies it at load with ``apply_recipe``. This module sits
-below both (the engine imports it; the quantize verb imports it and the engine), so the
-dependency runs one way.
+``oficina quantize --method int8`` writes an *int8 directory*: the source's config and tokenizer
+files, ``oficina-int8.safetensors`` (int8 weights, their float32 scales, and every tensor that
+stays float) and ``oficina-quantization.json`` (``RECIPE``: which modules are int8).
+``Engine.from_spec`` sees the recipe and loads the directory with ``load_int8`` — the weight file
+passes ``oficina.models.safety``'s gate like every other one. The weights file is deliberately
+not named ``model.safetensors``: a plain ``transformers`` loader would otherwise read int8 values
+as if they were float weights and run a silently wrong model; here it stops with "no
+model.safetensors".
+
+The scheme: row ``n`` of a Linear weight ``W[N, K]`` is stored as ``q[n] = round(W[n] / s[n])``
+in int8 with ``s[n] = max|W[n]| / 127`` (symmetric, per output channel); ``y = (x @ q.T) * s``.
+``Int8Linear.forward`` runs it two ways, picked by how many rows ``x`` has (measured on SmolLM2's
+shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13):
+
+* up to ``SMALL_M`` rows (decoding): ``torch._weight_int8pack_mm`` — torch's CPU weight-only
+  int8 kernel (the one gpt-fast and torchao use), fed bf16 activations: its float32 variant is
+  a reference loop ~12x slower than a float32 GEMV, the bf16 one reads a quarter of the float32
+  bytes and is ~1.5-2.5x faster than it. The matmul input is therefore rounded to bf16 (about
+  0.3% relative error on a product, under the int8 rounding's ~0.7%); the result comes back in
+  the activation dtype.
+* more rows (prefill, scoring): that kernel is a GEMV at heart and slows down past ~16 rows, so
+  the weight is dequantized to the activation dtype and a plain GEMM runs: float32 prompts are
+  computed in float32 from the int8 weights.
+
+For a model whose lm_head shares the input embedding (tied, as SmolLM2), quantizing lm_head
+quantizes the embedding too, with the same tensors (row ``v`` of the table is token ``v``'s
+embedding and lm_head's output channel ``v``), so the pair stays tied and stored once.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from oficina.errors import UserError
 
 RECIPE = "oficina-quantization.json"
+WEIGHTS = "oficina-int8.safetensors"
+METHOD = "int8-weight-only"
+FORMAT = 1
+SMALL_M = 16  # rows up to which the int8 GEMV kernel beats dequantize + GEMM (measured)
 
-# Measured on SmolLM2 (demo validation perplexity 21.43 in float32, first 40 texts, the
-# engine's sliding-window definition): every Linear int8 -> 76.1 (+255%); lm_head kept float
-# -> 69.6; without lm_head and the MLP down projections (whose inputs carry large activation
-# outliers, which per-tensor dynamic activation scales flatten) -> 25.65 (+19.7%).
-SKIP = ("lm_head", "down_proj")
+# Linear layers whose names end so stay float. Measured on SmolLM2 (demo validation texts, the
+# engine's perplexity): weight-only int8 of every Linear and of the tied embedding moves the
+# perplexity by well under 1% (README, "Quantization"), so nothing is skipped. (torch.ao's
+# dynamic int8, which also quantized activations per tensor, needed lm_head and down_proj kept
+# float to stay within +20%.)
+SKIP: tuple[str, ...] = ()
 
 
-def quantize_int8(model, skip: tuple[str, ...] = SKIP):
-    """Dynamic int8 (per-channel weights) of every nn.Linear except names ending in ``skip``."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w[N, K]`` -> (int8 ``q[N, K]``, float32 ``scale[N]``) with ``w ≈ q * scale[:, None]``."""
+    w = w.detach().float()
+    amax = w.abs().amax(dim=1)
+    # An all-zero row has no range: any scale reproduces it; 1 avoids dividing by zero.
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
 
-    torch.backends.quantized.engine = (
-        "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with an int8 weight ``[out, in]`` and a float32 per-output-channel scale."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("weight_scale_bf16", None, persistent=False)
+        self._sync_scale()
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> Int8Linear:
+        m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None)
+        m.weight, m.weight_scale = quantize_weight(lin.weight)
+        m._sync_scale()
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().clone()
+        return m
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+    def _sync_scale(self) -> None:
+        """The kernel's bf16 copy of the scales, kept as a (non-persistent) buffer: converted
+        once rather than at each of the ~200 calls per decoded token, and a real tensor, which
+        torch.compile's lowering of the kernel requires (a converted one fails to compile)."""
+        s = self.weight_scale
+        self.weight_scale_bf16 = s.to(torch.bfloat16)
+        self._synced = (s, s._version)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync_scale()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if not torch.compiler.is_compiling():
+            s = self.weight_scale  # replaced (re-tied, assigned) or written in place since?
+            if self._synced[0] is not s or self._synced[1] != s._version:
+                self._sync_scale()
+        if x2.shape[0] <= SMALL_M:
+            y = torch._weight_int8pack_mm(
+                x2.to(torch.bfloat16).contiguous(), self.weight, self.weight_scale_bf16
+            ).to(x.dtype)
+        else:
+            y = F.linear(x2, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """``nn.Embedding`` whose table is int8 with a float32 scale per row (token)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))
+        self.out_dtype = torch.float32
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].to(self.out_dtype) * self.weight_scale[ids, None].to(self.out_dtype)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _tied(model: nn.Module) -> bool:
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return (
+        isinstance(emb, nn.Embedding)
+        and isinstance(out, nn.Linear)
+        and emb.weight.data_ptr() == out.weight.data_ptr()
     )
-    # By name, not by type: a {nn.Linear} spec would quantize the skipped layers too.
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.endswith(tuple(skip))
-    }
-    return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=False)
 
 
-def apply_recipe(model, recipe_path: str | Path):
-    """Apply an ``oficina-quantization.json`` recipe to a loaded float model."""
-    recipe = json.loads(Path(recipe_path).read_text())
-    if recipe.get("method") != "int8-dynamic":
-        raise UserError(f"{recipe_path}: unknown quantization method {recipe.get('method')!r}")
-    return quantize_int8(model, skip=tuple(recipe.get("skip", SKIP)))
+def _targets(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not (skip and n.endswith(tuple(skip)))
+    ]
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+def _swap(model: nn.Module, names: list[str], tie: bool, convert: bool) -> None:
+    """Replace the named Linear layers (and, when ``tie``, the input embedding) in place.
+
+    ``convert`` quantizes the current float weights; otherwise the new modules are empty
+    shells that ``load_state_dict`` fills.
+    """
+    lm_name = _name_of(model, model.get_output_embeddings())
+    for name in names:
+        lin = model.get_submodule(name)
+        if convert:
+            new = Int8Linear.from_linear(lin)
+        else:
+            new = Int8Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+        _set(model, name, new)
+    if tie and lm_name in names:
+        emb = model.get_input_embeddings()
+        q = Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
+        q.out_dtype = emb.weight.dtype
+        out = model.get_output_embeddings()
+        q.weight, q.weight_scale = out.weight, out.weight_scale
+        model.set_input_embeddings(q)
+        _retie(model, tie)
+
+
+def _retie(model: nn.Module, tie: bool) -> None:
+    """Tied embedding and lm_head hold the very same tensors again (the embedding's)."""
+    if not tie:
+        return
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if isinstance(out, Int8Linear):
+        out.weight, out.weight_scale = emb.weight, emb.weight_scale
+        out._sync_scale()
+    else:
+        out.weight = emb.weight
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor once (under its first name: the embedding's)."""
+    seen, state = set(), {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen and v.numel():
+            continue
+        seen.add(v.data_ptr())
+        state[k] = v
+    return state
+
+
+def quantize_int8(model: nn.Module, skip: tuple[str, ...] = SKIP) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers (names not ending in ``skip``) are int8.
+
+    A tied input embedding is quantized with lm_head (same tensors). The float model is left
+    as it was.
+    """
+    model = copy.deepcopy(model)
+    tie = _tied(model)
+    names = _targets(model, skip)
+    if not names:
+        raise UserError(f"no nn.Linear layer to quantize (skip={list(skip)})")
+    _swap(model, names, tie, convert=True)
+    model._oficina_int8 = {"modules": names, "tied": tie}
+    return model.eval()
+
+
+def int8_modules(model: nn.Module) -> list[str]:
+    """Names of the model's Int8Linear layers."""
+    return [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+def save_int8(model: nn.Module, out: str | Path, source: str = "") -> None:
+    """Write a ``quantize_int8`` model's weights and recipe into the directory ``out``.
+
+    The caller copies the config and tokenizer files; this writes ``WEIGHTS`` and ``RECIPE``.
+    """
+    from safetensors.torch import save_file
+
+    from oficina.workspace import atomic_write_json
+
+    info = getattr(model, "_oficina_int8", None)
+    if info is None:
+        raise UserError("save_int8 needs a model from quantize_int8")
+    out = Path(out)
+    # Tied tensors are stored once (safetensors refuses shared memory); load re-ties them.
+    state = {k: v.contiguous() for k, v in _unique_state(model).items()}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "oficina": METHOD})
+    tmp.replace(out / WEIGHTS)
+    atomic_write_json(
+        out / RECIPE,
+        {
+            "method": METHOD,
+            "format": FORMAT,
+            "weights": WEIGHTS,
+            "modules": info["modules"],
+            "tied_embedding": info["tied"],
+            "scheme": "per-output-channel symmetric int8, scale = max|row| / 127 (float32)",
+            "kernel": "torch._weight_int8pack_mm (bf16 activations) for <= 16 rows, "
+            "else dequantize + linear in the activation dtype",
+            "source": source,
+        },
+    )
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The recipe of an int8 directory; one-line errors for old or foreign ones."""
+    p = Path(path)
+    try:
+        recipe = json.loads(p.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{p}: not a readable JSON quantization recipe", exit_code=2) from None
+    method = recipe.get("method") if isinstance(recipe, dict) else None
+    if method == "int8-dynamic":
+        raise UserError(
+            f"{p.parent} was written by an older oficina (torch.ao dynamic int8, no longer "
+            "supported); quantize its source model again: oficina quantize MODEL --method int8 "
+            "--out DIR",
+            exit_code=2,
+        )
+    if method != METHOD or recipe.get("format") != FORMAT:
+        raise UserError(
+            f"{p}: unknown quantization method {method!r} (format {recipe.get('format')!r}); "
+            f"this oficina reads {METHOD} format {FORMAT}",
+            exit_code=2,
+        )
+    mods = recipe.get("modules")
+    if not (isinstance(mods, list) and mods and all(isinstance(m, str) for m in mods)):
+        raise UserError(f"{p}: 'modules' must be a non-empty list of module names", exit_code=2)
+    return recipe
+
+
+def load_int8(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, Any]:
+    """(model, tokenizer) of an int8 directory, in eval mode on the CPU.
+
+    The model is built from its config without initialising weights, the recipe's modules are
+    swapped for empty int8 ones, and the checked weight file fills every tensor (strict: a
+    missing or extra tensor, or a wrong shape or dtype, is a one-line error).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from oficina.models.safety import check_safetensors, load_errors
+    from oficina.models.sources import load_tokenizer
+
+    path = Path(path)
+    recipe = read_recipe(path / RECIPE)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
+    weights = check_safetensors(path / WEIGHTS)
+    with load_errors(path):
+        config = AutoConfig.from_pretrained(path)
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model.tie_weights()  # per the config: skipping the initialisation skips tying too
+        tie = bool(recipe.get("tied_embedding"))
+        if tie != _tied(model):
+            raise UserError(
+                f"{path / RECIPE}: tied_embedding={tie} but the config says "
+                f"tie_word_embeddings={_tied(model)}",
+                exit_code=2,
+            )
+        names = recipe["modules"]
+        known = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        if unknown := [n for n in names if n not in known]:
+            raise UserError(
+                f"{path / RECIPE}: names Linear layers the model does not have: {unknown[:3]}",
+                exit_code=2,
+            )
+        _swap(model, names, tie, convert=False)
+        state = load_file(str(weights))
+        _check_state(_unique_state(model), state, weights)
+        for k, v in state.items():  # float tensors in the activation dtype; int8 and scales kept
+            if v.is_floating_point() and not k.endswith(".weight_scale"):
+                v = v.to(torch_dtype)
+            # safetensors hands out views at the file's byte offsets; torch's int8 kernel needs
+            # the 64-byte alignment of a torch allocation (it crashes on the views).
+            state[k] = v.clone() if v.data_ptr() % 64 else v
+        model.load_state_dict(state, strict=False, assign=True)
+        _retie(model, tie)
+        tok = load_tokenizer(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model._oficina_int8 = {"modules": names, "tied": tie}
+    return model.eval(), tok
+
+
+def _check_state(want: dict, state: dict, file: Path) -> None:
+    """Every tensor the model needs is in the file with its shape and kind, and nothing else."""
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if missing or extra:
+        raise UserError(
+            f"{file}: does not match the model (missing {missing[:3]}, unexpected {extra[:3]}); "
+            "quantize the source model again",
+            exit_code=2,
+        )
+    for k, v in want.items():
+        t = state[k]
+        if tuple(t.shape) != tuple(v.shape) or (t.dtype == torch.int8) != (v.dtype == torch.int8):
+            raise UserError(
+                f"{file}: tensor {k} is {t.dtype}{list(t.shape)}, the model needs "
+                f"{v.dtype}{list(v.shape)}; quantize the source model again",
+                exit_code=2,
+            )

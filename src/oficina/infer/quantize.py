@@ -1,4 +1,4 @@
-"""``oficina quantize``: dynamic int8 for PyTorch CPU inference, or GGUF export for llama.cpp.
+"""``oficina quantize``: weight-only int8 for PyTorch CPU inference, or GGUF export for llama.cpp.
 
     oficina quantize smollm2-135m-instruct --method int8 --out quantized/smollm2-int8
     oficina quantize smollm2-135m-instruct --method gguf --out smollm2-q8_0.gguf
@@ -9,13 +9,13 @@ definition (``oficina.infer.scoring``: BOS first, sliding windows of ``--window`
 by half a window, exp of total NLL over total tokens of all texts), so it is the number
 ``oficina eval --perplexity`` prints for the same model and texts.
 
-**int8, and how it is stored.** ``torch.ao`` dynamic quantization replaces every ``nn.Linear``
-with an int8-weight kernel (activations quantized on the fly). Those modules hold packed
-weights that safetensors cannot represent, and Oficina never writes pickles. So the output is
-the model's float safetensors directory *plus* ``oficina-quantization.json`` (the recipe);
-``Engine.from_spec`` applies the recipe at load (a fraction of a second). The directory still
-loads anywhere as a float model. The report gives both the directory size and the size of the
-int8 state itself (the quantized state_dict serialized in memory), which is what RAM holds.
+**int8, and how it is stored.** Weight-only int8 (``oficina.infer.int8``): every ``nn.Linear``
+(and a tied input embedding) keeps an int8 weight with a float32 scale per output channel;
+activations stay in the engine's dtype. The output directory holds the source's config and
+tokenizer files, ``oficina-int8.safetensors`` (int8 weights + scales + the tensors that stay
+float; about a quarter of the float32 size) and ``oficina-quantization.json`` (the recipe:
+which modules are int8). ``Engine.from_spec`` loads it through the safetensors gate; other
+loaders refuse it (there is no ``model.safetensors``) rather than misread int8 as float.
 
 **GGUF** is written by Oficina itself (``oficina.infer.gguf_export``, with the ``gguf``
 library): Llama-architecture models with a byte-level BPE tokenizer that llama.cpp has a
@@ -44,14 +44,15 @@ from oficina.config import VerbConfig
 from oficina.errors import NotFound, UserError
 from oficina.infer import gguf_export as gx
 from oficina.infer.engine import Engine, SamplingParams
-from oficina.infer.int8 import RECIPE, SKIP
+from oficina.infer.int8 import RECIPE, quantize_int8, save_int8
 from oficina.infer.scoring import perplexity_plan
+from oficina.models.safety import PICKLE_SUFFIXES
 from oficina.models.sources import resolve
 from oficina.workspace import atomic_write_json, start_run
 
 
 class QuantizeConfig(VerbConfig):
-    """Quantize a model (int8 dynamic for PyTorch CPU, or GGUF for llama.cpp) and measure it.
+    """Quantize a model (weight-only int8 for PyTorch CPU, or GGUF for llama.cpp) and measure it.
 
     Perplexity: BOS first, sliding windows of --window tokens moving by half a window, exp(total
     NLL / total tokens) over all texts; the same number oficina eval --perplexity prints.
@@ -60,7 +61,7 @@ class QuantizeConfig(VerbConfig):
     positionals = ("model",)
     model: str = Field(description="model spec")
     method: Literal["int8", "gguf"] = Field(
-        "int8", description="int8 (PyTorch dynamic) or gguf (llama.cpp)"
+        "int8", description="int8 (PyTorch, weight-only) or gguf (llama.cpp)"
     )
     out: str = Field(description="output directory (int8) or .gguf file (gguf)")
     gguf_type: Literal["q8_0", "f16", "bf16", "f32"] = Field("q8_0", description="GGUF tensor type")
@@ -171,16 +172,14 @@ def run(cfg: QuantizeConfig) -> int:
         rec.add_input("model", src)
         out = Path(cfg.out)
         info: dict = {}
+        if (src / RECIPE).is_file():
+            raise UserError(f"{cfg.model} is already quantized ({RECIPE} present)")
         if cfg.method == "gguf":  # export first: an unsupported model fails before any work
             if out.suffix != ".gguf":
                 raise UserError(f"--out for gguf must be a .gguf file, got {out}")
-            if (src / RECIPE).is_file():
-                raise UserError(f"{cfg.model} is already quantized ({RECIPE} present)")
             info = gx.export_gguf(src, out, cfg.gguf_type)
         texts = _texts(cfg)
         base = Engine.from_spec(cfg.model)
-        if (src / RECIPE).is_file():
-            raise UserError(f"{cfg.model} is already quantized ({RECIPE} present)")
         res: dict = {"method": cfg.method, "model": cfg.model, "out": str(out.resolve())}
         t0 = time.perf_counter()
         res["float"] = {
@@ -192,19 +191,17 @@ def run(cfg: QuantizeConfig) -> int:
         if cfg.method == "int8":
             tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*", "oficina-source.json"))
-            atomic_write_json(
-                tmp / RECIPE,
-                {
-                    "method": "int8-dynamic",
-                    "modules": ["torch.nn.Linear"],
-                    "skip": list(SKIP),  # Linear layers whose names end so stay float
-                    "dtype": "qint8",
-                    "backend": "torch.ao.quantization.quantize_dynamic",
-                    "source": str(src),
-                    "note": "weights here are float; oficina's engine quantizes them at load",
-                },
+            # Config, tokenizer and generation files; the float weights are replaced by int8.
+            weights = ["*.safetensors", "*.safetensors.index.json"]
+            weights += [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
+            shutil.copytree(
+                src, tmp, ignore=shutil.ignore_patterns(".*", "oficina-source.json", *weights)
             )
+            try:
+                save_int8(quantize_int8(base.model), tmp, source=str(src))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)

@@ -1,0 +1,268 @@
+"""Weight-only int8: the layer's numbers, the int8 directory's round trip, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from oficina.cli import main
+from oficina.errors import UserError
+from oficina.infer.engine import Engine, SamplingParams
+from oficina.infer.int8 import (
+    RECIPE,
+    SMALL_M,
+    WEIGHTS,
+    Int8Embedding,
+    Int8Linear,
+    int8_modules,
+    quantize_int8,
+    quantize_weight,
+    save_int8,
+)
+from oficina.models.safety import UnsafeWeightsError
+
+
+def _linear(seed: int, n: int = 96, k: int = 64) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n)
+    # Rows of very different ranges: a scale shared across rows (or along the wrong axis)
+    # would crush the small rows to zero.
+    with torch.no_grad():
+        lin.weight.mul_(torch.logspace(-3, 1, n)[:, None])
+    return lin
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quantize_weight_is_per_output_channel_symmetric(seed):
+    w = _linear(seed).weight.detach()
+    q, s = quantize_weight(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and s.shape == (w.shape[0],)
+    assert (q.abs().amax(dim=1) == 127).all()  # each row uses its full range
+    assert torch.allclose(s, w.abs().amax(dim=1) / 127)
+    # Round to nearest: no element is off by more than half a step of its own row.
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, SMALL_M // 2, SMALL_M // 2 + 1, 40])  # x has 2 * rows rows
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_output_is_close_to_the_float_linear(rows, dtype):
+    lin = _linear(rows).to(dtype)
+    q = Int8Linear.from_linear(lin)
+    torch.manual_seed(100 + rows)
+    x = torch.randn(2, rows, lin.in_features).to(dtype)  # 3-D, as inside a model
+    w, b = lin.weight.detach().float(), lin.bias.detach().float()
+    with torch.no_grad():
+        want, got = torch.nn.functional.linear(x.float(), w, b), q(x)  # float32 reference
+    assert got.shape == want.shape and got.dtype == dtype
+    # Each output y[n] = W[n] . x + b[n] errs by at most (|x| |W[n]| + |b[n]|) times a small
+    # factor (int8 rounding is half a step of its own row; bf16 activations and outputs add
+    # ~0.4%): channels whose weights are 10^4 times smaller than others' must be as accurate,
+    # relative to their own size.
+    bound = x.float().norm(dim=-1, keepdim=True) * w.norm(dim=1) + b.abs()
+    err = (got.float() - want).abs() / bound
+    assert err.max() < 0.01, err.max()
+    if dtype is torch.float32 and rows > SMALL_M:
+        # The dequantize path is int8 arithmetic in float32 (up to summation order).
+        ref = torch.nn.functional.linear(x, q.weight.float() * q.weight_scale[:, None], q.bias)
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_linear_follows_new_weights_loaded_in_place():
+    a, b = Int8Linear.from_linear(_linear(0)), Int8Linear.from_linear(_linear(1))
+    x = torch.randn(1, a.in_features)
+    with torch.no_grad():
+        a(x)  # the kernel path has run (and converted its scales) once
+        a.load_state_dict(b.state_dict())  # copies into a's tensors in place
+        assert torch.equal(a(x), b(x))
+        a.weight_scale = b.weight_scale.clone()  # replaced
+        assert torch.equal(a(x), b(x))
+
+
+def test_int8_linear_compiles_whole_and_agrees_with_eager():
+    # The engine may compile its decode step: the layer must trace without a graph break.
+    q = Int8Linear.from_linear(_linear(3))
+    compiled = torch.compile(q, fullgraph=True, dynamic=False)
+    for rows in (1, SMALL_M + 4):  # both branches
+        x = torch.randn(1, rows, q.in_features)
+        with torch.no_grad():
+            assert torch.allclose(compiled(x), q(x), rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_int8_leaves_the_float_model_alone_and_ties_the_embedding(tiny_lm):
+    base = Engine.from_spec(str(tiny_lm))
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    m = quantize_int8(base.model)
+    assert all(torch.equal(v, base.model.state_dict()[k]) for k, v in before.items())
+    linears = [n for n, x in base.model.named_modules() if isinstance(x, torch.nn.Linear)]
+    assert int8_modules(m) == linears and "lm_head" in linears
+    emb, out = m.get_input_embeddings(), m.get_output_embeddings()
+    assert isinstance(emb, Int8Embedding) and emb.weight is out.weight
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        e_float = base.model.get_input_embeddings()(ids)
+        assert torch.allclose(emb(ids), e_float, atol=float(out.weight_scale.max()) / 2 + 1e-7)
+    kept = quantize_int8(base.model, skip=("lm_head",))
+    assert "lm_head" not in int8_modules(kept)
+    assert isinstance(kept.get_input_embeddings(), torch.nn.Embedding)
+
+
+def _quantize_dir(tiny_lm, out, model=None):
+    """What ``oficina quantize --method int8`` writes, without its measurements."""
+    shutil.copytree(tiny_lm, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    model = model if model is not None else Engine.from_spec(str(tiny_lm)).model
+    q = quantize_int8(model)
+    save_int8(q, out, source=str(tiny_lm))
+    return q
+
+
+def _untied(tiny_lm, out):
+    """tiny_lm with its own lm_head (a copy of the embedding, then perturbed)."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    m.config.tie_word_embeddings = False
+    head = torch.nn.Linear(m.config.hidden_size, m.config.vocab_size, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(m.get_input_embeddings().weight * 1.5)
+    m.lm_head = head
+    shutil.copytree(tiny_lm, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    m.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_int8_directory_round_trip_gives_identical_logits(tiny_lm, tmp_path, tied):
+    src = tiny_lm if tied else _untied(tiny_lm, tmp_path / "untied")
+    out = tmp_path / "int8"
+    q = _quantize_dir(src, out, Engine.from_spec(str(src)).model)
+    assert not (out / "model.safetensors").exists() and (out / WEIGHTS).is_file()
+    recipe = json.loads((out / RECIPE).read_text())
+    assert recipe["method"] == "int8-weight-only" and recipe["tied_embedding"] is tied
+    stored = load_file(str(out / WEIGHTS))
+    assert stored["lm_head.weight" if not tied else "model.embed_tokens.weight"].dtype == (
+        torch.int8
+    )
+    assert ("lm_head.weight" in stored) is (not tied)  # a tied pair is stored once
+    loaded = Engine.from_spec(str(out))
+    assert int8_modules(loaded.model) == int8_modules(q)
+    torch.manual_seed(0)
+    for n in (4, SMALL_M + 9):  # both kernels: the int8 GEMV and dequantize + GEMM
+        ids = torch.randint(3, loaded.model.config.vocab_size, (1, n))
+        with torch.no_grad():
+            assert torch.equal(loaded.model(ids).logits, q(ids).logits)
+    # bf16 activations load too and stay near the float32 ones.
+    b = Engine.from_spec(str(out), dtype="bfloat16")
+    with torch.no_grad():
+        lb, lf = b.model(ids).logits.float(), q(ids).logits
+    assert ((lb - lf).norm() / lf.norm()) < 0.05
+
+
+def test_greedy_generation_on_an_int8_directory(tiny_lm, tmp_path):
+    out = tmp_path / "int8"
+    q = _quantize_dir(tiny_lm, out)
+    eng = Engine.from_spec(str(out))
+    assert eng.model_hash != Engine.from_spec(str(tiny_lm)).model_hash
+    p = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    got = eng.generate(["def", "hello world"], p)
+    assert [c.completion_tokens for c in got] == [6, 6]
+    # The same tokens as the in-memory quantized model, step by step (greedy, no cache games).
+    mem = Engine(q, eng.tokenizer)
+    assert [c.text for c in got] == [c.text for c in mem.generate(["def", "hello world"], p)]
+
+
+def test_quantize_verb_writes_a_smaller_int8_directory(tiny_lm, tmp_path, capsys, repo_root):
+    out = tmp_path / "int8"
+    args = ["quantize", str(tiny_lm), "--method", "int8", "--out", str(out), "--max-texts", "4"]
+    args += ["--bench-tokens", "8", "--json"]
+    args += ["--eval-texts", str(repo_root / "examples/demo/task/validation.jsonl")]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    f, q = res["float"], res["quantized"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors") == [WEIGHTS]
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    # int8 weights: about a quarter of float32 on disk and in RAM (scales and norms add a bit).
+    assert q["size_on_disk_bytes"] < 0.35 * f["size_on_disk_bytes"]
+    assert q["state_bytes"] < 0.35 * f["state_bytes"]
+    assert f["tokens_per_s"] > 0 and q["tokens_per_s"] > 0
+    assert q["perplexity"] != f["perplexity"]  # the rounded weights were scored
+    assert abs(q["perplexity"] / f["perplexity"] - 1) < 0.02
+    assert not list(tmp_path.glob("int8.tmp-*"))
+    # Quantizing an int8 directory again is refused before any work.
+    code = main(["quantize", str(out), "--method", "int8", "--out", str(tmp_path / "again")])
+    assert code == 1 and "already quantized" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+@pytest.fixture
+def int8_dir(tiny_lm, tmp_path):
+    out = tmp_path / "int8"
+    _quantize_dir(tiny_lm, out)
+    return out
+
+
+def _stored(int8_dir) -> dict:
+    # Copies: load_file maps the file, which the tests then overwrite.
+    return {k: v.clone() for k, v in load_file(str(int8_dir / WEIGHTS)).items()}
+
+
+def _one_line_error(capsys, argv, code=2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_pickle_or_malformed_int8_weights_are_refused_by_the_gate(int8_dir, capsys):
+    good = (int8_dir / WEIGHTS).read_bytes()
+    torch.save(_stored(int8_dir), int8_dir / WEIGHTS)  # a pickle under the safetensors name
+    with pytest.raises(UnsafeWeightsError, match="not a safetensors file"):
+        Engine.from_spec(str(int8_dir))
+    argv = ["generate", str(int8_dir), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert WEIGHTS in _one_line_error(capsys, argv)
+    (int8_dir / WEIGHTS).write_bytes(good[:-10])  # truncated
+    assert "truncated" in _one_line_error(capsys, argv)
+
+
+def test_int8_weights_that_do_not_fit_the_model_are_refused(int8_dir, capsys):
+    state = _stored(int8_dir)
+    argv = ["generate", str(int8_dir), "--prompt", "hi", "--max-new-tokens", "2"]
+    k = "model.layers.0.mlp.down_proj.weight"
+    bad = dict(state)
+    bad[k] = bad[k].float()  # float where int8 belongs (a float model under the int8 name)
+    save_file(bad, str(int8_dir / WEIGHTS))
+    err = _one_line_error(capsys, argv)
+    assert k in err and "quantize the source model again" in err
+    bad = {x: v for x, v in state.items() if x != "model.layers.1.self_attn.q_proj.weight_scale"}
+    save_file(bad, str(int8_dir / WEIGHTS))
+    assert "missing ['model.layers.1.self_attn.q_proj.weight_scale']" in _one_line_error(
+        capsys, argv
+    )
+
+
+def test_old_and_foreign_recipes_are_one_line_errors(int8_dir, capsys, tiny_lm):
+    argv = ["generate", str(int8_dir), "--prompt", "hi", "--max-new-tokens", "2"]
+    good = json.loads((int8_dir / RECIPE).read_text())
+    old = {"method": "int8-dynamic", "skip": ["lm_head", "down_proj"]}
+    (int8_dir / RECIPE).write_text(json.dumps(old))
+    err = _one_line_error(capsys, argv)
+    assert "older oficina" in err and "oficina quantize" in err
+    recipe = dict(good, format=9)
+    (int8_dir / RECIPE).write_text(json.dumps(recipe))
+    assert "unknown quantization method" in _one_line_error(capsys, argv)
+    recipe.update(format=1, modules=[*good["modules"], "model.layers.7.mlp.up_proj"])
+    (int8_dir / RECIPE).write_text(json.dumps(recipe))
+    assert "does not have" in _one_line_error(capsys, argv)
+    recipe.update(modules=good["modules"], tied_embedding=not good["tied_embedding"])
+    (int8_dir / RECIPE).write_text(json.dumps(recipe))
+    assert "tie_word_embeddings" in _one_line_error(capsys, argv)
+    (int8_dir / RECIPE).write_text(json.dumps(good))
+    assert main(argv) == 0  # the directory itself was sound all along
+    with pytest.raises(UserError, match="takes no adapter"):
+        Engine.from_spec(str(int8_dir), adapter=str(tiny_lm))
