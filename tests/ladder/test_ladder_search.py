@@ -17,7 +17,7 @@ from test_ladder_rungs import LORA_PARAMS_PER_RANK, ctx, task_files  # noqa: F40
 from oficina.config import load
 from oficina.ladder.result import Cost
 from oficina.ladder.run import LadderConfig
-from oficina.ladder.rungs import REGISTRY, Full, Lora
+from oficina.ladder.rungs import REGISTRY, Distill, Full, Lora
 
 
 def test_a_search_fills_its_trials_and_its_cost_is_added(ctx):  # noqa: F811
@@ -121,3 +121,15 @@ def test_a_bad_search_range_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "low < high" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_distill_searches_its_learning_rate_too(ctx, tiny_lm):  # noqa: F811
+    ctx.finetuned = {"full": (str(tiny_lm), None, 0.5)}
+    s = Distill.Settings(
+        max_epochs=0.5, batch_size=4, keep_layers=1, search={"trials": 2, "lr": [1e-4, 1e-2]}
+    )
+    r = Distill(s).run(ctx)
+    best = r.search["trials"][r.search["best"]]
+    assert len(r.search["trials"]) == 2 and r.hyperparameters["lr"] == best["params"]["lr"]
+    assert r.params_total < ctx.base_params() and "reused trial" in r.search["final"]
+    assert r.training.flops == pytest.approx(Cost(**r.search["cost"]).flops)
