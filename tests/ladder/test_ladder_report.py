@@ -70,7 +70,7 @@ def test_report_files_and_claims(tmp_path):
     rs[2].loss_curve = [(1, 2.0), (2, 1.5)]
     rs[2].hyperparameters = {"lr": 0.002, "rank": 8, "max_epochs": 3.0}
     rs[2].training_run = {
-        "rule": "trained in epochs, up to 3 (180 steps of 60 per epoch), validation every 15 "
+        "rule": "trained in epochs, up to 3 epochs (180 steps, 60 per epoch), validation every 15 "
         "steps, stop after 3 evaluations without a ≥ 1.0% fall of the validation loss, best "
         "checkpoint kept",
         "max_steps": 180, "steps": 105, "stopped": "early stopping", "best_step": 60,
@@ -108,7 +108,7 @@ def test_report_files_and_claims(tmp_path):
     assert "| lora |" in md
     assert "- lora: lr=0.002, rank=8, max_epochs=3 — the config's values (no search)" in md
     assert (
-        "- lora: trained in epochs, up to 3 (180 steps of 60 per epoch), validation every 15 "
+        "- lora: trained in epochs, up to 3 epochs (180 steps, 60 per epoch), validation every 15 "
         "steps, stop after 3 evaluations without a ≥ 1.0% fall of the validation loss, best "
         "checkpoint kept; stopped by early stopping at step 105 of 180, best at step 60 (epoch 1.0)"
     ) in md

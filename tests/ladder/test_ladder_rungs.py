@@ -154,7 +154,7 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     # 21 rows in batches of 4: 6 steps an epoch, validated every 2; capped at 2 steps.
     t = r.training_run
     assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
-    assert "up to 3 (2 steps of 6 per epoch), validation every 2 steps" in t["rule"]
+    assert "up to 3 epochs (2 steps, 6 per epoch), validation every 2 steps" in t["rule"]
     assert "stop after 3 evaluations without a ≥ 1.0% fall" in t["rule"]
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer.

@@ -396,7 +396,7 @@ class Budget:
             else "no early stopping"
         )
         return (
-            f"trained in epochs, up to {self.max_epochs:g} ({self.steps} steps of "
+            f"trained in epochs, up to {self.max_epochs:g} epochs ({self.steps} steps, "
             f"{self.steps_per_epoch} per epoch), validation every {self.eval_every} steps, "
             f"{stop}, best checkpoint kept"
         )
