@@ -68,8 +68,23 @@ def test_report_files_and_claims(tmp_path):
         RungResult(name="quantize", status="skipped", reason="turned off"),
     ]
     rs[2].loss_curve = [(1, 2.0), (2, 1.5)]
-    rs[2].hyperparameters = {"lr": 0.002, "rank": 8, "steps": 30}
-    rs[3].hyperparameters, rs[3].search = {"lr": 0.0003}, {"trials": [{"lr": 1e-3}, {"lr": 3e-4}]}
+    rs[2].hyperparameters = {"lr": 0.002, "rank": 8, "max_epochs": 3.0}
+    rs[2].training_run = {
+        "rule": "trained in epochs, up to 3 epochs (180 steps, 60 per epoch), validation every 15 "
+        "steps, stop after 3 evaluations without a ≥ 1.0% fall of the validation loss, best "
+        "checkpoint kept",
+        "max_steps": 180, "steps": 105, "stopped": "early stopping", "best_step": 60,
+        "best_epoch": 1.0, "best_at_budget": False,
+    }  # fmt: skip
+    rs[3].hyperparameters = {"lr": 0.0003}
+    rs[3].search = {
+        "trials": [{"number": 0, "params": {"lr": 1e-3}}, {"number": 1, "params": {"lr": 3e-4}}],
+        "space": {"lr": [1e-4, 1e-2]},
+        "pruned": 1,
+        "trial_steps": 50,
+        "cost": {"wall_time_s": 30.0, "usd": 0.001},
+        "final": "reused trial #1's model",
+    }
     rec = recommend(rs, 0.6, 1000)
     paths = write(
         tmp_path, rs, rec, {"target": 0.6, "base_model": "m", "task": "t", "test_items": 10}
@@ -91,8 +106,18 @@ def test_report_files_and_claims(tmp_path):
     assert 'alt="Quality vs total cost"' in page and "Selection rule:" in page
     md = paths["markdown"].read_text()
     assert "| lora |" in md
-    assert "- lora: lr=0.002, rank=8, steps=30 — the config's values (no search)" in md
-    assert "- distill: lr=0.0003 — chosen by a search of 2 trials" in md
+    assert "- lora: lr=0.002, rank=8, max_epochs=3 — the config's values (no search)" in md
+    assert (
+        "- lora: trained in epochs, up to 3 epochs (180 steps, 60 per epoch), validation every 15 "
+        "steps, stop after 3 evaluations without a ≥ 1.0% fall of the validation loss, best "
+        "checkpoint kept; stopped by early stopping at step 105 of 180, best at step 60 (epoch 1.0)"
+    ) in md
+    assert (
+        "- distill: lr=0.0003 — lr chosen by a search of 2 trials on the validation loss (1 "
+        "pruned, 50 trial-steps, 30.0s, $0.0010 counted in its training cost); reused trial #1's "
+        "model"
+    ) in md
+    assert s["rungs"][2]["training_run"]["stopped"] == "early stopping"
     assert "What each rung ran with" in page
 
 

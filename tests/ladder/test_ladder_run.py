@@ -19,8 +19,8 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "--base-model", str(tiny_lm), "--task", str(repo_root / "examples/demo/task/task.json"),
         "--corpus", str(repo_root / "examples/demo/reference.jsonl"),
         "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1", "--rungs.few_shot_rag.shots", "1",
-        "--rungs.lora.steps", "2", "--rungs.full.steps", "2", "--rungs.cpt_lora.steps", "2",
-        "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.steps", "2", "--rungs.distill.keep_layers", "1",
+        "--rungs.lora.max-steps", "2", "--rungs.full.max-steps", "2", "--rungs.cpt_lora.max_steps", "2",
+        "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.max-steps", "2", "--rungs.distill.keep_layers", "1",
         "--target", "0.0", "--requests", "0",
     ]  # fmt: skip
     assert main(argv) == 0
@@ -85,7 +85,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         } <= set(r)
         assert r["search"] is None and len(r["predictions"]) == 6
     assert by["lora"]["hyperparameters"]["lr"] > 0 and by["lora"]["hyperparameters"]["rank"] == 8
-    assert by["lora"]["hyperparameters"]["steps_run"] == 2
+    assert by["lora"]["training_run"]["steps"] == 2 and by["lora"]["search"] is None
     assert by["few_shot"]["hyperparameters"] == {"shots": 1, "strategy": "similar"}
     # The curves came back from training: a point per step, validation at the end.
     assert [p[0] for p in by["lora"]["loss_curve"]] == [1, 2] and by["lora"]["val_curve"][-1][

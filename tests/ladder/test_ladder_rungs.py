@@ -19,6 +19,7 @@ from oficina.cli import main
 from oficina.config import load
 from oficina.evals.metrics import exact_match
 from oficina.ladder.context import LadderContext
+from oficina.ladder.result import Cost
 from oficina.ladder.run import QUICK, LadderConfig, Rungs, load_task
 from oficina.ladder.rungs import (
     REGISTRY,
@@ -91,7 +92,7 @@ def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
     demo = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x"})
     assert demo.rungs.lora.rank == 8 and demo.limit_test is None  # the whole test split
     quick = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x", "quick": True})
-    assert quick.rungs.lora.steps == Lora.quick["steps"] and quick.limit_test == 16
+    assert quick.rungs.lora.max_steps == Lora.quick["max_steps"] and quick.limit_test == 16
 
 
 def test_zero_shot(ctx):
@@ -135,13 +136,23 @@ def test_few_shot_rag_shows_examples_and_passages(ctx):
     assert r.data["labelled_examples"] == 21 and r.data["corpus_documents"] == 6
 
 
+NO_SEARCH = {"search": {"trials": 0}}
+
+
 def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
-    r = Lora(Lora.Settings(steps=2, batch_size=4, lr=1e-3, rank=8)).run(ctx)
+    r = Lora(Lora.Settings(max_steps=2, batch_size=4, lr=1e-3, rank=8, **NO_SEARCH)).run(ctx)
     check_measured(r, ctx)
     assert r.hyperparameters == {
-        "steps": 2, "lr": 1e-3, "batch_size": 4, "rank": 8, "steps_run": 2
+        "max_epochs": 3.0, "max_steps": 2, "lr": 1e-3, "batch_size": 4, "evals_per_epoch": 4,
+        "patience": 3, "min_delta": 0.01, "rank": 8, "alpha": 16,
     }  # fmt: skip
     assert r.search is None
+    # 21 rows in batches of 4: 6 steps an epoch, validated every 2; capped at 2 steps.
+    t = r.training_run
+    assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
+    assert "up to 3 epochs (2 steps, 6 per epoch), validation every 2 steps" in t["rule"]
+    assert "stop after 3 evaluations without a ≥ 1.0% fall" in t["rule"]
+    assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer.
     assert [s for s, _ in r.loss_curve] == [1, 2] and r.val_curve[-1][0] == 2
     assert r.params_trainable == r.params_changed == 8 * LORA_PARAMS_PER_RANK
@@ -155,22 +166,24 @@ def test_a_trained_rung_takes_its_hyperparameters_from_a_search(ctx):
 
     class SearchedLora(Lora):
         def hyperparameters(self, ctx):
-            return {**self.settings_used(), "lr": 1e-3, "rank": 2}, {"trials": trials}
+            record = {"trials": trials, "cost": Cost().model_dump()}
+            return {**self.settings_used(), "lr": 1e-3, "rank": 2}, record
 
-    r = SearchedLora(Lora.Settings(steps=2, batch_size=4, rank=8)).run(ctx)
-    assert r.search == {"trials": trials} and r.hyperparameters["rank"] == 2
+    r = SearchedLora(Lora.Settings(max_steps=2, batch_size=4, rank=8)).run(ctx)
+    assert r.search == {"trials": trials, "cost": Cost().model_dump()}
+    assert r.hyperparameters["rank"] == 2
     assert r.params_trainable == 2 * LORA_PARAMS_PER_RANK  # trained at the searched rank
 
 
 def test_full_changes_every_parameter(ctx):
-    r = Full(Full.Settings(steps=2, batch_size=4)).run(ctx)
+    r = Full(Full.Settings(max_steps=2, batch_size=4, **NO_SEARCH)).run(ctx)
     check_measured(r, ctx)
     assert r.params_changed == r.params_total == ctx.base_params()
     assert ctx.finetuned["full"][1] is None and r.loss_curve and r.hyperparameters["lr"] == 3e-5
 
 
 def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
-    r = CptLora(CptLora.Settings(steps=2, batch_size=4, cpt_steps=1, seq_len=64)).run(ctx)
+    r = CptLora(CptLora.Settings(max_steps=2, batch_size=4, cpt_steps=1, seq_len=64)).run(ctx)
     check_measured(r, ctx)
     assert r.data["corpus_tokens"] > 0 and Path(r.artifacts["model"]).is_dir()
     assert r.params_changed == ctx.base_params()  # continued pretraining moves every weight
@@ -180,7 +193,7 @@ def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
 
 def test_distill_shrinks_the_best_fine_tuned_model(ctx, tiny_lm):
     ctx.finetuned = {"lora": (str(tiny_lm), None, 0.2), "full": (str(tiny_lm), None, 0.5)}
-    r = Distill(Distill.Settings(steps=2, batch_size=4, keep_layers=1)).run(ctx)
+    r = Distill(Distill.Settings(max_steps=2, batch_size=4, keep_layers=1, **NO_SEARCH)).run(ctx)
     check_measured(r, ctx)
     assert r.params_total < ctx.base_params() and r.artifacts["teacher"] == str(tiny_lm)
 
@@ -232,7 +245,8 @@ def test_own_data_in_one_command(tiny_lm, task_files, tmp_path, capsys):
     out = tmp_path / "mine"
     argv = [
         "ladder", "--data", str(data), "--out", str(out), "--base-model", str(tiny_lm),
-        "--rungs.few_shot.strategy", "fixed", "--rungs.lora.steps", "2",
+        "--rungs.few_shot.strategy", "fixed", "--rungs.lora.max-steps", "2",
+        "--rungs.lora.search.trials", "0",
         "--rungs.lora.batch-size", "4", "--rungs.full.enabled", "false",
         "--rungs.distill.enabled", "false", "--target", "0", "--requests", "0",
     ]  # fmt: skip
@@ -250,7 +264,7 @@ def test_own_data_in_one_command(tiny_lm, task_files, tmp_path, capsys):
     assert s["recommended"] == "zero_shot"  # target 0, no traffic: the cheapest, simplest rung
     test_split = (out / "data" / "test.jsonl").read_text()
     # A rerun reuses the splits (its numbers compare with the first run's).
-    assert main([*argv[:9], "--rungs.lora.enabled", "false", *argv[13:]]) == 0
+    assert main([*argv[:9], "--rungs.lora.enabled", "false", *argv[15:]]) == 0
     assert (out / "data" / "test.jsonl").read_text() == test_split
     capsys.readouterr()
 

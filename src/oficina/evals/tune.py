@@ -230,7 +230,8 @@ def _param(key: str, spec: Any) -> Param:
 # ---------------------------------------------------------------------------- the verb
 
 
-def _verb_class(verb: str):
+def verb_class(verb: str):
+    """(config class, recipe function) of a training verb."""
     from oficina.train import recipes
 
     return {
@@ -471,7 +472,7 @@ def prepare(cfg: TuneConfig) -> Search:
     if cfg.space:
         space_raw = load_yaml(cfg.space)
         space_raw = space_raw.get("space", space_raw)
-    cls, entry = _verb_class(verb)
+    cls, entry = verb_class(verb)
     out = Path(cfg.out)
     raw.setdefault("out", str(out / "best-model"))
     base = build(cls, raw)
@@ -686,12 +687,25 @@ def _fmt_v(v: float | None) -> str:
 
 
 def run(cfg: TuneConfig) -> int:
+    search(cfg)
+    return 0
+
+
+def search(cfg: TuneConfig, entry: Callable | None = None) -> dict:
+    """Run the study to its planned trials; its summary (as ``tune.json``).
+
+    ``entry(config, hooks=...) -> summary`` trains one trial instead of the verb's recipe: a
+    caller that wants each trial's own summary (the ladder's trained rungs: curves, FLOPs) wraps
+    the recipe and keeps what it returns.
+    """
     import optuna
     from optuna.trial import TrialState
 
     from oficina.workspace import start_run
 
     s = prepare(cfg)
+    if entry is not None:
+        s.entry = entry
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(s)  # an unreachable storage stops here, before any training
     reaped = _reap_killed(study)
@@ -759,7 +773,7 @@ def run(cfg: TuneConfig) -> int:
         rec.summary.update(summary)
         if (s.out / "best.yaml").is_file():
             rec.add_output("best", s.out / "best.yaml")
-    return 0
+    return summary
 
 
 def _grid_exhausted(study, s: Search) -> bool:

@@ -273,14 +273,31 @@ def settings_lines(rungs: list[RungResult]) -> list[str]:
     for r in rungs:
         if not r.measured or not r.hyperparameters:
             continue
-        values = ", ".join(f"{k}={v}" for k, v in r.hyperparameters.items())
-        source = (
-            f"chosen by a search of {len(r.search.get('trials', []))} trials"
-            if r.search
-            else "the config's values (no search)"
-        )
+        values = ", ".join(f"{k}={_short(v)}" for k, v in r.hyperparameters.items())
+        if r.search:
+            s = r.search
+            c = s.get("cost") or {}
+            source = (
+                f"lr{' and rank' if 'rank' in s.get('space', {}) else ''} chosen by a search of "
+                f"{len(s.get('trials', []))} trials on the validation loss ({s.get('pruned', 0)} "
+                f"pruned, {s.get('trial_steps', 0)} trial-steps, {_fmt_s(c.get('wall_time_s', 0))}, "
+                f"${c.get('usd', 0):.4f} counted in its training cost); {s.get('final', '')}"
+            )
+        else:
+            source = "the config's values (no search)"
         out.append(f"{r.name}: {values} — {source}")
+        t = r.training_run
+        if t:
+            out.append(
+                f"{r.name}: {t['rule']}; stopped by {t['stopped']} at step {t['steps']} of "
+                f"{t['max_steps']}, best at step {t['best_step']} (epoch {t['best_epoch']})"
+                + (" — the budget, not the curve, chose it" if t.get("best_at_budget") else "")
+            )
     return out
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 SELECTION_RULE = (
@@ -328,6 +345,7 @@ def write(
                 "ci": list(r.ci) if r.ci else None,
                 "hyperparameters": r.hyperparameters,
                 "search": r.search,
+                "training_run": r.training_run,
                 "total_usd": r.total_usd(requests) if r.measured else None,
                 "training_cost": r.training.model_dump(),
                 "inference_cost": r.inference.model_dump(),

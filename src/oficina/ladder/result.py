@@ -54,6 +54,9 @@ class RungResult(BaseModel):
     # hyperparameter search that chose them (None: they are the config's, not searched).
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Any] | None = None
+    # A trained rung's training: its stopping rule, where it stopped and why ("budget" or
+    # "early stopping"), its best step and epoch, and the cost of the final training alone.
+    training_run: dict[str, Any] = Field(default_factory=dict)
     training: Cost = Field(default_factory=Cost)
     inference: InferenceCost = Field(default_factory=InferenceCost)
     params_total: int = 0

@@ -5,21 +5,26 @@ its description, its values under ``--quick``, and ``run(context) -> RungResult`
 config schema, order, quick profile and texts are read from ``REGISTRY`` (in registration order:
 from the simplest up), so a new rung is one class here and nothing else.
 
-Trained rungs share ``TrainedRung``: ``hyperparameters(context)`` says what the rung trains with
-(today the config's values; a hyperparameter search plugs in there and fills ``search``), then
-``train(context, hp)`` trains and returns the model with the recipe's summary (its curves
-included), and the shared part evaluates and measures it.
+Trained rungs share ``TrainedRung``: they train in epochs (up to ``max_epochs``) with early
+stopping on the validation loss (``patience`` evaluations without a ``min_delta`` fall), the
+best checkpoint kept (``Budget``). ``hyperparameters(context)`` says what the rung trains with:
+the config's values, or those a budgeted ``oficina tune`` search on the training split chose
+(``search.trials > 0``: ``oficina.ladder.search``; its cost is added to the rung's). Then
+``train(context, hp)`` runs the rung's ``recipe`` (or reuses the best trial's model when it was
+trained on the same data with the same budget) and returns the model with the recipe's summary,
+curves included; the shared part evaluates and measures it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from oficina.config import Section
 from oficina.ladder.context import LadderContext
@@ -261,20 +266,86 @@ class FewShotRag(Rag):
 # ---------------------------------------------------------------------------- trained rungs
 
 
+class SearchSettings(Section):
+    """A budgeted learning-rate search (``oficina tune``) on the training split, scored by the
+    validation loss; ``trials: 0`` trains with the config's values."""
+
+    trials: int = Field(4, ge=0, description="trials of the search (0: use the config's values)")
+    lr: list[float] | None = Field(
+        None,
+        description="[low, high]: learning rates searched log-uniformly (default: lr/10..lr*10)",
+    )
+    max_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="each trial's epoch budget (default: the rung's max_epochs; then the best "
+        "trial's model is the rung's, not trained again)",
+    )
+    pruner: Literal["median", "off"] = Field(
+        "median", description="stop trials whose validation loss trails the median of earlier ones"
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and not (len(v) == 2 and 0 < v[0] < v[1]):
+            raise ValueError("give [low, high] with 0 < low < high")
+        return v
+
+
+class LoraSearchSettings(SearchSettings):
+    rank: list[int] | None = Field(
+        None, description="[low, high]: LoRA ranks searched (log-scaled; default: not searched)"
+    )
+
+    @field_validator("rank")
+    @classmethod
+    def _ranks(cls, v):
+        if v is not None and not (len(v) == 2 and 1 <= v[0] < v[1]):
+            raise ValueError("give [low, high] with 1 <= low < high")
+        return v
+
+
 class TrainSettings(RungSettings):
-    steps: int = Field(60, ge=1, description="optimizer steps")
+    max_epochs: float = Field(
+        3.0,
+        gt=0,
+        description="passes over the labelled set at most (early stopping may end sooner)",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="cap on optimizer steps (default: max_epochs' worth)"
+    )
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     batch_size: int = Field(8, ge=1, description="examples per step")
+    evals_per_epoch: int = Field(
+        4,
+        ge=1,
+        description="validations per epoch (early stopping and the best checkpoint read them)",
+    )
+    patience: int = Field(
+        3, ge=0, description="stop after this many validations without a min_delta improvement"
+    )
+    min_delta: float = Field(
+        0.01, ge=0, lt=1, description="relative fall of the validation loss that counts (0.01 = 1%)"
+    )
 
 
-class LoraSettings(TrainSettings):
+class LoraBase(TrainSettings):
     rank: int = Field(8, ge=1, description="LoRA rank")
+    # Fixed while the rank is searched, so a trial and a retraining at its rank are one model.
+    alpha: int = Field(16, ge=1, description="LoRA scale numerator (scale = alpha / rank)")
+
+
+class LoraSettings(LoraBase):
+    search: LoraSearchSettings = Field(default_factory=LoraSearchSettings)
 
 
 # Attention projections only: on the demo task this (r=8, lr 2e-3) lifted SmolLM2's accuracy;
 # adding the MLP quintuples the adapter for no measured gain.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MAX_LEN = 256  # tokens per training example; a long passage loses its start, never the answer
+# Settings that say how to train or search, not what was trained with: not hyperparameters.
+NOT_HYPERPARAMETERS = {"enabled", "search"}
 
 
 @dataclass
@@ -292,59 +363,147 @@ class Trained:
     params: dict[str, int] = field(default_factory=dict)  # overrides of the counted parameters
 
 
+@dataclass
+class Budget:
+    """Where a trained rung's training stops: up to ``max_epochs`` (``steps`` optimizer steps),
+    validating every ``eval_every`` steps, stopping after ``patience`` validations without a
+    ``min_delta`` fall, the best checkpoint kept."""
+
+    steps: int
+    steps_per_epoch: int
+    eval_every: int
+    max_epochs: float
+    patience: int
+    min_delta: float
+
+    @classmethod
+    def of(cls, n_train: int, hp: dict[str, Any]) -> Budget:
+        spe = max(1, math.ceil(n_train / int(hp["batch_size"])))
+        steps = max(1, math.ceil(float(hp["max_epochs"]) * spe))
+        if hp.get("max_steps"):
+            steps = min(steps, int(hp["max_steps"]))
+        every = max(1, math.ceil(spe / int(hp["evals_per_epoch"])))
+        return cls(
+            steps, spe, min(every, steps), float(hp["max_epochs"]), int(hp["patience"]),
+            float(hp["min_delta"]),
+        )  # fmt: skip
+
+    def rule(self) -> str:
+        stop = (
+            f"stop after {self.patience} evaluations without a ≥ {self.min_delta:.1%} fall of "
+            "the validation loss"
+            if self.patience
+            else "no early stopping"
+        )
+        return (
+            f"trained in epochs, up to {self.max_epochs:g} epochs ({self.steps} steps, "
+            f"{self.steps_per_epoch} per epoch), validation every {self.eval_every} steps, "
+            f"{stop}, best checkpoint kept"
+        )
+
+    def outcome(self, s: dict) -> dict[str, Any]:
+        """Where the training stopped and why, from its recipe's summary."""
+        stopped = {"early_stopping": "early stopping", "on_eval": "pruned"}.get(
+            str(s.get("stopped")), "budget"
+        )
+        best = s.get("best_step")
+        return {
+            "rule": self.rule(),
+            "max_steps": self.steps,
+            "steps": s.get("steps"),
+            "stopped": stopped,
+            "best_step": best,
+            "best_epoch": None if best is None else round(best / self.steps_per_epoch, 2),
+            # The curve flattened when its best checkpoint came before the last evaluation.
+            "best_at_budget": best is not None and best >= self.steps,
+        }
+
+
 class TrainedRung(Rung):
     Settings = TrainSettings
     kinds = ("classification",)  # generation tasks: not trained by the ladder yet
 
+    def __init__(self, settings: RungSettings):
+        super().__init__(settings)
+        # The best search trial's (summary, model dir) when it is the rung's final model.
+        self.reuse: tuple[dict, Path] | None = None
+
+    def settings_used(self) -> dict[str, Any]:
+        return self.settings.model_dump(exclude=NOT_HYPERPARAMETERS)
+
     def hyperparameters(self, ctx: LadderContext) -> tuple[dict[str, Any], dict | None]:
         """What this rung trains with, and the search that chose it (None: the config's values).
 
-        A budgeted search (``oficina tune``) replaces this: it returns its best trial's values
-        and ``{"trials": [...]}``; ``train`` takes whatever values it is given.
+        With ``search.trials > 0`` a budgeted ``oficina tune`` study on the training split,
+        scored on the validation split, picks them (``oficina.ladder.search``).
         """
-        return self.settings_used(), None
+        hp = self.settings_used()
+        search = getattr(self.settings, "search", None)
+        if search is None or search.trials == 0:
+            return hp, None
+        from oficina.ladder.search import run_search
 
-    @abstractmethod
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
-        """Train with the hyperparameters ``hp``; the model, its summary and curves."""
+        return run_search(self, ctx, hp, search)
 
-    def train_args(self, ctx: LadderContext, hp: dict[str, Any], **extra):
+    def budget(self, ctx: LadderContext, hp: dict[str, Any]) -> Budget:
+        return Budget.of(len(ctx.train), hp)
+
+    def train_args(self, ctx: LadderContext, hp: dict[str, Any], budget: Budget, **extra):
         from oficina.train.loop import TrainArgs
 
-        steps = int(hp["steps"])
         return TrainArgs(
             lr=float(hp["lr"]),
             batch_size=int(hp["batch_size"]),
-            warmup_steps=max(1, steps // 10),
-            # A validation curve needs a few points; a run of a handful of steps validates once, at its end.
-            eval_every=max(5, steps // 4) if steps >= 20 else steps,
+            warmup_steps=max(1, budget.steps // 10),
+            eval_every=budget.eval_every,
             eval_batches=8,
+            patience=budget.patience,
+            min_delta=budget.min_delta,
             seed=ctx.cfg.seed,
             save_every=10_000,
-            log_every=max(1, steps // 20),
+            log_every=max(1, budget.steps // 20),
             **extra,
         )
 
-    def lora(self, ctx: LadderContext, base: str, hp: dict[str, Any], out: Path) -> dict:
-        """LoRA on the labelled set from ``base``; the recipe's summary."""
-        from oficina.train.recipes import FinetuneConfig, LoraArgs, finetune
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        """(verb, config) of the one training recipe this rung runs: what a search varies.
+        Rungs whose training is more than one recipe (CPT then LoRA) override ``train``."""
+        raise NotImplementedError(f"{self.name} trains through its own train()")
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        """The Trained of a finished ``recipe`` run whose summary is ``s``."""
+        raise NotImplementedError(f"{self.name} trains through its own train()")
+
+    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
+        """Train with the hyperparameters ``hp``; the model, its summary and curves."""
+        if self.reuse is not None:  # the search's best trial is this training: cost counted there
+            s, _ = self.reuse
+            return self.trained(ctx, hp, s, Cost())
+        from oficina.evals.tune import verb_class
+
+        verb, cfg = self.recipe(ctx, hp, ctx.out / self.name)
+        t0 = time.perf_counter()
+        s = verb_class(verb)[1](cfg)
+        return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
+
+    def lora_config(self, ctx: LadderContext, base: str, hp: dict[str, Any], out: Path):
+        """LoRA on the labelled set from ``base``."""
+        from oficina.train.recipes import FinetuneConfig, LoraArgs
 
         tr, va = ctx.training_files()
-        rank = int(hp["rank"])
-        return finetune(
-            FinetuneConfig(
-                model=base,
-                method="lora",
-                data=str(tr),
-                val_data=str(va),
-                template=ctx.template,
-                labels=ctx.labels,
-                out=str(out),
-                max_steps=int(hp["steps"]),
-                max_len=MAX_LEN,
-                lora=LoraArgs(r=rank, alpha=2 * rank, target_modules=LORA_TARGETS),
-                train=self.train_args(ctx, hp, weight_decay=0.0),
-            )
+        budget = self.budget(ctx, hp)
+        return FinetuneConfig(
+            model=base,
+            method="lora",
+            data=str(tr),
+            val_data=str(va),
+            template=ctx.template,
+            labels=ctx.labels,
+            out=str(out),
+            max_steps=budget.steps,
+            max_len=MAX_LEN,
+            lora=LoraArgs(r=int(hp["rank"]), alpha=int(hp["alpha"]), target_modules=LORA_TARGETS),
+            train=self.train_args(ctx, hp, budget, weight_decay=0.0),
         )
 
     def run(self, ctx: LadderContext) -> RungResult:
@@ -353,22 +512,39 @@ class TrainedRung(Rung):
         res = ctx.evaluate(t.engine, self.name)
         if t.finetuned is not None:
             ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
+        training = t.cost
+        if search is not None:  # a team pays for the search too
+            training = add_costs(t.cost, Cost(**search["cost"]))
         r = self.result(
             ctx,
             t.engine,
             res,
             t.detail,
-            training=t.cost,
+            training=training,
             data=t.data,
             artifacts=t.artifacts,
-            hyperparameters={**hp, "steps_run": t.summary.get("steps")},
+            hyperparameters=hp,
             summary=t.summary,
             params_changed=int(t.summary.get("params_trainable", 0)),
         )
         r.search = search
+        r.training_run = {
+            **self.budget(ctx, hp).outcome(t.summary),
+            "final_cost": t.cost.model_dump(),
+        }
         for key, value in t.params.items():
             setattr(r, key, value)
         return r
+
+
+def add_costs(*costs: Cost) -> Cost:
+    """Costs paid one after the other: times, FLOPs and dollars add; the peak is the highest."""
+    return Cost(
+        wall_time_s=sum(c.wall_time_s for c in costs),
+        flops=sum(c.flops for c in costs),
+        peak_memory_mb=max(c.peak_memory_mb for c in costs),
+        usd=sum(c.usd for c in costs),
+    )
 
 
 @register
@@ -376,18 +552,18 @@ class Lora(TrainedRung):
     name = "lora"
     description = "low-rank adapters trained on the labelled set (PEFT)"
     Settings = LoraSettings
-    quick = {"steps": 4, "batch_size": 4}
+    quick = {"max_epochs": 1.0, "max_steps": 4, "batch_size": 4, "search": {"trials": 0}}
 
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        return "finetune", self.lora_config(ctx, ctx.cfg.base_model, hp, out)
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
         from oficina.infer.engine import Engine
 
-        t0 = time.perf_counter()
-        s = self.lora(ctx, ctx.cfg.base_model, hp, ctx.out / "lora")
-        wall = time.perf_counter() - t0
         return Trained(
             engine=Engine.from_spec(ctx.cfg.base_model, adapter=s["out"]),
             summary=s,
-            cost=ctx.training_cost(wall, s),
+            cost=cost,
             detail=f"rank {hp['rank']}, {s['steps']} steps",
             artifacts={"adapter": s["out"]},
             data={"labelled_examples": len(ctx.train)},
@@ -402,6 +578,7 @@ class Lora(TrainedRung):
 
 class FullSettings(TrainSettings):
     lr: float = Field(3e-5, gt=0, description="peak learning rate")
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
 
 @register
@@ -409,33 +586,33 @@ class Full(TrainedRung):
     name = "full"
     description = "every parameter fine-tuned on the labelled set"
     Settings = FullSettings
-    quick = {"steps": 3, "batch_size": 4}
+    quick = {"max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "search": {"trials": 0}}
 
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
-        from oficina.infer.engine import Engine
-        from oficina.train.recipes import FinetuneConfig, finetune
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        from oficina.train.recipes import FinetuneConfig
 
         tr, va = ctx.training_files()
-        t0 = time.perf_counter()
-        s = finetune(
-            FinetuneConfig(
-                model=ctx.cfg.base_model,
-                method="full",
-                data=str(tr),
-                val_data=str(va),
-                template=ctx.template,
-                labels=ctx.labels,
-                out=str(ctx.out / "full"),
-                max_steps=int(hp["steps"]),
-                max_len=MAX_LEN,
-                train=self.train_args(ctx, hp),
-            )
+        budget = self.budget(ctx, hp)
+        return "finetune", FinetuneConfig(
+            model=ctx.cfg.base_model,
+            method="full",
+            data=str(tr),
+            val_data=str(va),
+            template=ctx.template,
+            labels=ctx.labels,
+            out=str(out),
+            max_steps=budget.steps,
+            max_len=MAX_LEN,
+            train=self.train_args(ctx, hp, budget),
         )
-        wall = time.perf_counter() - t0
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        from oficina.infer.engine import Engine
+
         return Trained(
             engine=Engine.from_spec(s["out"]),
             summary=s,
-            cost=ctx.training_cost(wall, s),
+            cost=cost,
             detail=f"{s['steps']} steps",
             artifacts={"model": s["out"]},
             data={"labelled_examples": len(ctx.train)},
@@ -443,7 +620,9 @@ class Full(TrainedRung):
         )
 
 
-class CptSettings(LoraSettings):
+class CptSettings(LoraBase):
+    # No search: the LoRA after continued pretraining trains on a model that exists only
+    # inside train(); its values are the config's.
     cpt_steps: int = Field(40, ge=1, description="continued-pretraining steps on the domain corpus")
     cpt_lr: float = Field(5e-5, gt=0, description="continued-pretraining learning rate")
     seq_len: int = Field(256, ge=16, description="packed sequence length for continued pretraining")
@@ -454,7 +633,7 @@ class CptLora(TrainedRung):
     name = "cpt_lora"
     description = "continued pretraining on the domain corpus, then LoRA"
     Settings = CptSettings
-    quick = {"steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128}
+    quick = {"max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128}
     needs_docs = True
 
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
@@ -462,7 +641,7 @@ class CptLora(TrainedRung):
         from oficina.data.pack import run as pack
         from oficina.infer.engine import Engine
         from oficina.models.sources import resolve
-        from oficina.train.recipes import PretrainConfig, pretrain
+        from oficina.train.recipes import PretrainConfig, finetune, pretrain
 
         t0 = time.perf_counter()
         pack_dir = ctx.out / "cpt-pack"
@@ -474,19 +653,21 @@ class CptLora(TrainedRung):
                 seq_len=int(hp["seq_len"]),
             )
         )
-        cpt_hp = {**hp, "lr": hp["cpt_lr"], "steps": hp["cpt_steps"]}
+        steps = int(hp["cpt_steps"])
+        # The corpus is not the labelled set: a step budget, validated once at its end.
+        cpt_budget = Budget(steps, steps, steps, 1.0, 0, 0.0)
         cpt = pretrain(
             PretrainConfig(
                 model=ctx.cfg.base_model,
                 init=ctx.cfg.base_model,
                 data=str(pack_dir),
                 out=str(ctx.out / "cpt"),
-                max_steps=int(hp["cpt_steps"]),
+                max_steps=steps,
                 seq_len=int(hp["seq_len"]),
-                train=self.train_args(ctx, cpt_hp),
+                train=self.train_args(ctx, {**hp, "lr": hp["cpt_lr"]}, cpt_budget),
             )
         )
-        s = self.lora(ctx, cpt["out"], hp, ctx.out / "cpt-lora")
+        s = finetune(self.lora_config(ctx, cpt["out"], hp, ctx.out / "cpt-lora"))
         wall = time.perf_counter() - t0
         return Trained(
             engine=Engine.from_spec(cpt["out"], adapter=s["out"]),
@@ -524,6 +705,7 @@ class DistillSettings(TrainSettings):
     )
     temperature: float = Field(2.0, gt=0, description="distillation temperature")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD loss vs cross-entropy")
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
 
 @register
@@ -533,39 +715,42 @@ class Distill(TrainedRung):
         "a smaller student (a subset of the base's layers) distilled from the best fine-tuned model"
     )
     Settings = DistillSettings
-    quick = {"steps": 3, "batch_size": 4, "keep_layers": 8}
+    quick = {
+        "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "keep_layers": 8,
+        "search": {"trials": 0},
+    }  # fmt: skip
 
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
-        from oficina.infer.engine import Engine
-        from oficina.train.recipes import DistillConfig, distill
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        from oficina.train.recipes import DistillConfig
 
         tr, va = ctx.training_files()
-        t0 = time.perf_counter()
         _, base, adapter = ctx.best_finetuned()
-        teacher = as_plain_model(ctx, base, adapter, name="teacher")
-        s = distill(
-            DistillConfig(
-                teacher=teacher,
-                student=teacher,
-                keep_layers=int(hp["keep_layers"]),
-                data=str(tr),
-                val_data=str(va),
-                template=ctx.template,
-                out=str(ctx.out / "distill"),
-                max_steps=int(hp["steps"]),
-                max_len=MAX_LEN,
-                temperature=float(hp["temperature"]),
-                alpha=float(hp["alpha"]),
-                train=self.train_args(ctx, hp),
-            )
+        self.teacher = as_plain_model(ctx, base, adapter, name="teacher")
+        budget = self.budget(ctx, hp)
+        return "distill", DistillConfig(
+            teacher=self.teacher,
+            student=self.teacher,
+            keep_layers=int(hp["keep_layers"]),
+            data=str(tr),
+            val_data=str(va),
+            template=ctx.template,
+            out=str(out),
+            max_steps=budget.steps,
+            max_len=MAX_LEN,
+            temperature=float(hp["temperature"]),
+            alpha=float(hp["alpha"]),
+            train=self.train_args(ctx, hp, budget),
         )
-        wall = time.perf_counter() - t0
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        from oficina.infer.engine import Engine
+
         return Trained(
             engine=Engine.from_spec(s["out"]),
             summary=s,
-            cost=ctx.training_cost(wall, s),
+            cost=cost,
             detail=f"{hp['keep_layers']} layers, T={hp['temperature']}, alpha={hp['alpha']}",
-            artifacts={"model": s["out"], "teacher": teacher},
+            artifacts={"model": s["out"], "teacher": self.teacher},
             data={"labelled_examples": len(ctx.train)},
         )
 

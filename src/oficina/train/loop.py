@@ -6,7 +6,8 @@ linear warm-up then cosine decay to ``min_lr_ratio * lr``; ``grad_accum`` micro-
 step; bf16 autocast (the fast path on CPUs with AMX) or fp32; gradient clipping; a NaN/inf
 loss or gradient stops the step *before* the optimizer touches the weights; validation every
 ``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
-without improvement and a warning when validation loss rises while training loss falls;
+without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
+rises by more than ``min_delta`` while training loss falls;
 atomic checkpoints every ``save_every`` steps that ``resume=True`` continues exactly; a
 progress bar (loss, tokens/s, time left); metrics to the run folder (and TensorBoard/MLflow
 with ``report_to``); a loss-curve PNG at the end. Causal-LM objectives take the chunked fused
@@ -65,7 +66,17 @@ class TrainArgs(Section):
     eval_every: int = Field(50, ge=1, description="validate every N steps (and at the end)")
     eval_batches: int = Field(20, ge=1, description="at most this many validation batches")
     patience: int = Field(
-        0, ge=0, description="stop after N evaluations without a better val loss (0 = never)"
+        0,
+        ge=0,
+        description="stop after N evaluations without a val loss min_delta below the last "
+        "improvement (0 = never)",
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="relative change of val loss that counts: an improvement smaller than this "
+        "is not one (patience), a rise smaller than this is no overfitting warning (0.01 = 1%)",
     )
     save_every: int = Field(100, ge=1, description="write a resumable checkpoint every N steps")
     log_every: int = Field(10, ge=1, description="log training metrics every N steps")
@@ -264,6 +275,34 @@ def _say(msg: str, rank: int) -> None:
         tqdm.write(msg)
 
 
+def significant_drop(ref: float | None, v: float, min_delta: float) -> bool:
+    """Is ``v`` an improvement on ``ref`` by at least the relative ``min_delta``? (None: the
+    first evaluation always is.)"""
+    return ref is None or v < ref - min_delta * abs(ref)
+
+
+def significant_rise(before: float, after: float, min_delta: float) -> bool:
+    """Did the validation loss rise from ``before`` to ``after`` by more than ``min_delta``?"""
+    return after > before + min_delta * abs(before)
+
+
+def overfitting(
+    val_history: list[tuple[int, float]], train_at_eval: list[float], min_delta: float
+) -> str | None:
+    """The warning when the last validation loss rose by more than ``min_delta`` (relative)
+    while the training loss fell; None for a rise inside that noise (still learning)."""
+    if len(val_history) < 2 or len(train_at_eval) < 2:
+        return None
+    (_, before), (step, after) = val_history[-2], val_history[-1]
+    t0, t1 = train_at_eval[-2], train_at_eval[-1]
+    if not (significant_rise(before, after, min_delta) and t1 < t0):
+        return None
+    return (
+        f"overfitting? at step {step} validation loss rose {before:.4f} -> {after:.4f} "
+        f"(more than {min_delta:.1%}) while training loss fell {t0:.4f} -> {t1:.4f}"
+    )
+
+
 def evaluate(model, objective, batches: list[dict], precision: str) -> float:
     """Token-weighted mean loss over fixed batches."""
     was = model.training
@@ -362,6 +401,7 @@ def _fit(
         "train_time_s": 0.0,
         "best_val": None,
         "best_step": None,
+        "ref_val": None,  # the val loss of the last improvement by at least min_delta
         "bad_evals": 0,
         "history": [],
         "val_history": [],
@@ -374,6 +414,8 @@ def _fit(
             _say(f"no checkpoint in {ckpt.root}: starting from step 0", rank)
         else:
             state.update(loaded)
+            if state["ref_val"] is None:  # a checkpoint written before min_delta existed
+                state["ref_val"] = state["best_val"]
             _say(f"resumed from step {state['step']} ({ckpt.latest()})", rank)
     step = state["step"]
     _say(
@@ -464,10 +506,13 @@ def _fit(
             train_avg = sum(recent) / max(len(recent), 1)
             state["val_history"].append((step, v))
             state["train_at_eval"].append(train_avg)
-            improved = state["best_val"] is None or v < state["best_val"]
-            if improved:
-                state["best_val"], state["best_step"], state["bad_evals"] = v, step, 0
+            # The best weights are the lowest loss seen; patience counts only improvements of
+            # at least min_delta, so a model creeping by noise-sized steps is not "learning".
+            if state["best_val"] is None or v < state["best_val"]:
+                state["best_val"], state["best_step"] = v, step
                 ckpt.save_best(model)
+            if significant_drop(state["ref_val"], v, args.min_delta):
+                state["ref_val"], state["bad_evals"] = v, 0
             else:
                 state["bad_evals"] += 1
             extra = hooks.eval_metrics(train_model, val) if hooks.eval_metrics else {}
@@ -478,12 +523,8 @@ def _fit(
                 )
                 trackers.log({"val_loss": v, **extra}, step)
             hook_stop = bool(hooks.on_eval and hooks.on_eval(step, {"val_loss": v, **extra}))
-            vh, th = state["val_history"], state["train_at_eval"]
-            if len(vh) >= 2 and vh[-1][1] > vh[-2][1] and th[-1] < th[-2]:
-                msg = (
-                    f"overfitting? at step {step} validation loss rose {vh[-2][1]:.4f} -> "
-                    f"{vh[-1][1]:.4f} while training loss fell {th[-2]:.4f} -> {th[-1]:.4f}"
-                )
+            msg = overfitting(state["val_history"], state["train_at_eval"], args.min_delta)
+            if msg:
                 state["warnings"].append(msg)
                 _say("warning: " + msg, rank)
                 if rank == 0:
@@ -496,8 +537,9 @@ def _fit(
             if args.patience and state["bad_evals"] >= args.patience and not at_end:
                 stopped = "early_stopping"
                 _say(
-                    f"early stopping at step {step}: no better validation loss in "
-                    f"{args.patience} evaluations; keeping step {state['best_step']}",
+                    f"early stopping at step {step}: no validation loss {args.min_delta:.1%} "
+                    f"below {state['ref_val']:.4f} in {args.patience} evaluations; keeping step "
+                    f"{state['best_step']}",
                     rank,
                 )
                 if rank == 0:

@@ -1,0 +1,167 @@
+"""A trained rung's budgeted hyperparameter search: a small ``oficina tune`` study.
+
+The study trains the rung's own recipe (``TrainedRung.recipe``) on the training split and scores
+each trial by its best validation loss on the validation split — the test split is never given
+to it — over the learning rate (log-uniform; and the LoRA rank for LoRA), with median pruning fed
+from the same periodic validations, through ``oficina.evals.tune.search``. Each trial trains
+with the rung's stopping rule (epochs, patience, min_delta) at ``search.max_epochs``.
+
+What it returns: the chosen values, and the record ``summary.json`` keeps under the rung's
+``search``: the trials (number, state, params, value, steps, seconds, FLOPs, dollars), their
+total cost (added to the rung's training cost by the caller: a team pays for its search) and
+what the final training does — reuse the best trial's model when it trained on the same data
+with the same budget (the retraining would be the same run), otherwise retrain at its values.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from oficina.errors import UserError
+from oficina.ladder.context import LadderContext
+from oficina.ladder.result import Cost
+from oficina.workspace import atomic_write_text
+
+if TYPE_CHECKING:
+    from oficina.ladder.rungs import SearchSettings, TrainedRung
+
+# The rung's hyperparameter -> the dotted key of the recipe's config that tune varies.
+KEYS = {"lr": "train.lr", "rank": "lora.r"}
+
+
+def space_of(hp: dict[str, Any], settings: SearchSettings) -> dict[str, dict]:
+    """The tune space: the learning rate (default a decade either side of the config's) and,
+    when given, the LoRA rank."""
+    lo, hi = settings.lr or (float(hp["lr"]) / 10, float(hp["lr"]) * 10)
+    space = {KEYS["lr"]: {"type": "loguniform", "low": lo, "high": hi}}
+    rank = getattr(settings, "rank", None)
+    if rank:
+        space[KEYS["rank"]] = {"type": "int", "low": rank[0], "high": rank[1], "log": True}
+    return space
+
+
+def run_search(
+    rung: TrainedRung, ctx: LadderContext, hp: dict[str, Any], settings: SearchSettings
+) -> tuple[dict[str, Any], dict]:
+    """(the values to train with, the search's record); sets ``rung.reuse`` when the best
+    trial's model is the rung's final model."""
+    from oficina.evals.tune import TuneConfig, search, verb_class
+    from oficina.jsonl import read_jsonl
+
+    out = ctx.out / f"search-{rung.name}"
+    # A fresh study each run: an earlier ladder's trials (other data, other limits) must not count.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    trial_epochs = float(settings.max_epochs or hp["max_epochs"])
+    trial_hp = {**hp, "max_epochs": trial_epochs}
+    verb, cfg = rung.recipe(ctx, trial_hp, out / "unused")
+    space = space_of(hp, settings)
+    spec = out / "search.yaml"
+    atomic_write_text(
+        spec,
+        yaml.safe_dump(
+            {"verb": verb, **cfg.model_dump(mode="json", by_alias=True), "space": space},
+            sort_keys=False,
+        ),
+    )
+    recipe = verb_class(verb)[1]
+    summaries: dict[int, dict] = {}
+
+    def entry(trial_cfg, hooks=None) -> dict:
+        # Each trial's own summary (FLOPs, curves, model dir): tune keeps only its score.
+        s = recipe(trial_cfg, hooks=hooks)
+        summaries[int(Path(trial_cfg.out).parent.name)] = s
+        return s
+
+    t0 = time.perf_counter()
+    tuned = search(
+        TuneConfig(
+            spec=str(spec),
+            out=str(out),
+            trials=settings.trials,
+            metric="val_loss",
+            sampler="tpe",
+            pruner=settings.pruner,
+            storage=f"sqlite:///{out / 'study.db'}",
+            study=f"ladder-{rung.name}",
+            seed=ctx.cfg.seed,
+            keep_models=True,  # the best trial may be the rung's model
+        ),
+        entry=entry,
+    )
+    wall = time.perf_counter() - t0
+    rows, _ = read_jsonl(out / "trials.jsonl", "trials file")
+    names = {v: k for k, v in KEYS.items()}
+    trials = []
+    for r in rows:
+        s = summaries.get(r["number"], {})
+        flops, seconds = float(s.get("flops", 0.0)), float(r.get("duration_s") or 0.0)
+        trials.append(
+            {
+                "number": r["number"],
+                "state": r["state"],
+                "params": {names.get(k, k): v for k, v in r["params"].items()},
+                "value": r["value"],
+                "steps": r["cost"],
+                "stopped": s.get("stopped"),
+                "seconds": round(seconds, 2),
+                "flops": flops,
+                "usd": ctx.training_usd(seconds, flops),
+                "curve": r.get("curve", []),
+            }
+        )
+    flops = sum(t["flops"] for t in trials)
+    cost = Cost(
+        wall_time_s=wall,
+        flops=flops,
+        peak_memory_mb=max(
+            (float(s.get("peak_memory_mb", 0.0)) for s in summaries.values()), default=0.0
+        ),
+        usd=ctx.training_usd(wall, flops),
+    )
+    best = tuned.get("best")
+    record: dict[str, Any] = {
+        "objective": "validation loss (validation split; the test split is never read)",
+        "space": {names[k]: [v["low"], v["high"]] for k, v in space.items()},
+        "trial_epochs": trial_epochs,
+        "trials": trials,
+        "pruned": tuned["pruned"],
+        "trial_steps": tuned["trial_steps"],
+        "pruning_saved": tuned["pruning_saved"],
+        "cost": cost.model_dump(),
+        "best": None if best is None else best["number"],
+    }
+    if best is None:
+        raise UserError(
+            f"the {rung.name} search finished no trial (see {out / 'trials.jsonl'}): lower or "
+            f"narrow rungs.{rung.name}.search.lr, or set rungs.{rung.name}.search.trials 0"
+        )
+    chosen = {**hp, **{names[k]: v for k, v in best["params"].items()}}
+    # Same budget (epochs, steps, validation cadence, stopping rule) on the same training split:
+    # retraining at the best trial's values would repeat that trial.
+    same = rung.budget(ctx, trial_hp) == rung.budget(ctx, hp)
+    keep = best["number"] if same else None
+    for d in (out / "trials").glob("*"):  # the other trials' models are not needed
+        if not (keep is not None and d.name == f"{keep:04d}"):
+            shutil.rmtree(d, ignore_errors=True)
+    if same:
+        s = summaries[best["number"]]
+        rung.reuse = (s, Path(s["out"]))
+        record["final"] = (
+            f"reused trial #{best['number']}'s model: it trained on the same training split with "
+            f"the same budget and stopping rule ({trial_epochs:g} epochs), so training again "
+            "would repeat it"
+        )
+    else:
+        record["final"] = (
+            f"retrained at trial #{best['number']}'s values: the trials' budget "
+            f"({trial_epochs:g} epochs) is not the rung's ({float(hp['max_epochs']):g})"
+        )
+    atomic_write_text(out / "search.json", json.dumps(record, indent=2, default=str))
+    return chosen, record
