@@ -52,7 +52,11 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
     # The ladder's recommendation (compare, recommend): ladder/recommend.py.
     "recommend": (
         "src/oficina/ladder/recommend.py",
-        ["tests/ladder/test_ladder_stats.py", "tests/ladder/test_ladder_report.py"],
+        [
+            "tests/ladder/test_ladder_stats.py",
+            "tests/ladder/test_ladder_report.py",
+            "tests/ladder/test_ladder_recommend_text.py",
+        ],
         None,
     ),
     "evaluate": (
