@@ -308,8 +308,9 @@ class ServerState:
         yield protocol.SSE_DONE
 
 
-def server_state(request: Request) -> ServerState:
-    """FastAPI dependency: the state of the app serving this request."""
+async def server_state(request: Request) -> ServerState:
+    """FastAPI dependency: the state of the app serving this request (async: a plain function
+    would be sent to the thread pool on every request)."""
     return request.app.state.server
 
 
