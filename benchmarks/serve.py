@@ -220,7 +220,10 @@ async def one_request(
 async def level(url: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
     """`clients` concurrent clients, each sending `per_client` streaming requests back to back."""
     results: list[dict] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    # A fresh connection per request (well under a millisecond on loopback, the same for every
+    # server): llama-server's HTTP library drops a reused connection now and then under load,
+    # and httpx does not resend a POST.
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
 
         async def worker(w: int) -> None:
