@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-test-deps llama demo test test-fast mutate lint format bench clean
+.PHONY: setup system-test-deps llama llama-server demo test test-fast mutate lint format bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,29 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 \
 	  $(BIN)/python -m pip install -q -c constraints.txt llama-cpp-python==0.3.36
 	@touch $(LLAMA_STAMP)
+
+# llama.cpp's own HTTP server (`llama-server --parallel N`: continuous batching over N slots), the
+# peer of `oficina serve` in benchmarks/serve.py. Built from the llama.cpp sources vendored in the
+# llama-cpp-python sdist of the same version as `make llama` (same kernels, same AMX workaround),
+# into $(BIN)/llama-server. About 30 min on 2 busy cores; the web UI and HTTPS are left out (the
+# UI would be downloaded at build time; the benchmark needs neither).
+LLAMA_VERSION := 0.3.36
+LLAMA_BUILD   := .llama-build
+llama-server: $(BIN)/llama-server
+
+$(BIN)/llama-server:
+	@test -x $(BIN)/python || { echo "make: $(BIN)/python missing; run make setup first" >&2; exit 1; }
+	mkdir -p $(LLAMA_BUILD)
+	test -f $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_VERSION).tar.gz || $(BIN)/python -m pip download -q \
+	  --no-binary :all: --no-deps -d $(LLAMA_BUILD) llama-cpp-python==$(LLAMA_VERSION)
+	test -d $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_VERSION) || \
+	  tar xzf $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(LLAMA_BUILD)
+	cmake -S $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_VERSION)/vendor/llama.cpp -B $(LLAMA_BUILD)/build \
+	  -G Ninja -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE) -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+	  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+	  -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF
+	nice -n 10 cmake --build $(LLAMA_BUILD)/build --target llama-server -j 2
+	cp $(LLAMA_BUILD)/build/bin/llama-server $@.tmp && mv $@.tmp $@
 
 OFI := $(BIN)/oficina
 # The main job on the bundled demo domain (the Python language reference). Each step says what it

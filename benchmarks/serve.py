@@ -1,15 +1,26 @@
-"""Serving throughput and latency: N concurrent streaming clients against `oficina serve` SmolLM2.
+"""Serving throughput and latency: 1, 8 and 32 concurrent streaming clients against each server.
 
-    .venv/bin/python benchmarks/serve.py            # 1, 8, 32 clients + the unbatched peer
+    .venv/bin/python benchmarks/serve.py            # every server in SERVERS at 1, 8, 32 clients
     .venv/bin/python benchmarks/serve.py --quick    # fewer requests per client
+    .venv/bin/python benchmarks/serve.py --only "llama.cpp" --clients 8
 
-Two real servers (separate processes, `oficina serve smollm2-135m-instruct` on loopback) are
-measured in the same run: the batching server (--max-batch 32) at 1, 8 and 32 concurrent
-clients, and the same server with batching off (--max-batch 1: requests run one at a time) at
-8 concurrent clients as the peer. Each client streams chat completions back to back (greedy,
-fixed max_tokens). Reported per level: request throughput, output tokens/s, time to first
-token (TTFT) and time per output token after the first (TPOT). The claim checked: batching
-gives at least 3x the request throughput of one-at-a-time at 8 concurrent clients.
+The servers are real processes on loopback, measured one after another in the same run:
+``oficina serve smollm2-135m-instruct`` in each variant of the ``SERVERS`` table (a label and
+the extra CLI arguments: today static batching, and ``--max-batch 1``, one request at a time),
+and the peer, **llama.cpp's own ``llama-server``** (``make llama-server``: built from the
+llama.cpp sources vendored in the llama-cpp-python 0.3.36 sdist) with ``--parallel 32`` slots —
+its continuous batching — on the same model exported to GGUF at the same precision (f32, the
+export ``oficina quantize --method gguf --gguf-type f32`` writes), with the same thread count.
+llama-cpp-python's own Python server (``python -m llama_cpp.server``) is not the peer: it holds
+one llama context behind a lock, so it serves one request at a time.
+
+Every client streams chat completions back to back (greedy, ``ignore_eos`` so each answer is
+exactly ``--max-tokens`` tokens on every server). Reported per server and level: request and
+output-token throughput, time to first token (TTFT) p50/p95, time per output token after the
+first (TPOT) p50, and the load average when the level started (the machine is shared). Claims
+checked: static batching gives at least 3x the request throughput of one-at-a-time at 8
+clients; when a continuous-batching row ran, issue 16's goal — TTFT p95 at 32 clients under half
+of static batching's, throughput at least static batching's.
 """
 
 from __future__ import annotations
@@ -18,24 +29,39 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from _machine import machine  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
+LEVELS = (1, 8, 32)
 TOPICS = [
     "the ocean", "a lighthouse", "winter in the mountains", "a busy market", "an old library",
     "a train journey", "the first day of school", "a garden in spring", "a thunderstorm",
     "a small bakery", "the night sky", "a bicycle ride", "a river", "a forgotten key",
     "a violin", "the desert at noon",
 ]  # fmt: skip
+
+# The `oficina serve` variants measured: (label, extra CLI arguments). A new scheduler is one
+# line here. A row whose flags this `oficina serve` does not have is skipped with a note, except
+# that `--scheduler static` is dropped on a server without `--scheduler` (static is all it does).
+SERVERS: list[tuple[str, list[str]]] = [
+    ("oficina static batching", ["--scheduler", "static", "--max-batch", "32"]),
+    ("oficina continuous", ["--scheduler", "continuous", "--max-batch", "32"]),
+    ("oficina one-at-a-time", ["--scheduler", "static", "--max-batch", "1"]),
+]
+LLAMA_LABEL = "llama.cpp server (--parallel 32)"
+LLAMA_SLOTS = 32
+WHAT_A_SERVER_WITHOUT_THE_FLAG_DOES = {("--scheduler", "static")}
 
 
 def free_port() -> int:
@@ -44,37 +70,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 class ServerProcess:
-    """`oficina serve` in a child process (its own GIL, as in production)."""
+    """A server in a child process (its own GIL and threads, as in production)."""
 
-    def __init__(self, max_batch: int, home: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "OFICINA_HOME": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
-        exe = Path(sys.executable).with_name("oficina")
+    def __init__(self, cmd: list[str], port: int, env: dict | None = None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [
-                str(exe), "serve", MODEL, "--port", str(self.port), "--max-batch", str(max_batch),
-                "--max-concurrent", "256", "--embeddings", "none", "--log-level", "warning",
-            ],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
-    def wait(self, timeout: float = 300) -> None:
+    def wait(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + self.proc.stdout.read())
+                raise RuntimeError("server exited:\n" + self.proc.stdout.read()[-3000:])
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
         raise RuntimeError("server did not start")
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=10).json()
 
     def stop(self) -> None:
         self.proc.send_signal(2)
@@ -82,20 +106,89 @@ class ServerProcess:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
 
 
-async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
+def oficina_exe() -> Path:
+    return Path(sys.executable).with_name("oficina")
+
+
+def oficina_serve_flags() -> str:
+    """`oficina serve --help`, to learn which flags this checkout has."""
+    return subprocess.run(
+        [str(oficina_exe()), "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def runnable_args(args: list[str], help_text: str) -> list[str] | None:
+    """``args`` as this `oficina serve` takes them, or None if it lacks a flag they need."""
+    out, i = [], 0
+    while i < len(args):
+        flag = args[i]
+        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+        step = 2 if value is not None else 1
+        if flag not in re.findall(r"--[\w-]+", help_text):
+            if (flag, value) in WHAT_A_SERVER_WITHOUT_THE_FLAG_DOES:
+                i += step
+                continue
+            return None
+        out += args[i : i + step]
+        i += step
+    return out
+
+
+def start_oficina(extra: list[str], home: Path) -> ServerProcess:
+    port = free_port()
+    env = {**os.environ, "OFICINA_HOME": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [
+        str(oficina_exe()), "serve", MODEL, "--port", str(port), "--max-concurrent", "256",
+        "--embeddings", "none", "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    return ServerProcess(cmd, port, env)
+
+
+def llama_server_exe() -> Path | None:
+    """``make llama-server`` puts it next to the venv's python; $LLAMA_SERVER overrides."""
+    exe = Path(os.environ.get("LLAMA_SERVER") or Path(sys.executable).with_name("llama-server"))
+    return exe if exe.is_file() else None
+
+
+def export_f32_gguf(out: Path) -> Path:
+    """SmolLM2 exported to GGUF f32 by Oficina's own exporter (the weights Oficina serves)."""
+    from oficina.infer.gguf_export import export_gguf
+    from oficina.models.sources import resolve
+
+    path = out / f"{MODEL}-f32.gguf"
+    export_gguf(resolve(MODEL), path, "f32")
+    return path
+
+
+def start_llama(exe: Path, gguf: Path) -> ServerProcess:
+    port = free_port()
+    threads = os.cpu_count() or 1  # what torch uses in `oficina serve`
+    cmd = [
+        str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+        "--parallel", str(LLAMA_SLOTS), "-c", str(LLAMA_SLOTS * 256), "-t", str(threads),
+        "--no-webui", "--log-disable",
+    ]  # fmt: skip
+    return ServerProcess(cmd, port)
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
+) -> dict:
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
+        "ignore_eos": True,  # every server writes exactly max_tokens (vLLM/llama.cpp extension)
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
     first = last = None
-    tokens = 0
+    tokens = deltas = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -111,9 +204,11 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_toke
                     now = time.perf_counter()
                     first = first or now
                     last = now
+                    deltas += 1
     end = time.perf_counter()
     first = first or end
     last = last or end
+    tokens = tokens or deltas  # a server that sends no usage streams one token per delta
     return {
         "ttft": first - t0,
         "tpot": (last - first) / (tokens - 1) if tokens > 1 else None,
@@ -122,20 +217,20 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_toke
     }
 
 
-async def level(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
+async def level(url: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
     """`clients` concurrent clients, each sending `per_client` streaming requests back to back."""
     results: list[dict] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    # A fresh connection per request (well under a millisecond on loopback, the same for every
+    # server): llama-server's HTTP library drops a reused connection now and then under load,
+    # and httpx does not resend a POST.
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
 
         async def worker(w: int) -> None:
             for k in range(per_client):
                 topic = TOPICS[(w * per_client + k) % len(TOPICS)]
-                results.append(
-                    await one_request(
-                        client, url, f"Write a short story about {topic}.", max_tokens
-                    )
-                )
+                prompt = f"Write a short story about {topic}."
+                results.append(await one_request(client, url, model, prompt, max_tokens))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(clients)))
@@ -156,49 +251,127 @@ async def level(url: str, clients: int, per_client: int, max_tokens: int) -> dic
     }
 
 
+@dataclass
+class Plan:
+    label: str
+    start: object  # () -> ServerProcess
+    model: str  # the "model" field the server expects
+
+
+def measure(plan: Plan, levels, per_client: dict, max_tokens: int) -> list[dict]:
+    server = plan.start()
+    rows = []
+    try:
+        server.wait()
+        asyncio.run(level(server.url, plan.model, 1, 1, 4))  # warm-up (first-call allocations)
+        for n in levels:
+            load = loadavg()
+            res = asyncio.run(level(server.url, plan.model, n, per_client[n], max_tokens))
+            res.update(server=plan.label, load=load)
+            rows.append(res)
+            print(f"  done: {plan.label}, {n} clients ({res['wall_s']:.1f}s)", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def find(rows: list[dict], label: str, clients: int) -> dict | None:
+    return next((r for r in rows if r["server"] == label and r["clients"] == clients), None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests per client")
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    ap.add_argument(
+        "--clients", type=int, nargs="+", default=list(LEVELS), help="concurrency levels"
+    )
+    ap.add_argument("--only", nargs="+", help="run only the servers whose label contains one")
+    ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp server peer")
     args = ap.parse_args()
-    per_client = {1: 4, 8: 2, 32: 2} if not args.quick else {1: 2, 8: 1, 32: 1}
+    per_client = {
+        n: (2 if n == 1 else 1) if args.quick else (4 if n == 1 else 2) for n in args.clients
+    }
     print(f"machine: {machine()}")
-    print(f"model: {MODEL}, greedy, max_tokens={args.max_tokens}, streaming chat completions\n")
-    rows = []
-    with tempfile.TemporaryDirectory() as home:
-        for label, max_batch, levels in (
-            ("batched (max-batch 32)", 32, (1, 8, 32)),
-            ("one-at-a-time (max-batch 1)", 1, (8,)),
-        ):
-            server = ServerProcess(max_batch, Path(home))
-            try:
-                server.wait()
-                asyncio.run(level(server.url, 1, 1, 4))  # warm-up (first-call allocations)
-                for n in levels:
-                    res = asyncio.run(level(server.url, n, per_client[n], args.max_tokens))
-                    res["server"] = label
-                    res["max_batch_rows"] = server.health()["max_batch_rows"]
-                    rows.append(res)
-                    print(f"  done: {label}, {n} clients ({res['wall_s']:.1f}s)", flush=True)
-            finally:
-                server.stop()
+    print(
+        f"model: {MODEL} (float32 in Oficina, f32 GGUF in llama.cpp), greedy, ignore_eos, "
+        f"max_tokens={args.max_tokens}, streaming chat completions; requests per client: "
+        f"{per_client}\n"
+    )
 
-    head = f"{'server':<28} {'clients':>7} {'reqs':>5} {'req/s':>7} {'out tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} {'TPOT p50':>9} {'max rows':>8}"
+    def wanted(label: str) -> bool:
+        return not args.only or any(s.lower() in label.lower() for s in args.only)
+
+    help_text = oficina_serve_flags()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        plans = []
+        for label, extra in SERVERS:
+            if not wanted(label):
+                continue
+            argv = runnable_args(extra, help_text)
+            if argv is None:
+                print(f"skipped: {label} ({' '.join(extra)}): this oficina serve lacks the flag")
+                continue
+            plans.append(Plan(label, lambda a=argv: start_oficina(a, home), MODEL))
+        if not args.no_llama and wanted(LLAMA_LABEL):
+            exe = llama_server_exe()
+            if exe is None:
+                print(f"skipped: {LLAMA_LABEL}: no llama-server binary (run `make llama-server`)")
+            else:
+                gguf = export_f32_gguf(home)
+                plans.append(Plan(LLAMA_LABEL, lambda: start_llama(exe, gguf), MODEL))
+        for plan in plans:
+            rows += measure(plan, args.clients, per_client, args.max_tokens)
+
+    head = (
+        f"{'server':<34} {'clients':>7} {'reqs':>5} {'req/s':>7} {'out tok/s':>9} "
+        f"{'TTFT p50':>9} {'TTFT p95':>9} {'TPOT p50':>9} {'load':>5}"
+    )
     print("\n" + head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['server']:<28} {r['clients']:>7} {r['requests']:>5} {r['req_per_s']:>7.2f} {r['tok_per_s']:>9.1f} "
-            f"{r['ttft_p50'] * 1000:>7.0f}ms {r['ttft_p95'] * 1000:>7.0f}ms {r['tpot_p50'] * 1000:>7.1f}ms {r['max_batch_rows']:>8}"
+            f"{r['server']:<34} {r['clients']:>7} {r['requests']:>5} {r['req_per_s']:>7.2f} "
+            f"{r['tok_per_s']:>9.1f} {r['ttft_p50'] * 1000:>7.0f}ms {r['ttft_p95'] * 1000:>7.0f}ms "
+            f"{r['tpot_p50'] * 1000:>7.1f}ms {r['load']:>5}"
         )
-    batched8 = next(r for r in rows if r["clients"] == 8 and r["server"].startswith("batched"))
-    single8 = next(r for r in rows if r["clients"] == 8 and r["server"].startswith("one"))
-    ratio = batched8["req_per_s"] / single8["req_per_s"]
-    print(
-        f"\nat 8 concurrent clients: batched {batched8['req_per_s']:.2f} req/s vs one-at-a-time "
-        f"{single8['req_per_s']:.2f} req/s = {ratio:.2f}x  (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})"
-    )
-    return 0 if ratio >= 3 else 1
+
+    ok = True
+    static8, single8 = find(rows, SERVERS[0][0], 8), find(rows, SERVERS[2][0], 8)
+    if static8 and single8:
+        ratio = static8["req_per_s"] / single8["req_per_s"]
+        ok &= ratio >= 3
+        print(
+            f"\nat 8 clients: static batching {static8['req_per_s']:.2f} req/s vs one-at-a-time "
+            f"{single8['req_per_s']:.2f} req/s = {ratio:.2f}x  (target >= 3x: "
+            f"{'met' if ratio >= 3 else 'NOT met'})"
+        )
+    static32, cont32 = find(rows, SERVERS[0][0], 32), find(rows, SERVERS[1][0], 32)
+    if static32 and cont32:
+        faster = cont32["ttft_p95"] < static32["ttft_p95"] / 2
+        more = cont32["tok_per_s"] >= static32["tok_per_s"]
+        ok &= faster and more
+        print(
+            f"at 32 clients: continuous TTFT p95 {cont32['ttft_p95']:.2f}s vs static "
+            f"{static32['ttft_p95']:.2f}s (goal < half: {'met' if faster else 'NOT met'}); "
+            f"throughput {cont32['tok_per_s']:.1f} vs {static32['tok_per_s']:.1f} tok/s "
+            f"(goal >=: {'met' if more else 'NOT met'})"
+        )
+    for n in args.clients:
+        peer, best = find(rows, LLAMA_LABEL, n), None
+        for label, _ in SERVERS[:2]:
+            r = find(rows, label, n)
+            if r and (best is None or r["tok_per_s"] > best["tok_per_s"]):
+                best = r
+        if peer and best:
+            print(
+                f"at {n} clients: {best['server']} {best['tok_per_s']:.1f} tok/s vs llama.cpp "
+                f"{peer['tok_per_s']:.1f} tok/s = {best['tok_per_s'] / peer['tok_per_s']:.2f}x; "
+                f"TTFT p95 {best['ttft_p95']:.2f}s vs {peer['ttft_p95']:.2f}s"
+            )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oficina.errors import UserError
+from oficina.serve import protocol
 
 log = logging.getLogger("oficina.serve")
 
@@ -64,14 +65,7 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return protocol.error_body(self.message, self.type, self.param, self.code)
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -1,14 +1,20 @@
-"""Request bodies of the OpenAI-compatible API, as pydantic models (they also make /openapi.json).
+"""The OpenAI-compatible wire format, both ways: request bodies and the response shapes.
 
-Field ranges are declared here so a bad value is a 400 before any model work, and so the
-published schema tells clients (and schemathesis) what is allowed. Fields this server does not
-implement (``presence_penalty``, ``logit_bias``...) are ignored, as vLLM does; ``top_k`` and
-``repetition_penalty`` are the usual vLLM extensions.
+Requests are pydantic models (they also make /openapi.json). Field ranges are declared here so a
+bad value is a 400 before any model work, and so the published schema tells clients (and
+schemathesis) what is allowed. Fields this server does not implement (``presence_penalty``,
+``logit_bias``...) are ignored, as vLLM does; ``top_k`` and ``repetition_penalty`` are the usual
+vLLM extensions.
+
+Responses are plain dicts built by the functions at the end of this file, and only there: the
+completion and chat bodies, their streamed chunks, ``usage``, model cards, embedding lists and
+the error body. A route assembles its answer from these, so a field is named in one place.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -143,3 +149,117 @@ class CacheLookupRequest(_Body):
         default_factory=list
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+# ---------------------------------------------------------------------------- response shapes
+# Key order follows OpenAI's own responses (clients do not depend on it; people reading do).
+
+SSE_DONE = "data: [DONE]\n\n"  # the last event of every stream
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def error_body(message: str, type: str, param: str | None, code: str | None) -> dict:
+    """``{"error": {...}}``, the body of every error answer (and of an error event in a stream)."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _envelope(
+    obj: str, rid: str, created: int, model: str, choices: list[dict], usage: dict | None
+) -> dict:
+    out = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def completion(
+    rid: str, created: int, model: str, choices: list[dict], usage: dict | None = None
+) -> dict:
+    """A /v1/completions answer; without ``usage`` it is one streamed chunk (same object name)."""
+    return _envelope("text_completion", rid, created, model, choices, usage)
+
+
+def completion_choice(
+    index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None
+) -> dict:
+    """One choice of a completion; a streamed delta has ``finish_reason`` None until the last."""
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def chat_completion(rid: str, created: int, model: str, choices: list[dict], usage: dict) -> dict:
+    """A non-streamed /v1/chat/completions answer."""
+    return _envelope("chat.completion", rid, created, model, choices, usage)
+
+
+def chat_choice(index: int, content: str, logprobs: dict | None, finish_reason: str | None) -> dict:
+    """One choice of a non-streamed chat answer: the assistant's whole message."""
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": content},
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
+    }
+
+
+def chat_chunk(
+    rid: str, created: int, model: str, choices: list[dict], usage: dict | None = None
+) -> dict:
+    """One streamed chat event (``usage`` only on the closing usage chunk)."""
+    return _envelope("chat.completion.chunk", rid, created, model, choices, usage)
+
+
+def chat_delta(
+    index: int, delta: dict, logprobs: dict | None = None, finish_reason: str | None = None
+) -> dict:
+    """One choice of a chat chunk: ``{"role": "assistant", "content": ""}`` first, then
+    ``{"content": piece}`` per text delta, then ``{}`` with the finish reason."""
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def model_card(
+    name: str,
+    created: int,
+    type: str,
+    max_model_len: int | None = None,
+    parent: str | None = None,
+) -> dict:
+    """An entry of GET /v1/models. Embedding models carry no context length or parent."""
+    card: dict = {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "oficina",
+        "type": type,
+    }
+    if type != "embedding":
+        card["max_model_len"] = max_model_len
+        card["parent"] = parent
+    return card
+
+
+def model_list(cards: list[dict]) -> dict:
+    return {"object": "list", "data": cards}
+
+
+def embedding_list(model: str, embeddings: list[Any], prompt_tokens: int) -> dict:
+    """A /v1/embeddings answer; each embedding is a list of floats or a base64 string."""
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
