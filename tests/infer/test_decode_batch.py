@@ -174,3 +174,25 @@ def test_eager_attention_uses_an_additive_mask_and_agrees(engine, tiny_lm):
     batch.add(a)
     _run(batch, {3: [b]})
     assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
+
+
+def test_a_row_outgrowing_its_reservation_grows_the_cache_geometrically(engine, monkeypatch):
+    import oficina.infer.engine as engine_mod
+
+    prompt, p = "def foo(x):", _params(300)
+    alone = engine.generate([prompt], p)[0]
+    monkeypatch.setattr(engine_mod, "RESERVE_AHEAD", 4)  # reserve the prompt and 4 tokens
+    row = engine.make_rows([prompt], [p])[0]
+    batch = DecodeBatch(engine)
+    batch.add(row)
+    assert batch.cache.capacity[1] < len(row.prompt_ids) + 300
+    buffers = set()
+    while batch:
+        list(batch.step())
+        if batch.cache.layers[0].keys is not None:
+            buffers.add(batch.cache.layers[0].keys.data_ptr())
+    assert 2 <= len(buffers) <= 4  # grew, by large steps rather than per token
+    assert batch.cache.capacity[1] >= len(row.prompt_ids) + 300
+    assert row.generated == alone.token_ids
+    got = [t.logprob for t in row.logprobs]
+    assert got == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)

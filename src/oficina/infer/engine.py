@@ -44,7 +44,7 @@ import torch
 from oficina.errors import UserError
 from oficina.infer import scoring
 from oficina.infer.int8 import RECIPE, apply_recipe
-from oficina.infer.kv_slots import SlotCache, check_supported
+from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
@@ -535,7 +535,7 @@ class DecodeBatch:
             return
         self.waiting.append(row)
         rows = len(self) if not self.max_rows else min(len(self), self.max_rows)
-        self.cache.reserve(rows, len(row.prompt_ids) + row.limit)
+        self.cache.reserve(rows, len(row.prompt_ids) + min(row.limit, RESERVE_AHEAD))
 
     def cancel(self, row: Row) -> None:
         """Stop a row: it keeps what it generated and leaves before the next forward."""
@@ -641,7 +641,7 @@ class DecodeBatch:
                     return
                 r = self.filling = self.waiting.popleft()
                 r.slot, r.fed = len(self.running), 0
-                self.cache.reserve(r.slot + 1, len(r.prompt_ids) + r.limit)
+                self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
                 self.cache.clear(r.slot)
             r = self.filling
             a = r.fed

@@ -16,7 +16,8 @@ Why slots rather than ``DynamicCache`` + left padding: a row can join between an
 (its prompt written into a free slot) and leave at once (the last slot is moved into its place,
 so running rows stay ``0..n-1`` and the decode view stays a slice), and no step allocates a
 tensor that grows with the length (``DynamicCache`` concatenates every step). Capacity grows
-by reallocation, rarely (``reserve``), never per step. Every method that writes the tensors runs
+by reallocation, rarely (``reserve``: a row's prompt and ``RESERVE_AHEAD`` tokens when it
+joins, then by half again when a row outgrows it), never per step. Every method that writes the tensors runs
 in inference mode (they are inference tensors: the forward runs under ``torch.inference_mode``).
 
 A row could start from a stored prefix (prefix caching): copy the prefix's per-layer keys and
@@ -34,6 +35,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 # Capacity grows in these steps so that a stream of slightly longer requests does not
 # reallocate each time.
 _LENGTH_QUANTUM = 128
+# Room reserved for new tokens beyond a row's prompt when it joins. Reserving a row's whole
+# max_new_tokens would be exact but can be huge (a long-context model asked for its whole
+# context); a row that outgrows this makes the cache grow by half again (rarely: geometric).
+RESERVE_AHEAD = 256
 
 
 def check_supported(config) -> str | None:
@@ -184,10 +189,12 @@ class SlotCache(Cache):
 
     def plan_decode(self, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots 0..n-1 each take one token: (position ids [n, 1], 4-D attention mask)."""
+        kv_len = int(self.lengths[:n].max()) + 1
+        if kv_len > self.capacity[1]:
+            self.reserve(self.capacity[0], kv_len)
         pos = self.lengths[:n]
         self.valid[self.arange[:n], pos] = True  # each row attends to its new token too
-        self.mode, self.n, self.q_len = "decode", n, 1
-        self.kv_len = int(pos.max()) + 1
+        self.mode, self.n, self.q_len, self.kv_len = "decode", n, 1, kv_len
         mask = self.valid[:n, None, None, : self.kv_len]
         return pos[:, None].clone(), self._mask(mask, dtype)
 

@@ -93,6 +93,11 @@ class ServeConfig(VerbConfig):
     batch_wait_ms: float = Field(
         10.0, ge=0, le=1000, description="how long a batch waits for more requests"
     )
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: requests join the running batch at the next decode step; "
+        "static: a batch runs to its end before the next starts",
+    )
     max_concurrent: int = Field(64, ge=1, description="requests admitted at once")
     max_queue: int = Field(128, ge=0, description="requests waiting for admission; beyond it 429")
     queue_timeout_s: float = Field(60.0, gt=0, description="longest wait for admission before 429")
@@ -202,7 +207,9 @@ class Server:
     def __init__(self, cfg: ServeConfig, engines: dict):
         self.cfg = cfg
         self.engines = engines
-        self.scheduler = Scheduler(engines, cfg.max_batch, cfg.batch_wait_ms / 1000.0)
+        self.scheduler = Scheduler(
+            engines, cfg.max_batch, cfg.batch_wait_ms / 1000.0, mode=cfg.scheduler
+        )
         self.admission = Admission(cfg.max_concurrent, cfg.max_queue, cfg.queue_timeout_s)
         self.embedding_name = (
             None if cfg.embeddings.lower() in ("", "none", "off") else cfg.embeddings
