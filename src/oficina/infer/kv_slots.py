@@ -21,7 +21,8 @@ joins, then by half again when a row outgrows it), never per step. Every method 
 in inference mode (they are inference tensors: the forward runs under ``torch.inference_mode``).
 
 A row could start from a stored prefix (prefix caching): copy the prefix's per-layer keys and
-values into ``[slot, :, :P]``, set the slot's length to ``P`` (``load``), and prefill only the rest.
+values into ``[slot, :, :P]``, mark ``valid[slot, :P]``, set the slot's length to ``P`` and
+prefill only the rest of the prompt (``Row.fed = P``) — the slot layout needs nothing more.
 
 Only full-attention models are supported (every layer sees the whole past): the 4-D mask is
 given to the model as is, so sliding-window or linear-attention layers would be wrong.
@@ -167,19 +168,6 @@ class SlotCache(Cache):
         self.valid[dst] = self.valid[src]
         self.lengths[dst] = n
         self.clear(src)
-
-    @torch.inference_mode()
-    def load(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Start ``slot`` from stored per-layer (keys, values), each ``[kv_heads, P, head_dim]``
-        (e.g. a cached prompt prefix); the layers must already hold a first forward's shapes."""
-        p = kv[0][0].shape[1]
-        self.reserve(slot + 1, p)
-        for layer, (k, v) in zip(self.layers, kv, strict=True):
-            layer.keys[slot, :, :p] = k
-            layer.values[slot, :, :p] = v
-        self.valid[slot].zero_()
-        self.valid[slot, :p] = True
-        self.lengths[slot] = p
 
     # ------------------------------------------------------------------ one forward
     def _mask(self, m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
