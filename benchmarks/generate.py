@@ -10,7 +10,9 @@ same number of tokens; prefill of the short prompt included) for:
     (``Engine.from_spec`` on it: whatever kernel that recipe uses);
   * llama.cpp (llama-cpp-python) on ``oficina quantize --method gguf`` exports, f32 and q8_0,
     same token ids, as many threads as torch uses;
-  * Oficina float32 batch 8 aggregate, as the ratio to batch 1.
+  * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
+  * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
+    the compile happens in the untimed warm-up).
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
 run is the one least disturbed), with the load average before and after.
 """
@@ -74,6 +76,9 @@ def main() -> None:
     ap.add_argument("--int8", help="an `oficina quantize --method int8` output directory")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    ap.add_argument(
+        "--compile", action="store_true", help="also Oficina float32 with a compiled decode step"
+    )
     args = ap.parse_args()
     n = 16 if args.quick else 64
     where = machine()
@@ -89,6 +94,9 @@ def main() -> None:
     engines = {"float32": f32, "bfloat16": Engine.from_spec("smollm2-135m-instruct", "bfloat16")}
     if args.int8:
         engines["int8"] = Engine.from_spec(args.int8)
+    if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
+        engines["float32 compiled"] = Engine(f32.model, f32.tokenizer, path=f32.path)
+        engines["float32 compiled"].compile_decode()
     prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     one = prompts[:1]
 
@@ -96,7 +104,7 @@ def main() -> None:
     runs = []
     for name, eng in engines.items():
         runs.append((f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n)))
-        if name != "int8":
+        if name in ("float32", "bfloat16"):
             runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
     runs.append(("Oficina float32 batch 8 (aggregate)", lambda: oficina_rate(f32, prompts, n)))
     from oficina.infer.gguf_export import llama_cpp_version

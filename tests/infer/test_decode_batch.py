@@ -196,3 +196,22 @@ def test_a_row_outgrowing_its_reservation_grows_the_cache_geometrically(engine, 
     assert row.generated == alone.token_ids
     got = [t.logprob for t in row.logprobs]
     assert got == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_rows(engine):
+    """torch.compile of the decode step (opt-in): same tokens and log-probabilities as eager,
+    alone and with a second row joining (one recompile for more than one row)."""
+    from oficina.infer.engine import Engine
+
+    compiled = Engine(engine.model, engine.tokenizer, name="compiled")
+    compiled.compile_decode()
+    inner, calls = compiled._decode_forward, []
+    compiled._decode_forward = lambda *a, **kw: (calls.append(1), inner(*a, **kw))[1]
+    p = _params(12)
+    a, b = compiled.make_rows(["def foo(x):", LONG], [p, p])
+    batch = DecodeBatch(compiled)
+    batch.add(a)
+    _run(batch, {3: [b]})
+    assert len(calls) >= 11  # the decode steps went through the compiled forward
+    assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -219,6 +220,19 @@ class Engine:
                 eos.update(int(x) for x in src)
         self.eos_ids = eos
         self._model_hash: str | None = None
+        self._decode_forward = None  # set by compile_decode
+        if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
+            self.compile_decode()
+
+    def compile_decode(self, mode: str | None = None) -> None:
+        """Run decode steps (one token per row) through ``torch.compile`` of the model's forward.
+
+        Opt-in (``OFICINA_COMPILE=1`` does it for every engine): the first steps compile for
+        about a minute, and again once for the first batch of more than one row; the slot cache
+        keeps shapes few (rows and length are dynamic), so there are no further recompiles.
+        Prefill stays eager. Worth it only for long runs; see ``benchmarks/generate.py``.
+        """
+        self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -612,7 +626,9 @@ class DecodeBatch:
             self.filling.slot, self.filling = None, None
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int):
-        out = self.engine.model(
+        step = self.engine._decode_forward
+        fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        out = fn(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
