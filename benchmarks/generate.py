@@ -1,10 +1,20 @@
-"""Generation speed of the packaged SmolLM2-135M on this machine: batch 1 vs batch 8, cached load.
+"""Batch-1 decode speed of SmolLM2-135M: Oficina's engine vs its peers, in one run.
 
-    .venv/bin/python benchmarks/generate.py [--quick]
+    .venv/bin/python benchmarks/generate.py [--quick] [--int8 DIR] [--repeats 3] [--no-llama]
 
-Prints one table: cached load time, decode tokens/s at batch 1 and aggregate tokens/s at
-batch 8 (8 different prompts, greedy, same number of new tokens each), with the ratio, and the
-machine (CPU, cores, load average at start).
+Prints one table of tokens/s (one prompt, greedy, EOS ignored so every peer makes exactly the
+same number of tokens; prefill of the short prompt included) for:
+  * Oficina float32 and bfloat16 (``Engine.generate``, the path every verb uses), next to
+    plain ``transformers`` ``model.generate`` on the very same model object;
+  * Oficina int8, when ``--int8 DIR`` names an ``oficina quantize --method int8`` output
+    (``Engine.from_spec`` on it: whatever kernel that recipe uses);
+  * llama.cpp (llama-cpp-python) on ``oficina quantize --method gguf`` exports, f32 and q8_0,
+    same token ids, as many threads as torch uses;
+  * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
+  * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
+    the compile happens in the untimed warm-up).
+Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
+run is the one least disturbed), with the load average before and after.
 """
 
 from __future__ import annotations
@@ -16,7 +26,6 @@ import time
 from _machine import machine  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 PROMPTS = [
     "What is the capital of France?",
@@ -30,42 +39,126 @@ PROMPTS = [
 ]
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def oficina_rate(eng, prompts: list[str], n: int) -> float:
+    from oficina.infer.engine import SamplingParams
+
+    t0 = time.perf_counter()
+    out = eng.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
+    return sum(c.completion_tokens for c in out) / (time.perf_counter() - t0)
+
+
+def hf_rate(eng, prompt: str, n: int) -> float:
+    import torch
+
+    enc = eng.tokenizer(prompt, return_tensors="pt")
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = eng.model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=eng.tokenizer.pad_token_id,
+        )
+    return (out.shape[1] - enc.input_ids.shape[1]) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer tokens")
+    ap.add_argument("--int8", help="an `oficina quantize --method int8` output directory")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    ap.add_argument(
+        "--compile", action="store_true", help="also Oficina float32 with a compiled decode step"
+    )
     args = ap.parse_args()
     n = 16 if args.quick else 64
     where = machine()
-    from oficina.infer.engine import Engine, SamplingParams
+    import torch
+
+    from oficina.infer.engine import Engine
     from oficina.models.sources import resolve
 
-    resolve(
-        "smollm2-135m-instruct"
-    )  # converted once into the cache; timed below is the cached load
+    resolve("smollm2-135m-instruct")  # converted once into the cache; timed is the cached load
     t0 = time.perf_counter()
-    eng = Engine.from_spec("smollm2-135m-instruct")
+    f32 = Engine.from_spec("smollm2-135m-instruct")
     load_s = time.perf_counter() - t0
-    prompts = [eng.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
-    # Fixed length: no stop at EOS, so both sides generate exactly n tokens per row.
-    eng.eos_ids = set()
-    params = SamplingParams(max_new_tokens=n)
-    eng.generate(prompts[:1], SamplingParams(max_new_tokens=4))  # warm-up
+    engines = {"float32": f32, "bfloat16": Engine.from_spec("smollm2-135m-instruct", "bfloat16")}
+    if args.int8:
+        engines["int8"] = Engine.from_spec(args.int8)
+    if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
+        engines["float32 compiled"] = Engine(f32.model, f32.tokenizer, path=f32.path)
+        engines["float32 compiled"].compile_decode()
+    prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    one = prompts[:1]
 
-    t0 = time.perf_counter()
-    c1 = eng.generate(prompts[:1], params)
-    b1 = sum(c.completion_tokens for c in c1) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    c8 = eng.generate(prompts, params)
-    b8 = sum(c.completion_tokens for c in c8) / (time.perf_counter() - t0)
+    # (figure, function) measured in turn, best of --repeats
+    runs = []
+    for name, eng in engines.items():
+        runs.append((f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n)))
+        if name in ("float32", "bfloat16"):
+            runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
+    runs.append(("Oficina float32 batch 8 (aggregate)", lambda: oficina_rate(f32, prompts, n)))
+    from oficina.infer.gguf_export import llama_cpp_version
 
+    version = None if args.no_llama else llama_cpp_version()
+    if version:
+        runs += llama_runs(f32, one[0], n)
+    for _, fn in runs:  # warm-up: first calls allocate buffers, pick kernels
+        fn()
+    load_before = _loadavg()
+    best: dict[str, float] = {}
+    for _ in range(max(1, args.repeats)):
+        for label, fn in runs:
+            best[label] = max(best.get(label, 0.0), fn())
+    load_after = _loadavg()
+
+    base = best["Oficina float32"]
     print(f"machine: {where}")
-    print(
-        f"model: smollm2-135m-instruct (134,515,008 parameters, float32), {n} new tokens per row, greedy"
-    )
-    print(f"{'figure':<40}{'value':>12}{'peer':>12}{'ratio':>8}")
-    print(f"{'cached load time (s)':<40}{load_s:>12.2f}{'':>12}{'':>8}")
-    print(f"{'tokens/s batch 1':<40}{b1:>12.1f}{'':>12}{'':>8}")
-    print(f"{'tokens/s batch 8 (aggregate) vs batch 1':<40}{b8:>12.1f}{b1:>12.1f}{b8 / b1:>8.2f}")
+    print(f"loadavg before / after the timed runs: {load_before} / {load_after}")
+    print(f"model: smollm2-135m-instruct, batch 1, {n} new tokens, greedy, best of {args.repeats}")
+    print(f"cached load time: {load_s:.2f} s")
+    print(f"{'figure':<42}{'tokens/s':>10}{'vs Oficina f32':>16}")
+    for label, v in best.items():
+        print(f"{label:<42}{v:>10.1f}{v / base:>16.2f}")
+    if "int8" not in engines:
+        print("int8: not measured (pass --int8 DIR from `oficina quantize --method int8`)")
+    if version:
+        print(f"llama.cpp: llama-cpp-python {version}, {torch.get_num_threads()} threads")
+    elif not args.no_llama:
+        print("llama.cpp: not measured (llama-cpp-python is not installed: make llama)")
+
+
+def llama_runs(eng, prompt: str, n: int) -> list:
+    """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model."""
+    import tempfile
+    from pathlib import Path
+
+    from oficina.infer.gguf_export import export_gguf, llama_greedy, load_llama
+
+    ids = eng.encode(prompt)
+    d = tempfile.mkdtemp(prefix="oficina-bench-")
+    out = []
+    for kind in ("f32", "q8_0"):
+        path = Path(d) / f"model-{kind}.gguf"
+        export_gguf(eng.path, path, kind)
+        llm = load_llama(path, n_ctx=len(ids) + n + 8)
+
+        def run(llm=llm) -> float:
+            t0 = time.perf_counter()
+            k = len(llama_greedy(llm, ids, n))
+            return k / (time.perf_counter() - t0)
+
+        out.append((f"llama.cpp {kind}", run))
+    return out
 
 
 if __name__ == "__main__":

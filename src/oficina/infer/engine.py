@@ -6,10 +6,13 @@
     print(eng.generate([prompt], SamplingParams(max_new_tokens=32))[0].text)
 
 What it does, and why it is written out rather than calling ``model.generate``:
-  * batched generation with **left padding**, an attention mask and position ids computed from
-    it, and the model's KV cache (``DynamicCache``): the prompt is run once, then one token per
-    step. Rows that finish are dropped from the batch (and from the cache) at once, so a long
-    answer does not make short ones pay for it;
+  * a **step-level** decode loop (``DecodeBatch``): every row has its own KV slot in a
+    preallocated cache (``oficina.infer.kv_slots.SlotCache``) with its own length, position ids
+    and mask, so a row can join between any two steps (its prompt prefilled in chunks of
+    ``PREFILL_CHUNK`` tokens, interleaved with the decode steps of the rows already running) and
+    leaves the moment it is done or cancelled. ``generate`` and ``stream`` drive one; the
+    server's continuous scheduler keeps one per model. No step allocates anything that grows
+    with the length (no ``torch.cat`` of the cache or the mask);
   * **per-request** sampling parameters in one batch (temperature, top-k, top-p, repetition
     penalty, seed — each row has its own ``torch.Generator``, so a seed gives the same text
     whatever else shares the batch);
@@ -29,7 +32,9 @@ Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model
 
 from __future__ import annotations
 
+import collections
 import math
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ import torch
 from oficina.errors import UserError
 from oficina.infer import scoring
 from oficina.infer.int8 import RECIPE, load_int8
+from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
@@ -154,8 +160,8 @@ def _held_back(text: str, stops: list[str]) -> int:
     return max(hold, n)
 
 
-class _Row:
-    """Decoding state of one request."""
+class Row:
+    """Decoding state of one request (``Engine.make_rows`` builds them; ``DecodeBatch`` runs them)."""
 
     def __init__(self, index: int, prompt_ids: list[int], params: SamplingParams, limit: int):
         self.index = index
@@ -169,6 +175,13 @@ class _Row:
         self.finish: str | None = None
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.prompt_logprobs: list[TokenLogprob] | None = None
+        # where the row is in a DecodeBatch: its KV slot, prompt tokens prefilled so far, the
+        # logits to sample its next token from, the token to feed at the next decode step
+        self.slot: int | None = None
+        self.fed = 0
+        self.logits: torch.Tensor | None = None
+        self.next_token = 0
+        self.echo_logits: list[torch.Tensor] = []
         self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -207,6 +220,19 @@ class Engine:
                 eos.update(int(x) for x in src)
         self.eos_ids = eos
         self._model_hash: str | None = None
+        self._decode_forward = None  # set by compile_decode
+        if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
+            self.compile_decode()
+
+    def compile_decode(self, mode: str | None = None) -> None:
+        """Run decode steps (one token per row) through ``torch.compile`` of the model's forward.
+
+        Opt-in (``OFICINA_COMPILE=1`` does it for every engine): the first steps compile for
+        about a minute, and again once for the first batch of more than one row; the slot cache
+        keeps shapes few (rows and length are dynamic), so there are no further recompiles.
+        Prefill stays eager. Worth it only for long runs; see ``benchmarks/generate.py``.
+        """
+        self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -307,7 +333,7 @@ class Engine:
 
     # ------------------------------------------------------------------ sampling
     @staticmethod
-    def _choose(logits: torch.Tensor, row: _Row) -> int:
+    def _choose(logits: torch.Tensor, row: Row) -> int:
         """One token from one row's logits (1-D, float32), HF's processor order."""
         p = row.params
         if p.repetition_penalty != 1.0 and row.seen.numel():
@@ -337,7 +363,8 @@ class Engine:
         return int(torch.multinomial(probs, 1, generator=row.gen))
 
     # ------------------------------------------------------------------ the decode loop
-    def _rows(self, prompts: list[str], params: list[SamplingParams]) -> list[_Row]:
+    def make_rows(self, prompts: list[str], params: list[SamplingParams]) -> list[Row]:
+        """Validate and encode prompts into rows for a ``DecodeBatch`` (``Row.index`` = position)."""
         rows = []
         for i, (text, p) in enumerate(zip(prompts, params, strict=True)):
             p.validate()
@@ -351,111 +378,10 @@ class Engine:
                     f"prompt {i} has {len(ids)} tokens; the context of '{self.name}' is "
                     f"{self.context_length} tokens, so no room is left to generate"
                 )
-            rows.append(_Row(i, ids, p, max(0, min(p.max_new_tokens, room))))
+            rows.append(Row(i, ids, p, max(0, min(p.max_new_tokens, room))))
         return rows
 
-    def _loop(self, rows: list[_Row], cancelled: set[int]) -> Iterator[tuple[int, str]]:
-        """Run all rows to completion, yielding (row index, new text) as text is produced."""
-        from transformers import DynamicCache
-
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else next(iter(self.eos_ids), 0)
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            n = len(r.prompt_ids)
-            ids[b, width - n :] = torch.tensor(r.prompt_ids)
-            mask[b, width - n :] = 1
-        # Position ids count real tokens only, so a left-padded row sees the same positions as
-        # it would alone; pads get 1 (never attended to, any value is fine — HF uses 1 too).
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        echo = any(r.params.echo for r in rows)
-        eos_list = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
-        active = list(range(len(rows)))  # batch position -> index into rows
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=0 if echo else 1,
-            )
-            if echo:
-                for b, r in enumerate(rows):
-                    if r.params.echo:
-                        n = len(r.prompt_ids)
-                        r.prompt_logprobs = self.score_sequence(
-                            out.logits[b, width - n :].float(), r.prompt_ids, r.params.logprobs or 0
-                        )
-            logits = out.logits[:, -1, :].float()
-            del out
-            next_pos = pos[:, -1].clone()
-            step = 0
-            while active:
-                chosen: list[int] = []
-                for b, ri in enumerate(active):
-                    r = rows[ri]
-                    if r.limit == 0:
-                        r.finish = "length"
-                        chosen.append(pad)
-                        continue
-                    row_logits = logits[b]
-                    if len(r.generated) < r.params.min_tokens and eos_list.numel():
-                        # As HF's MinNewTokensLengthLogitsProcessor: EOS cannot be chosen yet.
-                        row_logits = row_logits.index_fill(0, eos_list, float("-inf"))
-                    tid = self._choose(row_logits, r)
-                    chosen.append(tid)
-                    r.steps += 1
-                    if r.logprobs is not None:  # the model's own distribution, as vLLM reports
-                        lp = torch.log_softmax(logits[b], -1)
-                        r.logprobs.append(self.token_logprob(lp, tid, r.params.logprobs))
-                    if tid in self.eos_ids and not r.params.ignore_eos:
-                        r.finish = "stop"
-                        continue
-                    r.generated.append(tid)
-                    if r.params.repetition_penalty != 1.0:
-                        r.seen = torch.unique(torch.cat([r.seen, torch.tensor([tid])]))
-                    # Yielded every step, even with no new text, so a caller's on_token sees each
-                    # step (a deadline is checked per token, not per visible piece of text).
-                    yield ri, self._advance(r)
-                    if ri in cancelled and r.finish is None:
-                        r.finish = "cancelled"
-                    if r.finish is None and len(r.generated) >= r.limit:
-                        r.finish = "length"
-                for ri in active:
-                    if ri in cancelled and rows[ri].finish is None:
-                        rows[ri].finish = "cancelled"
-                for ri in active:  # flush held-back text of rows that just ended
-                    r = rows[ri]
-                    if r.finish in ("stop", "length") and r.emitted < len(r.text):
-                        delta, r.emitted = r.text[r.emitted :], len(r.text)
-                        yield ri, delta
-                keep = [b for b, ri in enumerate(active) if rows[ri].finish is None]
-                if not keep:
-                    break
-                step += 1
-                if len(keep) < len(active):
-                    sel = torch.tensor(keep, dtype=torch.long)
-                    cache.batch_select_indices(sel)
-                    mask, next_pos = mask[sel], next_pos[sel]
-                    chosen = [chosen[b] for b in keep]
-                    active = [active[b] for b in keep]
-                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-                next_pos = next_pos + 1
-                out = self.model(
-                    input_ids=torch.tensor(chosen, dtype=torch.long)[:, None],
-                    attention_mask=mask,
-                    position_ids=next_pos[:, None],
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                logits = out.logits[:, -1, :].float()
-                del out
-
-    def _advance(self, r: _Row) -> str:
+    def _advance(self, r: Row) -> str:
         """Re-decode row r's text, apply stop strings; return the text that is now safe to show."""
         text = self._decode(r.generated)
         # No stop string before min_tokens tokens (vLLM's rule): it would end the row early.
@@ -485,7 +411,7 @@ class Engine:
         first = TokenLogprob(self._token_str(ids[0]), ids[0], None, [])
         return [first] + [self.token_logprob(lp[t - 1], ids[t], top) for t in range(1, len(ids))]
 
-    def _completion(self, r: _Row) -> Completion:
+    def completion(self, r: Row) -> Completion:
         return Completion(
             text=r.text,
             token_ids=list(r.generated),
@@ -509,17 +435,22 @@ class Engine:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise UserError(f"{len(prompts)} prompts but {len(plist)} sampling params")
-        rows = self._rows(prompts, plist)
-        cancelled: set[int] = set()
-        for i, delta in self._loop(rows, cancelled):
-            if on_token is not None and on_token(i, delta) is False:
-                cancelled.add(i)
-        return [self._completion(r) for r in rows]
+        rows = self.make_rows(prompts, plist)
+        batch = DecodeBatch(self)
+        for r in rows:
+            batch.add(r)
+        while batch:
+            for r, delta in batch.step():
+                if on_token is not None and on_token(r.index, delta) is False:
+                    batch.cancel(r)
+        return [self.completion(r) for r in rows]
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Text deltas of one prompt as they are produced; stop iterating to cancel."""
-        rows = self._rows([prompt], [params])
-        yield from (delta for _, delta in self._loop(rows, set()) if delta)
+        batch = DecodeBatch(self)
+        batch.add(self.make_rows([prompt], [params])[0])
+        while batch:
+            yield from (delta for _, delta in batch.step() if delta)
 
     # ------------------------------------------------------------------ scoring
     def score_ids(self, ids: list[int], top: int) -> tuple[list[TokenLogprob], torch.Tensor]:
@@ -565,3 +496,189 @@ class Engine:
     ) -> float:
         """exp(total NLL / total tokens) over all texts; see ``text_nll``."""
         return self.text_nll(texts, window, stride).perplexity
+
+
+# Prompt tokens prefilled per decode step: a long prompt is written in chunks of this many tokens,
+# one chunk (or several short prompts) between two decode steps, so rows already running keep
+# getting a token per step. Chunk boundaries are fixed within a prompt (multiples of this), so a
+# row's numbers do not depend on what else shares the batch.
+PREFILL_CHUNK = 256
+
+
+class DecodeBatch:
+    """Rows advanced together, one decode step at a time, each in its own KV slot.
+
+        batch = DecodeBatch(engine, max_rows=16)
+        batch.add(row)                        # between any two steps
+        while batch:                          # rows not finished (waiting, prefilling, running)
+            for row, delta in batch.step():   # one step; every running row gets a token
+                if client_gone:
+                    batch.cancel(row)         # leaves before the next forward
+
+    ``step`` samples one token for every running row (yielding ``(row, new text)``, also when the
+    text is held back, so a caller's per-token check runs every step), lets finished and
+    cancelled rows leave (their slots are reused at once), runs one decode forward for the rows
+    that remain, then prefills waiting prompts — at most ``chunk`` tokens' worth — into free slots
+    (at most ``max_rows`` rows hold a slot; 0 = no bound). A prefilled row is sampled from the
+    next step on. The KV layout is ``oficina.infer.kv_slots.SlotCache``.
+    """
+
+    def __init__(self, engine: Engine, max_rows: int = 0, chunk: int = PREFILL_CHUNK):
+        why = check_supported(engine.model.config)
+        if why:
+            raise UserError(
+                f"model '{engine.name}' uses {why}; the generation engine supports "
+                "full-attention models only"
+            )
+        self.engine = engine
+        self.max_rows = max(0, int(max_rows))
+        self.chunk = max(1, int(chunk))
+        config = engine.model.config
+        self.dtype = next(engine.model.parameters()).dtype
+        impl = getattr(config, "_attn_implementation", None) or "sdpa"
+        self.cache = SlotCache(config, float_mask=impl != "sdpa")
+        self.waiting: collections.deque[Row] = collections.deque()
+        self.running: list[Row] = []  # running[s] is in slot s
+        self.filling: Row | None = None  # prompt being prefilled, in slot len(running)
+        self._eos = torch.tensor(sorted(engine.eos_ids), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running) + (self.filling is not None)
+
+    def add(self, row: Row) -> None:
+        """Queue a row; its prompt is prefilled at the next steps, as slots and budget allow."""
+        if row.limit == 0 and not row.params.echo:
+            row.finish = "length"  # nothing to generate, nothing to score
+            return
+        self.waiting.append(row)
+        rows = len(self) if not self.max_rows else min(len(self), self.max_rows)
+        self.cache.reserve(rows, len(row.prompt_ids) + min(row.limit, RESERVE_AHEAD))
+
+    def cancel(self, row: Row) -> None:
+        """Stop a row: it keeps what it generated and leaves before the next forward."""
+        if row.finish is None:
+            row.finish = "cancelled"
+        if row in self.waiting:
+            self.waiting.remove(row)
+
+    def step(self) -> Iterator[tuple[Row, str]]:
+        """One decode step for all running rows; see the class docstring."""
+        self._leave()
+        yield from self._sample()
+        self._leave()
+        with torch.inference_mode():
+            self._decode()
+            self._prefill()
+
+    # ------------------------------------------------------------------ the parts of a step
+    def _sample(self) -> Iterator[tuple[Row, str]]:
+        eng = self.engine
+        for r in self.running:
+            if r.finish is not None:  # cancelled since the last step
+                continue
+            if r.limit == 0:  # echo only
+                r.finish = "length"
+                continue
+            logits = r.logits
+            if len(r.generated) < r.params.min_tokens and self._eos.numel():
+                # As HF's MinNewTokensLengthLogitsProcessor: EOS cannot be chosen yet.
+                logits = logits.index_fill(0, self._eos, float("-inf"))
+            tid = eng._choose(logits, r)
+            r.steps += 1
+            if r.logprobs is not None:  # the model's own distribution, as vLLM reports
+                lp = torch.log_softmax(r.logits, -1)
+                r.logprobs.append(eng.token_logprob(lp, tid, r.params.logprobs))
+            if tid in eng.eos_ids and not r.params.ignore_eos:
+                r.finish = "stop"
+                continue
+            r.generated.append(tid)
+            r.next_token = tid
+            if r.params.repetition_penalty != 1.0:
+                r.seen = torch.unique(torch.cat([r.seen, torch.tensor([tid])]))
+            # Yielded every step, even with no new text, so a caller's on_token sees each step
+            # (a deadline is checked per token, not per visible piece of text).
+            yield r, eng._advance(r)
+            if r.finish is None and len(r.generated) >= r.limit:
+                r.finish = "length"
+        for r in self.running:  # flush held-back text of rows that just ended
+            if r.finish in ("stop", "length") and r.emitted < len(r.text):
+                delta, r.emitted = r.text[r.emitted :], len(r.text)
+                yield r, delta
+
+    def _leave(self) -> None:
+        """Finished rows give up their slots; the last running row moves into each hole."""
+        cache, s = self.cache, 0
+        while s < len(self.running):
+            if self.running[s].finish is None:
+                s += 1
+                continue
+            gone, last = self.running[s], len(self.running) - 1
+            if s != last:
+                cache.move(last, s)
+                self.running[s] = self.running[last]
+                self.running[s].slot = s
+            else:
+                cache.clear(s)
+            self.running.pop()
+            gone.slot, gone.logits = None, None
+            if self.filling is not None:  # keep the prompt being prefilled right after them
+                cache.move(last + 1, last)
+                self.filling.slot = last
+        if self.filling is not None and self.filling.finish is not None:
+            cache.clear(self.filling.slot)
+            self.filling.slot, self.filling = None, None
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int):
+        step = self.engine._decode_forward
+        fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        out = fn(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        self.cache.advance()
+        return out.logits
+
+    def _decode(self) -> None:
+        n = len(self.running)
+        if n == 0:
+            return
+        ids = torch.tensor([r.next_token for r in self.running], dtype=torch.long)[:, None]
+        pos, mask = self.cache.plan_decode(n, self.dtype)
+        logits = self._forward(ids, pos, mask, 1)[:, -1, :].float()
+        for b, r in enumerate(self.running):
+            r.logits = logits[b]
+
+    def _prefill(self) -> None:
+        budget = self.chunk
+        while budget > 0:
+            if self.filling is None:
+                if not self.waiting or (self.max_rows and len(self.running) >= self.max_rows):
+                    return
+                r = self.filling = self.waiting.popleft()
+                r.slot, r.fed = len(self.running), 0
+                self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
+                self.cache.clear(r.slot)
+            r = self.filling
+            a = r.fed
+            b = min(len(r.prompt_ids), a + self.chunk)
+            pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
+            ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
+            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1)[0]
+            r.fed, budget = b, budget - (b - a)
+            if r.params.echo:
+                r.echo_logits.append(logits.float())
+            if b < len(r.prompt_ids):
+                continue
+            r.logits = logits[-1].float()
+            if r.params.echo:
+                full = torch.cat(r.echo_logits) if len(r.echo_logits) > 1 else r.echo_logits[0]
+                r.prompt_logprobs = self.engine.score_sequence(
+                    full, r.prompt_ids, r.params.logprobs or 0
+                )
+                r.echo_logits = []
+            self.running.append(r)
+            self.filling = None

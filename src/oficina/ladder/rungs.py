@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from oficina.config import Section
 from oficina.ladder.context import LadderContext
 from oficina.ladder.result import Cost, RungResult
+from oficina.ladder.search import LoraSearchSettings, SearchSettings, run_search
 from oficina.measure import param_counts, peak_memory
 
 # ---------------------------------------------------------------------------- the interface
@@ -266,46 +267,6 @@ class FewShotRag(Rag):
 # ---------------------------------------------------------------------------- trained rungs
 
 
-class SearchSettings(Section):
-    """A budgeted learning-rate search (``oficina tune``) on the training split, scored by the
-    validation loss; ``trials: 0`` trains with the config's values."""
-
-    trials: int = Field(4, ge=0, description="trials of the search (0: use the config's values)")
-    lr: list[float] | None = Field(
-        None,
-        description="[low, high]: learning rates searched log-uniformly (default: lr/10..lr*10)",
-    )
-    max_epochs: float | None = Field(
-        None,
-        gt=0,
-        description="each trial's epoch budget (default: the rung's max_epochs; then the best "
-        "trial's model is the rung's, not trained again)",
-    )
-    pruner: Literal["median", "off"] = Field(
-        "median", description="stop trials whose validation loss trails the median of earlier ones"
-    )
-
-    @field_validator("lr")
-    @classmethod
-    def _range(cls, v):
-        if v is not None and not (len(v) == 2 and 0 < v[0] < v[1]):
-            raise ValueError("give [low, high] with 0 < low < high")
-        return v
-
-
-class LoraSearchSettings(SearchSettings):
-    rank: list[int] | None = Field(
-        None, description="[low, high]: LoRA ranks searched (log-scaled; default: not searched)"
-    )
-
-    @field_validator("rank")
-    @classmethod
-    def _ranks(cls, v):
-        if v is not None and not (len(v) == 2 and 1 <= v[0] < v[1]):
-            raise ValueError("give [low, high] with 1 <= low < high")
-        return v
-
-
 class TrainSettings(RungSettings):
     max_epochs: float = Field(
         3.0,
@@ -441,7 +402,6 @@ class TrainedRung(Rung):
         search = getattr(self.settings, "search", None)
         if search is None or search.trials == 0:
             return hp, None
-        from oficina.ladder.search import run_search
 
         return run_search(self, ctx, hp, search)
 

@@ -19,17 +19,68 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import yaml
+from pydantic import Field, field_validator
 
+from oficina.config import Section
 from oficina.errors import UserError
 from oficina.ladder.context import LadderContext
 from oficina.ladder.result import Cost
 from oficina.workspace import atomic_write_text
 
-if TYPE_CHECKING:
-    from oficina.ladder.rungs import SearchSettings, TrainedRung
+
+class SearchedRung(Protocol):
+    """What a search needs of a trained rung (``rungs.TrainedRung`` is one)."""
+
+    name: str
+    reuse: tuple[dict, Path] | None
+
+    def budget(self, ctx: LadderContext, hp: dict[str, Any]) -> Any: ...
+
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]: ...
+
+
+class SearchSettings(Section):
+    """A budgeted learning-rate search (``oficina tune``) on the training split, scored by the
+    validation loss; ``trials: 0`` trains with the config's values."""
+
+    trials: int = Field(4, ge=0, description="trials of the search (0: use the config's values)")
+    lr: list[float] | None = Field(
+        None,
+        description="[low, high]: learning rates searched log-uniformly (default: lr/10..lr*10)",
+    )
+    max_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="each trial's epoch budget (default: the rung's max_epochs; then the best "
+        "trial's model is the rung's, not trained again)",
+    )
+    pruner: Literal["median", "off"] = Field(
+        "median", description="stop trials whose validation loss trails the median of earlier ones"
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and not (len(v) == 2 and 0 < v[0] < v[1]):
+            raise ValueError("give [low, high] with 0 < low < high")
+        return v
+
+
+class LoraSearchSettings(SearchSettings):
+    rank: list[int] | None = Field(
+        None, description="[low, high]: LoRA ranks searched (log-scaled; default: not searched)"
+    )
+
+    @field_validator("rank")
+    @classmethod
+    def _ranks(cls, v):
+        if v is not None and not (len(v) == 2 and 1 <= v[0] < v[1]):
+            raise ValueError("give [low, high] with 1 <= low < high")
+        return v
+
 
 # The rung's hyperparameter -> the dotted key of the recipe's config that tune varies.
 KEYS = {"lr": "train.lr", "rank": "lora.r"}
@@ -47,7 +98,7 @@ def space_of(hp: dict[str, Any], settings: SearchSettings) -> dict[str, dict]:
 
 
 def run_search(
-    rung: TrainedRung, ctx: LadderContext, hp: dict[str, Any], settings: SearchSettings
+    rung: SearchedRung, ctx: LadderContext, hp: dict[str, Any], settings: SearchSettings
 ) -> tuple[dict[str, Any], dict]:
     """(the values to train with, the search's record); sets ``rung.reuse`` when the best
     trial's model is the rung's final model."""

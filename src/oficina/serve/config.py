@@ -45,6 +45,11 @@ class ServeConfig(VerbConfig):
     batch_wait_ms: float = Field(
         10.0, ge=0, le=1000, description="how long a batch waits for more requests"
     )
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: requests join the running batch at the next decode step; "
+        "static: a batch runs to its end before the next starts",
+    )
     max_concurrent: int = Field(64, ge=1, description="requests admitted at once")
     max_queue: int = Field(128, ge=0, description="requests waiting for admission; beyond it 429")
     queue_timeout_s: float = Field(60.0, gt=0, description="longest wait for admission before 429")

@@ -62,7 +62,9 @@ class ServerState:
         return cls(
             cfg=cfg,
             engines=engines,
-            scheduler=Scheduler(engines, cfg.max_batch, cfg.batch_wait_ms / 1000.0),
+            scheduler=Scheduler(
+                engines, cfg.max_batch, cfg.batch_wait_ms / 1000.0, mode=cfg.scheduler
+            ),
             admission=Admission(cfg.max_concurrent, cfg.max_queue, cfg.queue_timeout_s),
             embedding_name=(
                 None if cfg.embeddings.lower() in ("", "none", "off") else cfg.embeddings

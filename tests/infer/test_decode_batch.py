@@ -1,0 +1,217 @@
+"""The step-level engine (DecodeBatch over per-row KV slots): rows join between steps, leave at
+once, long prompts are prefilled in chunks — and every row's greedy tokens stay those it gets
+alone (and those of ``model.generate``), whatever else shares the batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from oficina.infer.engine import DecodeBatch, SamplingParams
+
+LONG = "The quick brown fox jumps over the lazy dog and then it runs away into the woods"
+
+
+def _params(n: int, **kw) -> SamplingParams:
+    # ignore_eos: the length does not depend on what a random model generates; logprobs: the
+    # comparisons see the numbers, not only greedy tokens (a random tiny model's argmax survives
+    # a wrong mask or position more often than not)
+    return SamplingParams(max_new_tokens=n, ignore_eos=True, logprobs=0, **kw)
+
+
+def _same_as_alone(engine, prompt: str, row) -> bool:
+    """Row's tokens equal running it alone, and so do the log-probabilities of each."""
+    c = engine.generate([prompt], row.params)[0]
+    got = [t.logprob for t in row.logprobs]
+    assert row.generated == c.token_ids, prompt
+    assert got == pytest.approx([t.logprob for t in c.logprobs], abs=1e-4), prompt
+    return True
+
+
+def _hf(engine, prompt: str, n: int) -> list[int]:
+    enc = engine.tokenizer(prompt, return_tensors="pt")
+    out = engine.model.generate(
+        **enc, do_sample=False, max_new_tokens=n, pad_token_id=engine.tokenizer.pad_token_id
+    )
+    return out[0, enc.input_ids.shape[1] :].tolist()
+
+
+def _run(batch: DecodeBatch, joins: dict[int, list] | None = None) -> int:
+    """Step until done; ``joins[k]`` rows are added after step k. Returns the steps run."""
+    joins = dict(joins or {})
+    k = 0
+    while batch or joins:
+        for r in joins.pop(k, []):
+            batch.add(r)
+        for _ in batch.step():
+            pass
+        k += 1
+    return k
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_row_joining_mid_batch_gets_the_tokens_it_gets_alone(engine, k):
+    pa, pb = _params(12), _params(10)
+    a, b = engine.make_rows(["def foo(x):", LONG], [pa, pb])
+    batch = DecodeBatch(engine)
+    batch.add(a)
+    _run(batch, {k + 1: [b]})  # step 1 prefills a; a has k tokens when b joins
+    assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
+    ref = _hf(engine, LONG, 10)  # HF stops at an EOS, which ignore_eos keeps
+    assert b.generated[: len(ref)] == ref
+    assert (a.finish, b.finish) == ("length", "length")
+
+
+def test_rows_leaving_move_slots_and_the_rest_are_unaffected(engine):
+    """Row 0 ends first: the last running row moves into its slot, and a long prompt that is
+    still being prefilled (chunk of 3 tokens) moves along with it."""
+    prompts = ["a", "def foo(x):", "class C:\n    pass", LONG]
+    params = [_params(2), _params(9), _params(7), _params(5)]
+    rows = engine.make_rows(prompts, params)
+    batch = DecodeBatch(engine, chunk=3)
+    moved = []
+    original = batch.cache.move
+    batch.cache.move = lambda src, dst: (moved.append((src, dst)), original(src, dst))
+    _run(batch, {0: rows[:3], 3: rows[3:]})
+    assert moved, "no row left a slot that another row had to fill"
+    for prompt, p, r in zip(prompts, params, rows, strict=True):
+        assert _same_as_alone(engine, prompt, r)
+        assert len(r.generated) == p.max_new_tokens and r.slot is None
+    assert not batch and not batch.running and batch.filling is None
+
+
+def test_chunked_prefill_gives_the_same_tokens_and_prompt_logprobs(engine):
+    p = SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=2, echo=True)
+    whole = engine.generate([LONG], p)[0]
+    row = engine.make_rows([LONG], [p])[0]
+    batch = DecodeBatch(engine, chunk=4)
+    batch.add(row)
+    steps = _run(batch)
+    n = len(row.prompt_ids)
+    assert steps >= -(-n // 4) + 6  # the prompt took several steps, one chunk each
+    assert row.generated == whole.token_ids
+    got = [t.logprob for t in row.prompt_logprobs[1:] + row.logprobs]
+    assert got == pytest.approx(
+        [t.logprob for t in whole.prompt_logprobs[1:] + whole.logprobs], abs=1e-4
+    )
+
+
+def test_a_long_prompt_does_not_stall_running_rows(engine):
+    """While a prompt is prefilled chunk by chunk, each step still gives a running row a token."""
+    a, b = engine.make_rows(["def foo(x):", LONG * 3], [_params(200), _params(2)])
+    batch = DecodeBatch(engine, chunk=4)
+    batch.add(a)
+    while a not in batch.running:  # a's own prompt, chunk by chunk
+        list(batch.step())
+    batch.add(b)
+    per_step = []
+    while b.fed < len(b.prompt_ids):
+        before = len(a.generated)
+        list(batch.step())
+        per_step.append(len(a.generated) - before)
+    assert len(per_step) >= 10 and set(per_step) == {1}
+
+
+def test_preallocated_cache_is_not_reallocated_per_step(engine):
+    row = engine.make_rows(["def foo(x):"], [_params(40)])[0]
+    batch = DecodeBatch(engine)
+    batch.add(row)
+    list(batch.step())
+    layer = batch.cache.layers[0]
+    ptrs = (layer.keys.data_ptr(), layer.values.data_ptr(), batch.cache.valid.data_ptr())
+    shape = layer.keys.shape
+    while batch:
+        list(batch.step())
+        assert (
+            layer.keys.data_ptr(),
+            layer.values.data_ptr(),
+            batch.cache.valid.data_ptr(),
+        ) == ptrs
+    assert layer.keys.shape == shape and shape[2] >= len(row.prompt_ids) + 40
+    assert len(row.generated) == 40
+
+
+def test_cancel_a_waiting_and_a_running_row(engine):
+    rows = engine.make_rows(["a", "def foo(x):", "x = "], [_params(8)] * 3)
+    batch = DecodeBatch(engine, max_rows=1)  # one slot: rows 1 and 2 wait
+    for r in rows:
+        batch.add(r)
+    batch.cancel(rows[2])
+    assert rows[2].finish == "cancelled" and len(batch) == 2
+    for _ in range(3):
+        list(batch.step())
+    assert len(rows[0].generated) == 2 and rows[1].slot is None  # still waiting for the slot
+    batch.cancel(rows[0])
+    _run(batch)
+    assert rows[0].finish == "cancelled" and len(rows[0].generated) == 2
+    assert _same_as_alone(engine, "def foo(x):", rows[1])
+    assert rows[2].generated == [] and rows[2].fed == 0
+
+
+def test_max_rows_bounds_the_slots(engine):
+    rows = engine.make_rows(["a", "b", "c", "d", "e"], [_params(3)] * 5)
+    batch = DecodeBatch(engine, max_rows=2)
+    for r in rows:
+        batch.add(r)
+    most = 0
+    while batch:
+        list(batch.step())
+        most = max(most, len(batch.running) + (batch.filling is not None))
+    assert most == 2 and batch.cache.capacity[0] == 2
+    assert [len(r.generated) for r in rows] == [3] * 5
+
+
+def test_eager_attention_uses_an_additive_mask_and_agrees(engine, tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    from oficina.infer.engine import Engine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm, attn_implementation="eager")
+    eager = Engine(model, engine.tokenizer, path=tiny_lm)
+    p = _params(10)
+    a, b = eager.make_rows(["def foo(x):", LONG], [p, p])
+    batch = DecodeBatch(eager)
+    assert batch.cache.float_mask
+    batch.add(a)
+    _run(batch, {3: [b]})
+    assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
+
+
+def test_a_row_outgrowing_its_reservation_grows_the_cache_geometrically(engine, monkeypatch):
+    import oficina.infer.engine as engine_mod
+
+    prompt, p = "def foo(x):", _params(300)
+    alone = engine.generate([prompt], p)[0]
+    monkeypatch.setattr(engine_mod, "RESERVE_AHEAD", 4)  # reserve the prompt and 4 tokens
+    row = engine.make_rows([prompt], [p])[0]
+    batch = DecodeBatch(engine)
+    batch.add(row)
+    assert batch.cache.capacity[1] < len(row.prompt_ids) + 300
+    buffers = set()
+    while batch:
+        list(batch.step())
+        if batch.cache.layers[0].keys is not None:
+            buffers.add(batch.cache.layers[0].keys.data_ptr())
+    assert 2 <= len(buffers) <= 4  # grew, by large steps rather than per token
+    assert batch.cache.capacity[1] >= len(row.prompt_ids) + 300
+    assert row.generated == alone.token_ids
+    got = [t.logprob for t in row.logprobs]
+    assert got == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_rows(engine):
+    """torch.compile of the decode step (opt-in): same tokens and log-probabilities as eager,
+    alone and with a second row joining (one recompile for more than one row)."""
+    from oficina.infer.engine import Engine
+
+    compiled = Engine(engine.model, engine.tokenizer, name="compiled")
+    compiled.compile_decode()
+    inner, calls = compiled._decode_forward, []
+    compiled._decode_forward = lambda *a, **kw: (calls.append(1), inner(*a, **kw))[1]
+    p = _params(12)
+    a, b = compiled.make_rows(["def foo(x):", LONG], [p, p])
+    batch = DecodeBatch(compiled)
+    batch.add(a)
+    _run(batch, {3: [b]})
+    assert len(calls) >= 11  # the decode steps went through the compiled forward
+    assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
