@@ -159,3 +159,110 @@ def test_macro_f1_needs_the_same_golds_accuracy_only_the_same_items():
     # accuracy resamples per-item scores only: other golds do not matter to it.
     assert compare(a, other, "accuracy") is not None
     assert GOLDS != other.golds
+
+
+def test_several_neighbours_of_each_kind_are_listed_in_order():
+    # target 0.6 at 1,000 requests. Totals: zero_shot $0.10, rag $0.20, few_shot $2.00, lora
+    # $1.00 (the pick), cpt_lora $1.05, full $4.00, big $5.00, distill $9.00, quantize $9.50.
+    def collapsed(r):
+        r.flags, r.flag_text = ["collapsed"], "answers 'a' to every item"
+        return r
+
+    rs = [
+        rung("zero_shot", right_on(8), usd_1k=0.1),  # 0.200
+        rung("rag", right_on(10), usd_1k=0.2),  # 0.250
+        rung("few_shot", right_on(27), usd_1k=2.0),  # 0.675, tied
+        rung("lora", right_on(28), train_usd=1.0),  # 0.700 (CI from 0.600: no dip), the pick
+        rung("cpt_lora", right_on(29), train_usd=1.05),  # 0.725, tied
+        rung("full", right_on(38), train_usd=4.0),  # 0.950, better
+        rung("big", [True] * N, train_usd=5.0),  # 1.000, better: the one named
+        collapsed(rung("distill", right_on(20), train_usd=9.0)),
+        collapsed(rung("quantize", right_on(19), train_usd=9.5)),
+    ]
+    rec = recommend(rs, target=0.6, requests=1_000)
+    c = rec["comparisons"]
+    assert rec["rung"] == "lora" and rec["tied_with"] == ["few_shot", "cpt_lora"]
+    assert rec["reasoning"] == (
+        "'lora' is the cheapest rung that meets the target 0.60: quality 0.700 "
+        "(95% CI 0.600–0.800), $1.0000 to train and $0.0000 per 1k requests "
+        "($1.00 for 1,000 requests). "
+        "Statistically tied with it on these 40 items (the difference's interval contains 0): "
+        f"few_shot 0.675 ({diff(c['few_shot'])}, $2.00 in total); "
+        f"cpt_lora 0.725 ({diff(c['cpt_lora'])}, $1.05 in total); the tie goes to the cheapest "
+        "that meets the target. "
+        "Cheaper rungs miss the target: zero_shot 0.200, rag 0.250. "
+        "Learned nothing usable: distill answers 'a' to every item; quantize answers 'a' to "
+        "every item. "
+        f"'big' is more accurate (1.000; {diff(c['big'])}) but costs $5.00 in total; raise "
+        "the target if that margin matters."
+    )
+
+
+def test_boundaries_of_the_target_and_of_cost():
+    # The pick's interval starts exactly at the target: no "dips below" sentence. A tied rung
+    # exactly at the target meets it. A rung as dear as the pick is not "cheaper".
+    pick = rung("lora", right_on(28), train_usd=1.0)  # 0.700
+    pick.ci = (0.6, 0.8)
+    at_target = rung("few_shot", right_on(27), usd_1k=2.0)  # 0.675
+    same_cost = rung("rag", right_on(8), usd_1k=1.0)  # 0.200, $1.00 like the pick
+    rec = recommend([same_cost, at_target, pick], target=0.675, requests=1_000)
+    assert rec["rung"] == "lora"  # $1.00 vs few_shot's $2.00
+    assert rec["reasoning"] == (
+        "'lora' is the cheapest rung that meets the target 0.68: quality 0.700 "
+        "(95% CI 0.600–0.800), $1.0000 to train and $0.0000 per 1k requests "
+        "($1.00 for 1,000 requests). "
+        "Its confidence interval dips below the target (0.600): measure on more held-out data "
+        "before relying on it. "
+        "Statistically tied with it on these 40 items (the difference's interval contains 0): "
+        f"few_shot 0.675 ({diff(rec['comparisons']['few_shot'])}, $2.00 in total); the tie goes "
+        "to the cheapest that meets the target."
+    )
+    exactly = recommend([pick], target=0.6, requests=1_000)["reasoning"]
+    assert "dips below" not in exactly and "(95% CI 0.600–0.800)" in exactly
+    # No interval known: the quality alone, no interval text, no dip sentence.
+    pick.ci = None
+    assert recommend([pick], target=0.6, requests=1_000)["reasoning"] == (
+        "'lora' is the cheapest rung that meets the target 0.60: quality 0.700, $1.0000 to train "
+        "and $0.0000 per 1k requests ($1.00 for 1,000 requests)."
+    )
+
+
+def test_costs_are_compared_to_the_micro_dollar_and_equal_costs_go_to_the_simpler_rung():
+    a = rung("few_shot", right_on(30), usd_1k=0.4)  # $0.40 at 1,000 requests
+    b = rung("lora", right_on(30), train_usd=0.3)  # $0.30
+    assert recommend([a, b], target=0.5, requests=1_000)["rung"] == "lora"
+    b.training.usd = 0.4  # equal cost: the earlier (simpler) rung
+    assert recommend([a, b], target=0.5, requests=1_000)["rung"] == "few_shot"
+    # The best of two equal qualities below the target is the simpler one too.
+    rec = recommend([a, b], target=0.9, requests=1_000)
+    assert "The best was 'few_shot' at 0.750" in rec["reasoning"]
+
+
+def test_the_most_accurate_pick_mentions_no_better_rung():
+    rs = [rung("zero_shot", right_on(8)), rung("lora", right_on(36), train_usd=1.0)]
+    rec = recommend(rs, target=0.7, requests=0)
+    assert rec["reasoning"].endswith("Cheaper rungs miss the target: zero_shot 0.200.")
+
+
+def test_a_better_rung_scored_on_other_items_is_named_without_a_difference():
+    pick = rung("lora", right_on(36), train_usd=1.0)
+    other = rung("full", [True] * N, train_usd=5.0)
+    other.item_ids = list(range(100, 100 + N))
+    rec = recommend([pick, other], target=0.7, requests=0)
+    assert rec["comparisons"] == {}
+    assert rec["reasoning"].endswith(
+        "'full' is more accurate (1.000) but costs $5.00 in total; raise the target if that "
+        "margin matters."
+    )
+
+
+def test_recommend_compares_with_its_metric_resamples_and_seed():
+    rs = [
+        rung("few_shot", right_on(26), usd_1k=1.0, metric="macro_f1"),
+        rung("lora", right_on(30), metric="macro_f1"),
+    ]
+    rec = recommend(rs, target=0.5, requests=1_000)
+    assert rec["comparisons"]["few_shot"] == compare(rs[0], rs[1], "macro_f1", n=1000, seed=0)
+    assert rec["comparisons"]["few_shot"] != compare(rs[0], rs[1], "accuracy", n=1000, seed=0)
+    rec = recommend(rs, target=0.5, requests=1_000, n_boot=57, seed=11)
+    assert rec["comparisons"]["few_shot"] == compare(rs[0], rs[1], "macro_f1", n=57, seed=11)
