@@ -339,7 +339,7 @@ def test_models_info_uses_count_from_path(tiny_lm, capsys):
         (["tiny", "--params", "7B"], 1, "not spec and params"),
         ([], 1, "give a model SPEC"),
         (["gpt-99"], 1, "unknown model 'gpt-99'"),
-        (["./missing/config.json"], 1, "not found"),
+        (["./missing/config.json"], 2, "not found"),
         (["--hf-config", '{"model_type": "no-such-arch"}'], 1, "does not know this model_type"),
         (["tiny", "--utilization", "0"], 2, "--utilization"),
     ],
@@ -364,7 +364,7 @@ def test_bad_hardware_file_is_a_user_error(tmp_path, capsys):
     f.write_text("a: [unclosed\n")
     assert main(["size", "tiny", "--hardware-file", str(f)]) == 1
     assert "not valid YAML" in capsys.readouterr().err
-    assert main(["size", "tiny", "--hardware-file", str(Path(tmp_path / "nope.yaml"))]) == 1
+    assert main(["size", "tiny", "--hardware-file", str(Path(tmp_path / "nope.yaml"))]) == 2
     assert "not found" in capsys.readouterr().err
 
 

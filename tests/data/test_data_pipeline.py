@@ -198,7 +198,7 @@ def test_cli_prints_the_report_path(tmp_path, capsys):
     assert "<html" in Path(reports[0]).read_text()
     assert json.loads(Path(reports[1]).read_text())["docs_in"] == 12
     missing = tmp_path / "missing.jsonl"
-    assert main(["data", "prepare", str(missing), "--out", str(tmp_path / "p")]) == 1
+    assert main(["data", "prepare", str(missing), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"oficina data prepare: error: input not found: {missing}"
     assert not (tmp_path / "p").exists()  # nothing half-written

@@ -213,7 +213,7 @@ def test_cli_index_and_eval(corpus_dir, tmp_path, monkeypatch, hash_embedder, ca
     res = json.loads(capsys.readouterr().out)["results"]
     for mode in ("bm25", "dense", "hybrid"):
         assert res[mode]["recall@1"] == 1.0 and res[mode]["mrr"] == 1.0
-    assert main(["index", "eval", str(out), "--questions", str(tmp_path / "none.jsonl")]) == 1
+    assert main(["index", "eval", str(out), "--questions", str(tmp_path / "none.jsonl")]) == 2
 
 
 def test_html_through_the_data_readers(tmp_path, hash_embedder):

@@ -44,8 +44,11 @@ def test_parse_model_args(tmp_path):
     assert parse_model_args([str(tmp_path)])[0].name == tmp_path.name
     with pytest.raises(UserError, match="same|id"):
         parse_model_args(["a=tiny", "a=mini"])
-    with pytest.raises(UserError, match="adapter_config.json"):
+    with pytest.raises(UserError, match="adapter folder not found"):
         parse_model_args([f"tiny+{tmp_path / 'nothing'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="adapter_config.json"):
+        parse_model_args([f"tiny+{tmp_path / 'empty'}"])
     with pytest.raises(UserError):
         parse_model_args(["=tiny"])
 
