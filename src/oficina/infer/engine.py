@@ -697,7 +697,10 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ prefix cache
     def _prefix_key(self, r: Row) -> str:
-        """What decides a prompt's keys and values besides its tokens: the model's identity."""
+        """What decides a prompt's keys and values besides its tokens: the model's identity.
+
+        Anything else that changes them per row (an adapter chosen per row) must join this key.
+        """
         return self.engine.model_hash
 
     def _start_from_prefix(self, r: Row) -> None:

@@ -103,14 +103,16 @@ class PrefixCache:
         self, namespace: str, ids: Sequence[int], read: Callable[[int, int], torch.Tensor]
     ) -> None:
         """Cache every full block of ``ids`` not cached yet; ``read(start, end)`` gives the KV of
-        tokens ``start:end`` as ``[layers, 2, heads, end - start, dim]`` (called only for those)."""
+        tokens ``start:end`` as ``[layers, 2, heads, end - start, dim]``, a tensor the cache may keep
+        (called only for those blocks)."""
         n = len(ids) // self.block
         if not self.enabled or n == 0:
             return
         keys = self._chain(namespace, ids, n)
         with self._lock:
             missing = [i for i, k in enumerate(keys) if k not in self._blocks]
-        new = {keys[i]: read(i * self.block, (i + 1) * self.block).clone() for i in missing}
+        # read() gives fresh tensors (SlotCache.read stacks copies): kept as they are
+        new = {keys[i]: read(i * self.block, (i + 1) * self.block).contiguous() for i in missing}
         with self._lock:
             for k, kv in new.items():
                 size = kv.numel() * kv.element_size()
