@@ -23,6 +23,9 @@ What it does, and why it is written out rather than calling ``model.generate``:
     character, is held back); returning False cancels that row;
   * **log-probabilities** of completion tokens (chosen + top-N) and, with ``echo``, of the prompt
     tokens; ``score_ids`` for token ids scored exactly as given;
+  * **prefix caching**: a prompt that starts with blocks of tokens an earlier prompt had (a
+    shared instruction, few-shot examples) starts from their stored keys and values and
+    prefills only the rest (``oficina.infer.prefix_cache``; ``Engine.prefix_cache``);
   * **scoring**, the one place Oficina computes it: ``loglikelihood`` / ``score_continuations``
     (lm-eval's context/continuation split, each context run once) and ``perplexity`` /
     ``text_nll`` (sliding window with BOS, token-weighted); the kernels and both definitions
@@ -46,6 +49,7 @@ from oficina.errors import UserError
 from oficina.infer import scoring
 from oficina.infer.int8 import RECIPE, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
+from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
@@ -221,6 +225,10 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
+        # KV of prompt prefixes reused across calls (oficina.infer.prefix_cache); None = off.
+        # Only a model loaded from files gets it: its identity (model_hash) is its files, while an
+        # in-memory model may be trained between two calls, which a memoised hash would not see.
+        self.prefix_cache: PrefixCache | None = shared_prefix_cache() if path is not None else None
         if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
             self.compile_decode()
 
@@ -662,9 +670,12 @@ class DecodeBatch:
                 r.slot, r.fed = len(self.running), 0
                 self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
                 self.cache.clear(r.slot)
+                self._start_from_prefix(r)
             r = self.filling
             a = r.fed
-            b = min(len(r.prompt_ids), a + self.chunk)
+            # chunks end at multiples of self.chunk also after a cached prefix, so the rest of
+            # the prompt is computed in the same pieces as without one
+            b = min(len(r.prompt_ids), (a // self.chunk + 1) * self.chunk)
             pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
             ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
             logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1)[0]
@@ -674,6 +685,7 @@ class DecodeBatch:
             if b < len(r.prompt_ids):
                 continue
             r.logits = logits[-1].float()
+            self._store_prefix(r)
             if r.params.echo:
                 full = torch.cat(r.echo_logits) if len(r.echo_logits) > 1 else r.echo_logits[0]
                 r.prompt_logprobs = self.engine.score_sequence(
@@ -682,3 +694,32 @@ class DecodeBatch:
                 r.echo_logits = []
             self.running.append(r)
             self.filling = None
+
+    # ------------------------------------------------------------------ prefix cache
+    def _prefix_key(self, r: Row) -> str:
+        """What decides a prompt's keys and values besides its tokens: the model's identity.
+
+        Anything else that changes them per row (an adapter chosen per row) must join this key.
+        """
+        return self.engine.model_hash
+
+    def _start_from_prefix(self, r: Row) -> None:
+        """Row r (in an empty slot) starts from the longest cached prefix of its prompt, if any.
+
+        An echo row scores every prompt token, which needs the logits of each: it prefills all.
+        """
+        pc = self.engine.prefix_cache
+        if pc is None or not pc.enabled or r.params.echo:
+            return
+        p, kv = pc.lookup(self._prefix_key(r), r.prompt_ids)
+        if p:
+            self.cache.write_prefix(r.slot, kv)
+            r.fed = p
+
+    def _store_prefix(self, r: Row) -> None:
+        """Row r's prompt is prefilled: store its full blocks not cached yet."""
+        pc = self.engine.prefix_cache
+        if pc is None or not pc.enabled:
+            return
+        slot = r.slot
+        pc.store(self._prefix_key(r), r.prompt_ids, lambda a, b: self.cache.read(slot, a, b))

@@ -20,9 +20,10 @@ by reallocation, rarely (``reserve``: a row's prompt and ``RESERVE_AHEAD`` token
 joins, then by half again when a row outgrows it), never per step. Every method that writes the tensors runs
 in inference mode (they are inference tensors: the forward runs under ``torch.inference_mode``).
 
-A row could start from a stored prefix (prefix caching): copy the prefix's per-layer keys and
-values into ``[slot, :, :P]``, mark ``valid[slot, :P]``, set the slot's length to ``P`` and
-prefill only the rest of the prompt (``Row.fed = P``) — the slot layout needs nothing more.
+A row can start from a stored prefix (prefix caching, ``oficina.infer.prefix_cache``):
+``write_prefix`` copies the prefix's per-layer keys and values into ``[slot, :, :P]``, marks
+``valid[slot, :P]`` and sets the slot's length to ``P``; the caller prefills only the rest of the
+prompt (``Row.fed = P``). ``read`` gives a slot's keys and values for storing.
 
 Only full-attention models are supported (every layer sees the whole past): the 4-D mask is
 given to the model as is, so sliding-window or linear-attention layers would be wrong.
@@ -168,6 +169,29 @@ class SlotCache(Cache):
         self.valid[dst] = self.valid[src]
         self.lengths[dst] = n
         self.clear(src)
+
+    @torch.inference_mode()
+    def read(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """Keys and values of tokens ``start:end`` of ``slot``: ``[layers, 2, heads, end-start, dim]``."""
+        return torch.stack(
+            [
+                torch.stack([layer.keys[slot, :, start:end], layer.values[slot, :, start:end]])
+                for layer in self.layers
+            ]
+        )
+
+    @torch.inference_mode()
+    def write_prefix(self, slot: int, kv: torch.Tensor) -> None:
+        """Slot ``slot`` (empty, with room reserved) starts with these ``P`` tokens' keys and values
+        (``[layers, 2, heads, P, dim]``, as ``read`` gives)."""
+        p = kv.shape[3]
+        for i, layer in enumerate(self.layers):
+            if not layer.is_initialized:  # shapes and dtype from the stored prefix
+                layer.lazy_initialization(kv[i, 0][None], kv[i, 1][None])
+            layer.keys[slot, :, :p] = kv[i, 0]
+            layer.values[slot, :, :p] = kv[i, 1]
+        self.valid[slot, :p] = True
+        self.lengths[slot] = p
 
     # ------------------------------------------------------------------ one forward
     def _mask(self, m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

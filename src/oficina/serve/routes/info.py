@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
 
+from oficina.infer.prefix_cache import shared_prefix_cache
 from oficina.serve import protocol
 from oficina.serve.errors import APIError
 from oficina.serve.routes import BAD
@@ -33,6 +34,7 @@ async def health(state: ServerState = Depends(server_state)) -> dict:
         "disconnects": state.disconnects,
         "requests": state.requests,
         **state.scheduler.stats(),
+        "prefix_cache": shared_prefix_cache().stats(),
     }
 
 
