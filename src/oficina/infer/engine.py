@@ -44,6 +44,7 @@ import torch
 
 from oficina.errors import UserError
 from oficina.infer import scoring
+from oficina.infer.adapters import AdapterView
 from oficina.infer.int8 import RECIPE, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.scoring import ContinuationScore, TextNLL
@@ -182,6 +183,9 @@ class Row:
         self.logits: torch.Tensor | None = None
         self.next_token = 0
         self.echo_logits: list[torch.Tensor] = []
+        # the LoRA adapter this row runs with when its engine shares a base with others
+        # (``oficina.infer.adapters``): PEFT's adapter name, "__base__" for none; None otherwise
+        self.adapter: str | None = None
         self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -221,6 +225,11 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
+        # a view of a base shared with other adapters (oficina.infer.adapters): its rows carry
+        # this name, so rows of different adapters share a DecodeBatch
+        self.adapter_name: str | None = (
+            model.adapter_name if isinstance(model, AdapterView) else None
+        )
         if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
             self.compile_decode()
 
@@ -378,7 +387,9 @@ class Engine:
                     f"prompt {i} has {len(ids)} tokens; the context of '{self.name}' is "
                     f"{self.context_length} tokens, so no room is left to generate"
                 )
-            rows.append(Row(i, ids, p, max(0, min(p.max_new_tokens, room))))
+            row = Row(i, ids, p, max(0, min(p.max_new_tokens, room)))
+            row.adapter = self.adapter_name
+            rows.append(row)
         return rows
 
     def _advance(self, r: Row) -> str:
@@ -547,6 +558,11 @@ class DecodeBatch:
 
     def add(self, row: Row) -> None:
         """Queue a row; its prompt is prefilled at the next steps, as slots and budget allow."""
+        if (row.adapter is None) != (self.engine.adapter_name is None):
+            raise ValueError(
+                "a row joins a DecodeBatch of the same model: rows of adapters on a shared base "
+                "(oficina.infer.adapters) mix only with each other"
+            )
         if row.limit == 0 and not row.params.echo:
             row.finish = "length"  # nothing to generate, nothing to score
             return
@@ -628,9 +644,21 @@ class DecodeBatch:
             cache.clear(self.filling.slot)
             self.filling.slot, self.filling = None, None
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int):
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor,
+        keep: int,
+        rows: list[Row],
+    ):
+        """One forward of ``rows`` (ids row b is rows[b]); each row with its own adapter."""
         step = self.engine._decode_forward
         fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        # Only a shared base takes adapter names: the single-model forward stays as it was.
+        extra = {}
+        if self.engine.adapter_name is not None:
+            extra["adapter_names"] = [r.adapter for r in rows]
         out = fn(
             input_ids=ids,
             attention_mask=mask,
@@ -638,6 +666,7 @@ class DecodeBatch:
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=keep,
+            **extra,
         )
         self.cache.advance()
         return out.logits
@@ -648,7 +677,7 @@ class DecodeBatch:
             return
         ids = torch.tensor([r.next_token for r in self.running], dtype=torch.long)[:, None]
         pos, mask = self.cache.plan_decode(n, self.dtype)
-        logits = self._forward(ids, pos, mask, 1)[:, -1, :].float()
+        logits = self._forward(ids, pos, mask, 1, self.running)[:, -1, :].float()
         for b, r in enumerate(self.running):
             r.logits = logits[b]
 
@@ -667,7 +696,7 @@ class DecodeBatch:
             b = min(len(r.prompt_ids), a + self.chunk)
             pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
             ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
-            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1)[0]
+            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1, [r])[0]
             r.fed, budget = b, budget - (b - a)
             if r.params.echo:
                 r.echo_logits.append(logits.float())
