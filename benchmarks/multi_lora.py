@@ -15,7 +15,9 @@ Two setups, measured one after the other in the same run:
     (``oficina.serve.config.load_engines`` -> ``oficina.infer.adapters.load_shared``): one model
     in memory, one DecodeBatch whose rows pick their adapter;
   * **separate models** — what it did before: one engine (and one batch) per served id, the
-    base loaded once per adapter.
+    base loaded once per adapter;
+  * **base only** (reference, not a peer) — every client on the bare base, one plain batch: the
+    price the adapters' low-rank terms and PEFT's per-row routing add to a batch.
 
 Reported: output tokens/s, requests/s, the weights in memory, and the load average at the start.
 """
@@ -129,9 +131,11 @@ def main() -> int:
         dirs = make_adapters(args.adapters, Path(tmp))
         spec = {"base": None, **{f"ad{k + 1}": str(d) for k, d in enumerate(dirs)}}
         rows = []
-        for label in ("shared base", "separate models"):
+        for label in ("shared base", "separate models", "base only"):
             if label == "shared base":
                 engines = load_shared(MODEL, spec)
+            elif label == "base only":
+                engines = {"base": Engine.from_spec(MODEL, name="base")}
             else:
                 engines = {n: Engine.from_spec(MODEL, adapter=a, name=n) for n, a in spec.items()}
             load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -149,6 +153,7 @@ def main() -> int:
             f"{r['max_rows']:>8} {r['mb']:>10.0f}  {r['load']}"
         )
     print(f"\nshared base / separate models throughput: {rows[0]['tok_s'] / rows[1]['tok_s']:.2f}x")
+    print(f"shared base / base only throughput: {rows[0]['tok_s'] / rows[2]['tok_s']:.2f}x")
     return 0
 
 
