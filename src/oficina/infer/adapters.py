@@ -96,6 +96,14 @@ def load_shared(spec: str, adapters: dict[str, str | None], dtype: str = "float3
         inner[name] = (ad_name, ad_path.resolve())
     peft.eval()
     return {
-        name: Engine(AdapterView(peft, ad_name), tok, name=name, path=path, adapter=ad, dtype=dtype)
+        name: Engine(
+            AdapterView(peft, ad_name),
+            tok,
+            name=name,
+            path=path,
+            adapter=ad,
+            dtype=dtype,
+            adapter_name=ad_name,
+        )
         for name, (ad_name, ad) in inner.items()
     }

@@ -44,7 +44,6 @@ import torch
 
 from oficina.errors import UserError
 from oficina.infer import scoring
-from oficina.infer.adapters import AdapterView
 from oficina.infer.int8 import RECIPE, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.scoring import ContinuationScore, TextNLL
@@ -205,6 +204,7 @@ class Engine:
         path: Path | None = None,
         adapter: Path | None = None,
         dtype: str = "float32",
+        adapter_name: str | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -225,11 +225,10 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
-        # a view of a base shared with other adapters (oficina.infer.adapters): its rows carry
-        # this name, so rows of different adapters share a DecodeBatch
-        self.adapter_name: str | None = (
-            model.adapter_name if isinstance(model, AdapterView) else None
-        )
+        # set for a view of a base shared with other adapters (oficina.infer.adapters): PEFT's
+        # name of this engine's adapter; its rows carry it, so rows of different adapters share
+        # a DecodeBatch
+        self.adapter_name = adapter_name
         if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
             self.compile_decode()
 
