@@ -182,3 +182,24 @@ def make_tiny_lm(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64) ->
 def random_model_seed() -> int:
     """OFICINA_TEST_SEED (default 0): the seed of tiny_lm's random weights."""
     return int(os.environ.get("OFICINA_TEST_SEED", "0"))
+
+
+def make_tiny_lora(base: Path, out: Path, seed: int) -> Path:
+    """A PEFT LoRA adapter on ``base`` with random non-zero A and B (so it changes the logits)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=64,
+            target_modules=["q_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,  # B random too: the default B = 0 would change nothing
+        ),
+    )
+    peft.save_pretrained(out)
+    return out

@@ -186,6 +186,12 @@ class Row:
         self.logits: torch.Tensor | None = None
         self.next_token = 0
         self.echo_logits: list[torch.Tensor] = []
+        # the LoRA adapter this row runs with when its engine shares a base with others
+        # (``oficina.infer.adapters``): PEFT's adapter name, "__base__" for none; None otherwise
+        self.adapter: str | None = None
+        # the engine that made this row: its model_hash (base + this row's adapter + dtype) keys
+        # the row's prompt in the prefix cache, whichever view of a shared base runs the batch
+        self.owner: Engine | None = None
         self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -205,6 +211,7 @@ class Engine:
         path: Path | None = None,
         adapter: Path | None = None,
         dtype: str = "float32",
+        adapter_name: str | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -229,6 +236,10 @@ class Engine:
         # Only a model loaded from files gets it: its identity (model_hash) is its files, while an
         # in-memory model may be trained between two calls, which a memoised hash would not see.
         self.prefix_cache: PrefixCache | None = shared_prefix_cache() if path is not None else None
+        # set for a view of a base shared with other adapters (oficina.infer.adapters): PEFT's
+        # name of this engine's adapter; its rows carry it, so rows of different adapters share
+        # a DecodeBatch
+        self.adapter_name = adapter_name
         if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
             self.compile_decode()
 
@@ -386,7 +397,9 @@ class Engine:
                     f"prompt {i} has {len(ids)} tokens; the context of '{self.name}' is "
                     f"{self.context_length} tokens, so no room is left to generate"
                 )
-            rows.append(Row(i, ids, p, max(0, min(p.max_new_tokens, room))))
+            row = Row(i, ids, p, max(0, min(p.max_new_tokens, room)))
+            row.adapter, row.owner = self.adapter_name, self
+            rows.append(row)
         return rows
 
     def _advance(self, r: Row) -> str:
@@ -555,6 +568,11 @@ class DecodeBatch:
 
     def add(self, row: Row) -> None:
         """Queue a row; its prompt is prefilled at the next steps, as slots and budget allow."""
+        if (row.adapter is None) != (self.engine.adapter_name is None):
+            raise ValueError(
+                "a row joins a DecodeBatch of the same model: rows of adapters on a shared base "
+                "(oficina.infer.adapters) mix only with each other"
+            )
         if row.limit == 0 and not row.params.echo:
             row.finish = "length"  # nothing to generate, nothing to score
             return
@@ -636,9 +654,21 @@ class DecodeBatch:
             cache.clear(self.filling.slot)
             self.filling.slot, self.filling = None, None
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int):
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor,
+        keep: int,
+        rows: list[Row],
+    ):
+        """One forward of ``rows`` (ids row b is rows[b]); each row with its own adapter."""
         step = self.engine._decode_forward
         fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        # Only a shared base takes adapter names: the single-model forward stays as it was.
+        extra = {}
+        if self.engine.adapter_name is not None:
+            extra["adapter_names"] = [r.adapter for r in rows]
         out = fn(
             input_ids=ids,
             attention_mask=mask,
@@ -646,6 +676,7 @@ class DecodeBatch:
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=keep,
+            **extra,
         )
         self.cache.advance()
         return out.logits
@@ -656,7 +687,7 @@ class DecodeBatch:
             return
         ids = torch.tensor([r.next_token for r in self.running], dtype=torch.long)[:, None]
         pos, mask = self.cache.plan_decode(n, self.dtype)
-        logits = self._forward(ids, pos, mask, 1)[:, -1, :].float()
+        logits = self._forward(ids, pos, mask, 1, self.running)[:, -1, :].float()
         for b, r in enumerate(self.running):
             r.logits = logits[b]
 
@@ -678,7 +709,7 @@ class DecodeBatch:
             b = min(len(r.prompt_ids), (a // self.chunk + 1) * self.chunk)
             pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
             ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
-            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1)[0]
+            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1, [r])[0]
             r.fed, budget = b, budget - (b - a)
             if r.params.echo:
                 r.echo_logits.append(logits.float())
@@ -697,11 +728,10 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ prefix cache
     def _prefix_key(self, r: Row) -> str:
-        """What decides a prompt's keys and values besides its tokens: the model's identity.
-
-        Anything else that changes them per row (an adapter chosen per row) must join this key.
+        """What decides a prompt's keys and values besides its tokens: the identity of the model
+        the row runs, its adapter included (rows of several adapters share a batch on one base).
         """
-        return self.engine.model_hash
+        return (r.owner or self.engine).model_hash
 
     def _start_from_prefix(self, r: Row) -> None:
         """Row r (in an empty slot) starts from the longest cached prefix of its prompt, if any.

@@ -2,7 +2,7 @@
 
 A model argument is ``SPEC``, ``NAME=SPEC`` or ``[NAME=]BASE+ADAPTER_DIR`` (a PEFT LoRA adapter on
 BASE); ``parse_model_args`` checks them all (ids unique, adapters through the weight gate) before
-``load_engines`` loads any.
+``load_engines`` loads any. Adapters on the same BASE share one copy of it in memory and one batch.
 """
 
 from __future__ import annotations
@@ -125,11 +125,34 @@ def parse_model_args(args: list[str]) -> list[ModelArg]:
 
 
 def load_engines(margs: list[ModelArg], dtype: str = "float32") -> dict:
+    """Load every model argument; returns {id: Engine}.
+
+    Arguments on the same base (same SPEC) of which at least one has an adapter share one copy
+    of the base (``oficina.infer.adapters.load_shared``): their engines are views of one model,
+    and the scheduler batches their requests together. Any other argument loads on its own.
+    """
+    from oficina.infer.adapters import load_shared
     from oficina.infer.engine import Engine
 
-    engines = {}
+    groups: dict[str, list[ModelArg]] = {}
     for m in margs:
+        groups.setdefault(m.spec, []).append(m)
+    engines = {}
+    for spec, group in groups.items():
         t0 = time.perf_counter()
-        engines[m.name] = Engine.from_spec(m.spec, dtype=dtype, adapter=m.adapter, name=m.name)
-        log.info("loaded %s (%s) in %.1fs", m.name, m.spec, time.perf_counter() - t0)
-    return engines
+        if len(group) > 1 and any(m.adapter for m in group):
+            shared = load_shared(spec, {m.name: m.adapter for m in group}, dtype=dtype)
+            log.info(
+                "loaded %s on one copy of %s in %.1fs",
+                ", ".join(shared),
+                spec,
+                time.perf_counter() - t0,
+            )
+            engines.update(shared)
+            continue
+        for m in group:
+            t0 = time.perf_counter()
+            engines[m.name] = Engine.from_spec(m.spec, dtype=dtype, adapter=m.adapter, name=m.name)
+            log.info("loaded %s (%s) in %.1fs", m.name, m.spec, time.perf_counter() - t0)
+    # the order of the command line (the /v1/models listing follows it)
+    return {m.name: engines[m.name] for m in margs}

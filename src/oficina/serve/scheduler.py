@@ -6,14 +6,16 @@ model, each with its own sampling parameters. Text deltas travel back to each jo
 passed is cancelled, so the batch stops paying for it. Two modes (``oficina serve --scheduler``):
 
   * ``continuous`` (default): each model has one running ``DecodeBatch``
-    (``oficina.infer.engine``) advanced one decode step at a time. A queued job joins at the next
+    (``oficina.infer.engine``) advanced one decode step at a time — one for all the served ids
+    that share a base (LoRA adapters and the bare base, ``oficina.infer.adapters``): their rows
+    mix in it, each with its own adapter. A queued job joins at the next
     step (its prompts prefilled in chunks between steps, so running streams keep flowing) as
     long as the batch has fewer than ``max_batch`` rows; a finished or cancelled row leaves at
     once and its job gets its answer then, not when the whole batch ends. An idle model waits
     ``batch_wait_s`` (as below) for requests that arrive together before its first step;
   * ``static``: the thread takes the oldest job, waits for more jobs for the same model (until
     ``max_batch`` rows, or until none has arrived for ``batch_wait_s``, at most 4x that in all),
-    and calls ``engine.generate`` once for all of them; a request arriving meanwhile waits for
+    and calls ``engine.generate`` once for all of them (ids sharing a base are batched apart); a request arriving meanwhile waits for
     the whole batch. Kept as the peer ``benchmarks/serve.py`` compares against.
 
 Why one thread: on a CPU the model already uses every core for one batch, so running two
@@ -127,6 +129,13 @@ class Scheduler:
         self.cancelled_rows = 0
         self.generated_tokens = 0
         self.busy_s = 0.0
+        # continuous mode: batches are keyed by the first served id of each model object, so ids
+        # that are views of one shared base (oficina.infer.adapters) run in one batch
+        first: dict[int, str] = {}
+        self._group = {
+            name: first.setdefault(id(getattr(e.model, "shared", e.model)), name)
+            for name, e in engines.items()
+        }
         self._running: dict[str, _Running] = {}  # continuous mode: models with rows to run
         self._batches: dict[str, _Running] = {}  # ... and every model's batch, kept when idle
 
@@ -324,26 +333,28 @@ class Scheduler:
                     self._queue.remove(job)
                     calls.append(job)
                 else:
-                    rows = self._rows_in(job.model) + taken.get(job.model, 0)
+                    key = self._group.get(job.model, job.model)
+                    rows = self._rows_in(key) + taken.get(key, 0)
                     if rows == 0 or rows + len(job.prompts) <= self.max_batch:
                         self._queue.remove(job)
                         joins.append(job)
-                        taken[job.model] = taken.get(job.model, 0) + len(job.prompts)
+                        taken[key] = taken.get(key, 0) + len(job.prompts)
             return calls, joins
 
     def _join(self, job: Job) -> None:
         engine = self.engines[job.model]
+        key = self._group.get(job.model, job.model)
         try:
-            rows = engine.make_rows(job.prompts, job.params)
-            running = self._running.get(job.model) or self._batches.get(job.model)
+            rows = engine.make_rows(job.prompts, job.params)  # each row carries its adapter
+            running = self._running.get(key) or self._batches.get(key)
             if running is None:  # kept across idle spells: its KV cache is reused
-                batch = DecodeBatch(engine, max_rows=self.max_batch)
-                running = self._batches[job.model] = _Running(batch)
+                batch = DecodeBatch(self.engines[key], max_rows=self.max_batch)
+                running = self._batches[key] = _Running(batch)
         except UserError as e:  # handlers validate first, so this is rare: fail this job only
             job.push(("error", from_user_error(e)))
             return
-        if job.model not in self._running:
-            self._running[job.model] = running
+        if key not in self._running:
+            self._running[key] = running
             self.batches += 1
         running.jobs[id(job)] = (job, rows)
         for k, row in enumerate(rows):
