@@ -266,3 +266,10 @@ def test_recommend_compares_with_its_metric_resamples_and_seed():
     assert rec["comparisons"]["few_shot"] != compare(rs[0], rs[1], "accuracy", n=1000, seed=0)
     rec = recommend(rs, target=0.5, requests=1_000, n_boot=57, seed=11)
     assert rec["comparisons"]["few_shot"] == compare(rs[0], rs[1], "macro_f1", n=57, seed=11)
+
+
+def test_a_more_accurate_but_tied_rung_is_a_tie_not_a_better_rung():
+    rs = [rung("lora", right_on(28), train_usd=1.0), rung("full", right_on(29), train_usd=4.0)]
+    rec = recommend(rs, target=0.6, requests=0)
+    assert rec["rung"] == "lora" and rec["tied_with"] == ["full"]
+    assert "more accurate" not in rec["reasoning"]
