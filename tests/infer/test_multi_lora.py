@@ -127,3 +127,28 @@ def test_the_prefix_cache_keeps_each_adapter_apart(shared, alone, monkeypatch):
     again = run_in_the_base_batch("a")  # now a hit on a's own blocks, and the same numbers
     assert cache.stats()["hits"] == 1
     assert [t.logprob for t in again.logprobs] == pytest.approx(lp, abs=1e-4)
+
+
+def test_a_classification_head_adapter_is_refused_by_every_inference_path(
+    tiny_lm, loras, tmp_path, capsys
+):
+    """A SEQ_CLS adapter's head would be dropped silently: eval would score labels with a
+    language model its LoRA weights were never trained for."""
+    import json
+    import shutil
+
+    from oficina.cli import main
+    from oficina.errors import UserError
+
+    head = tmp_path / "head"
+    shutil.copytree(loras["a"], head)
+    conf = json.loads((head / "adapter_config.json").read_text())
+    (head / "adapter_config.json").write_text(json.dumps({**conf, "task_type": "SEQ_CLS"}))
+    with pytest.raises(UserError, match="classification-head adapter") as e:
+        Engine.from_spec(str(tiny_lm), adapter=str(head))
+    assert e.value.exit_code == 2
+    with pytest.raises(UserError, match="classification-head adapter"):
+        load_shared(str(tiny_lm), {"base": None, "h": str(head)})
+    assert main(["eval", str(tiny_lm), "--adapter", str(head), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classification-head adapter" in err[0], err

@@ -65,7 +65,7 @@ def load_shared(spec: str, adapters: dict[str, str | None], dtype: str = "float3
     from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
-    from oficina.infer.engine import Engine
+    from oficina.infer.engine import Engine, check_lm_adapter
     from oficina.infer.int8 import RECIPE
     from oficina.models.safety import check_adapter_dir, load_errors
     from oficina.models.sources import load_causal_lm, resolve
@@ -87,7 +87,7 @@ def load_shared(spec: str, adapters: dict[str, str | None], dtype: str = "float3
             inner[name] = (BASE, None)
             continue
         # PEFT's own adapter names must be module keys (no '.'): served names need not be.
-        ad_name, ad_path = f"adapter{k}", check_adapter_dir(adapter)
+        ad_name, ad_path = f"adapter{k}", check_lm_adapter(check_adapter_dir(adapter))
         with load_errors(ad_path, "adapter"):
             if peft is None:
                 peft = PeftModel.from_pretrained(model, str(ad_path), adapter_name=ad_name)

@@ -85,6 +85,29 @@ def model_hash_for(
     return h.hexdigest()
 
 
+def check_lm_adapter(folder: Path) -> Path:
+    """Refuse an adapter trained with a classification/regression head (PEFT ``SEQ_CLS``).
+
+    Its LoRA weights were trained to feed a head the engine never runs, so generating or scoring
+    labels with the language model under them gives a number that means nothing (measured: the
+    demo task's tuned LoRA classifier, 0.352 through its head, scored 0.242 through ``eval``).
+    """
+    import json
+
+    try:
+        task_type = json.loads((folder / "adapter_config.json").read_text()).get("task_type")
+    except (OSError, ValueError):
+        return folder  # unreadable: PEFT's own loading says what is wrong with it
+    if task_type == "SEQ_CLS":
+        raise UserError(
+            f"{folder} is a classification-head adapter (PEFT task_type SEQ_CLS): the generation "
+            "engine (eval, generate, serve, batch) runs language-model adapters only; train one "
+            "with a prompt template (SFT) to use it here",
+            exit_code=2,
+        )
+    return folder
+
+
 class ContextLengthError(UserError):
     """The prompt alone fills the model's context: nothing can be generated."""
 
@@ -288,7 +311,7 @@ class Engine:
 
             # PEFT reads adapter_model.safetensors first and falls back to a pickle: the gate
             # makes sure the first exists and is sound, so the fallback never happens.
-            adapter_path = check_adapter_dir(adapter)
+            adapter_path = check_lm_adapter(check_adapter_dir(adapter))
             with load_errors(adapter_path, "adapter"):
                 model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
