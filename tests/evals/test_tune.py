@@ -142,7 +142,8 @@ def test_tiny_example_search_writes_best_trials_report_and_records_runs(tmp_path
     assert {json.dumps(r["params"]) for r in rows} == {
         json.dumps({"train.lr": v}) for v in (0.002, 0.003, 0.004, 1e-9, 2e-9)
     }
-    every = 8  # eval_every in the example
+    example = yaml.safe_load((ROOT / "examples/tune_tiny.yaml").read_text())
+    every, steps = example["train"]["eval_every"], example["max_steps"]
     hopeless_checked = 0
     for r in rows:
         assert {"number", "state", "params", "value", "cost"} <= set(r)
@@ -157,7 +158,7 @@ def test_tiny_example_search_writes_best_trials_report_and_records_runs(tmp_path
                 assert r["state"] == "PRUNED" and r["cost"] == every, r
                 hopeless_checked += 1
         else:
-            assert r["state"] == "COMPLETE" and r["cost"] == 40
+            assert r["state"] == "COMPLETE" and r["cost"] == steps
     assert hopeless_checked >= 1  # the grid's seeded order puts one after three good ones
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     best = min(complete, key=lambda r: r["value"])
@@ -165,15 +166,15 @@ def test_tiny_example_search_writes_best_trials_report_and_records_runs(tmp_path
     meta = json.loads((out / "tune.json").read_text())
     assert meta["best"]["number"] == best["number"] and meta["best"]["value"] == best["value"]
     assert meta["trial_steps"] == sum(r["cost"] for r in rows)
-    assert meta["trial_steps_unpruned"] == 40 * 5
-    assert meta["pruning_saved"] == round(1 - meta["trial_steps"] / 200, 4) > 0
+    assert meta["trial_steps_unpruned"] == steps * 5
+    assert meta["pruning_saved"] == round(1 - meta["trial_steps"] / (steps * 5), 4) > 0
 
     from oficina.config import load
     from oficina.train.recipes import PretrainConfig
 
     best_cfg = load(PretrainConfig, out / "best.yaml")  # the verb's own --config
     assert best_cfg.train.lr == best["params"]["train.lr"]
-    assert best_cfg.data == str(pack) and best_cfg.max_steps == 40
+    assert best_cfg.data == str(pack) and best_cfg.max_steps == steps
 
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "pruning saved" in page
@@ -416,6 +417,7 @@ def test_multi_fidelity_pruners_run_a_study(tmp_path, pack, pruner):
     assert main(["tune", str(cfg), "--trials", "4", "--pruner", pruner, "--out", str(out)]) == 0
     rows = trials_of(out)
     assert len(rows) == 4 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    steps = yaml.safe_load((ROOT / "examples/tune_tiny.yaml").read_text())["max_steps"]
     for r in rows:  # a trial stops only at a validation: its cost is a multiple of eval_every
-        assert r["cost"] % 8 == 0 and 8 <= r["cost"] <= 40
-        assert r["cost"] == (40 if r["state"] == "COMPLETE" else r["curve"][-1][0])
+        assert r["cost"] % 8 == 0 and 8 <= r["cost"] <= steps
+        assert r["cost"] == (steps if r["state"] == "COMPLETE" else r["curve"][-1][0])
