@@ -425,26 +425,9 @@ class TrainedRung(Rung):
             **extra,
         )
 
-    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
-        """(verb, config) of the one training recipe this rung runs: what a search varies.
-        Rungs whose training is more than one recipe (CPT then LoRA) override ``train``."""
-        raise NotImplementedError(f"{self.name} trains through its own train()")
-
-    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
-        """The Trained of a finished ``recipe`` run whose summary is ``s``."""
-        raise NotImplementedError(f"{self.name} trains through its own train()")
-
+    @abstractmethod
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
         """Train with the hyperparameters ``hp``; the model, its summary and curves."""
-        if self.reuse is not None:  # the search's best trial is this training: cost counted there
-            s, _ = self.reuse
-            return self.trained(ctx, hp, s, Cost())
-        from oficina.evals.tune import verb_class
-
-        verb, cfg = self.recipe(ctx, hp, ctx.out / self.name)
-        t0 = time.perf_counter()
-        s = verb_class(verb)[1](cfg)
-        return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
 
     def lora_config(self, ctx: LadderContext, base: str, hp: dict[str, Any], out: Path):
         """LoRA on the labelled set from ``base``."""
@@ -507,8 +490,33 @@ def add_costs(*costs: Cost) -> Cost:
     )
 
 
+class RecipeRung(TrainedRung):
+    """A trained rung that is one training recipe (a verb and its config): what a search varies.
+    Rungs whose training is more than one recipe (CPT then LoRA) subclass ``TrainedRung``."""
+
+    @abstractmethod
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        """(verb, config) of the training this rung runs with ``hp``, written into ``out``."""
+
+    @abstractmethod
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        """The Trained of a finished ``recipe`` run whose summary is ``s``."""
+
+    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
+        """Run the recipe (or take the search's best trial when it was this very training)."""
+        if self.reuse is not None:  # the search's best trial is this training: cost counted there
+            s, _ = self.reuse
+            return self.trained(ctx, hp, s, Cost())
+        from oficina.evals.tune import verb_class
+
+        verb, cfg = self.recipe(ctx, hp, ctx.out / self.name)
+        t0 = time.perf_counter()
+        s = verb_class(verb)[1](cfg)
+        return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
+
+
 @register
-class Lora(TrainedRung):
+class Lora(RecipeRung):
     name = "lora"
     description = "low-rank adapters trained on the labelled set (PEFT)"
     Settings = LoraSettings
@@ -542,7 +550,7 @@ class FullSettings(TrainSettings):
 
 
 @register
-class Full(TrainedRung):
+class Full(RecipeRung):
     name = "full"
     description = "every parameter fine-tuned on the labelled set"
     Settings = FullSettings
@@ -669,7 +677,7 @@ class DistillSettings(TrainSettings):
 
 
 @register
-class Distill(TrainedRung):
+class Distill(RecipeRung):
     name = "distill"
     description = (
         "a smaller student (a subset of the base's layers) distilled from the best fine-tuned model"

@@ -1,6 +1,6 @@
 """A trained rung's budgeted hyperparameter search: a small ``oficina tune`` study.
 
-The study trains the rung's own recipe (``TrainedRung.recipe``) on the training split and scores
+The study trains the rung's own recipe (``RecipeRung.recipe``) on the training split and scores
 each trial by its best validation loss on the validation split — the test split is never given
 to it — over the learning rate (log-uniform; and the LoRA rank for LoRA), with median pruning fed
 from the same periodic validations, through ``oficina.evals.tune.search``. Each trial trains
@@ -32,7 +32,7 @@ from oficina.workspace import atomic_write_text
 
 
 class SearchedRung(Protocol):
-    """What a search needs of a trained rung (``rungs.TrainedRung`` is one)."""
+    """What a search needs of a trained rung (``rungs.RecipeRung`` is one)."""
 
     name: str
     reuse: tuple[dict, Path] | None
