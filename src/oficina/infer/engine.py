@@ -583,11 +583,12 @@ class DecodeBatch:
         self.cache = SlotCache(config, float_mask=impl != "sdpa")
         self.waiting: collections.deque[Row] = collections.deque()
         self.running: list[Row] = []  # running[s] is in slot s
-        self.filling: Row | None = None  # prompt being prefilled, in slot len(running)
+        # prompts being prefilled, oldest first, in slots len(running)..len(self)-1 (any order)
+        self.filling: list[Row] = []
         self._eos = torch.tensor(sorted(engine.eos_ids), dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.waiting) + len(self.running) + (self.filling is not None)
+        return len(self.waiting) + len(self.running) + len(self.filling)
 
     def add(self, row: Row) -> None:
         """Queue a row; its prompt is prefilled at the next steps, as slots and budget allow."""
@@ -655,7 +656,12 @@ class DecodeBatch:
                 yield r, delta
 
     def _leave(self) -> None:
-        """Finished rows give up their slots; the last running row moves into each hole."""
+        """Finished rows give up their slots: the last running row moves into each hole, and
+        the prompt being prefilled in the highest slot into the hole that leaves."""
+        for r in [r for r in self.filling if r.finish is not None]:  # cancelled mid-prefill
+            self.filling.remove(r)
+            self._fill_hole(r.slot)
+            r.slot, r.echo_logits = None, []
         cache, s = self.cache, 0
         while s < len(self.running):
             if self.running[s].finish is None:
@@ -666,16 +672,19 @@ class DecodeBatch:
                 cache.move(last, s)
                 self.running[s] = self.running[last]
                 self.running[s].slot = s
-            else:
-                cache.clear(s)
             self.running.pop()
             gone.slot, gone.logits = None, None
-            if self.filling is not None:  # keep the prompt being prefilled right after them
-                cache.move(last + 1, last)
-                self.filling.slot = last
-        if self.filling is not None and self.filling.finish is not None:
-            cache.clear(self.filling.slot)
-            self.filling.slot, self.filling = None, None
+            self._fill_hole(last)
+
+    def _fill_hole(self, hole: int) -> None:
+        """Slot ``hole`` was left: the prefilling row in the highest slot above it moves in, so
+        the occupied slots stay ``0..len-1`` (one move, whatever the number of rows)."""
+        top = max(self.filling, key=lambda r: r.slot, default=None)
+        if top is not None and top.slot > hole:
+            self.cache.move(top.slot, hole)
+            top.slot = hole
+        else:
+            self.cache.clear(hole)
 
     def _forward(
         self,
@@ -687,7 +696,10 @@ class DecodeBatch:
     ):
         """One forward of ``rows`` (ids row b is rows[b]); each row with its own adapter."""
         step = self.engine._decode_forward
-        fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        # the compiled step is traced for decode forwards; a prefill of one token per row runs
+        # the plain model, as every other prefill does
+        decode = self.cache.mode == "decode"
+        fn = step if step is not None and decode else self.engine.model
         # Only a shared base takes adapter names: the single-model forward stays as it was.
         extra = {}
         if self.engine.adapter_name is not None:
@@ -715,30 +727,49 @@ class DecodeBatch:
             r.logits = logits[b]
 
     def _prefill(self) -> None:
-        budget = self.chunk
-        while budget > 0:
-            if self.filling is None:
-                if not self.waiting or (self.max_rows and len(self.running) >= self.max_rows):
-                    return
-                r = self.filling = self.waiting.popleft()
-                r.slot, r.fed = len(self.running), 0
-                self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
-                self.cache.clear(r.slot)
-                self._start_from_prefix(r)
-            r = self.filling
+        """Prefill waiting prompts, several rows in one forward, ``chunk`` prompt tokens at most.
+
+        Rows are taken oldest first: those already prefilling, then waiting rows as slots allow
+        (each starts from its cached prefix, if any). A row's piece of this step ends at the
+        next multiple of ``chunk`` (or its prompt's end), so its pieces are the same whatever
+        shares the batch; a row whose piece would overrun the step's budget waits for the next
+        step (the first row always goes: a piece is at most ``chunk``).
+        """
+        plan: list[tuple[Row, int, int]] = []
+        used = 0
+        i = 0
+        while True:
+            if i == len(self.filling) and not self._take_waiting():
+                break
+            r = self.filling[i]
             a = r.fed
             # chunks end at multiples of self.chunk also after a cached prefix, so the rest of
             # the prompt is computed in the same pieces as without one
             b = min(len(r.prompt_ids), (a // self.chunk + 1) * self.chunk)
-            pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
-            ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
-            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1, [r])[0]
-            r.fed, budget = b, budget - (b - a)
+            if plan and used + (b - a) > self.chunk:
+                break
+            plan.append((r, a, b))
+            used += b - a
+            i += 1
+            if used >= self.chunk:
+                break
+        if not plan:
+            return
+        rows = [r for r, _, _ in plan]
+        qs = [b - a for _, a, b in plan]
+        q = max(qs)
+        pos, mask = self.cache.plan_prefill([r.slot for r in rows], qs, self.dtype)
+        # left padding (see SlotCache.plan_prefill): the pad id is never attended to
+        ids = torch.tensor([[0] * (q - (b - a)) + r.prompt_ids[a:b] for r, a, b in plan])
+        echo = any(r.params.echo for r in rows)
+        logits = self._forward(ids, pos, mask, 0 if echo else 1, rows)
+        for k, (r, a, b) in enumerate(plan):
+            r.fed = b
             if r.params.echo:
-                r.echo_logits.append(logits.float())
+                r.echo_logits.append(logits[k, q - (b - a) :].float())
             if b < len(r.prompt_ids):
                 continue
-            r.logits = logits[-1].float()
+            r.logits = logits[k, -1].float()
             self._store_prefix(r)
             if r.params.echo:
                 full = torch.cat(r.echo_logits) if len(r.echo_logits) > 1 else r.echo_logits[0]
@@ -746,8 +777,30 @@ class DecodeBatch:
                     full, r.prompt_ids, r.params.logprobs or 0
                 )
                 r.echo_logits = []
-            self.running.append(r)
-            self.filling = None
+            self._start_running(r)
+
+    def _take_waiting(self) -> bool:
+        """The oldest waiting row takes the next free slot (False: none waits, or no slot)."""
+        if not self.waiting or (self.max_rows and len(self) - len(self.waiting) >= self.max_rows):
+            return False
+        r = self.waiting.popleft()
+        r.slot, r.fed = len(self.running) + len(self.filling), 0
+        self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
+        self.cache.clear(r.slot)
+        self._start_from_prefix(r)
+        self.filling.append(r)
+        return True
+
+    def _start_running(self, r: Row) -> None:
+        """Row r's prompt is prefilled: it joins the running rows, in slot ``len(running)``
+        (the prefilling row there, if another, swaps slots with it)."""
+        self.filling.remove(r)
+        s = len(self.running)
+        if r.slot != s:
+            other = next(f for f in self.filling if f.slot == s)
+            self.cache.swap(s, r.slot)
+            other.slot, r.slot = r.slot, s
+        self.running.append(r)
 
     # ------------------------------------------------------------------ prefix cache
     def _prefix_key(self, r: Row) -> str:
