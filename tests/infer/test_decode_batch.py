@@ -394,3 +394,19 @@ def test_slots_stay_packed_when_prefilling_rows_finish_out_of_order_or_leave(cac
         assert r.generated == ref.token_ids
         got = [t.logprob for t in r.logprobs]
         assert got == pytest.approx([t.logprob for t in ref.logprobs], abs=1e-4)
+
+
+def test_the_compiled_decode_step_is_refused_for_a_shared_base(tiny_lm, tmp_path, monkeypatch):
+    """A view of a shared base names each row's adapter on every forward, which a compiled step
+    would recompile for: compile_decode says so, and OFICINA_COMPILE=1 leaves such views eager."""
+    from helpers import make_tiny_lora
+
+    from oficina.errors import UserError
+    from oficina.infer.adapters import load_shared
+
+    monkeypatch.setenv("OFICINA_COMPILE", "1")
+    lora = make_tiny_lora(tiny_lm, tmp_path / "a", 1)
+    shared = load_shared(str(tiny_lm), {"base": None, "a": str(lora)})
+    assert all(e._decode_forward is None for e in shared.values())
+    with pytest.raises(UserError, match="shares its base with other LoRA adapters"):
+        shared["a"].compile_decode()

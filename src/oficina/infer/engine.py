@@ -263,7 +263,8 @@ class Engine:
         # name of this engine's adapter; its rows carry it, so rows of different adapters share
         # a DecodeBatch
         self.adapter_name = adapter_name
-        if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
+        compile_all = os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no")
+        if compile_all and adapter_name is None:  # a view of a shared base runs eager (below)
             self.compile_decode()
 
     def compile_decode(self, mode: str | None = None) -> None:
@@ -273,7 +274,19 @@ class Engine:
         about a minute, and again once for the first batch of more than one row; the slot cache
         keeps shapes few (rows and length are dynamic), so there are no further recompiles.
         Prefill stays eager. Worth it only for long runs; see ``benchmarks/generate.py``.
+
+        Refused for a view of a shared base (``oficina.infer.adapters``): its forward takes the
+        rows' adapter names, a list of strings that ``torch.compile`` would guard on, so every
+        new mix of adapters in a batch would recompile (a minute each) until the recompile
+        limit silently sent it back to eager.
         """
+        if self.adapter_name is not None:
+            raise UserError(
+                f"model '{self.name}' shares its base with other LoRA adapters, whose per-row "
+                "adapter choice the compiled decode step does not support; unset "
+                "OFICINA_COMPILE, or serve the adapter as its own model (merge it, or "
+                "`oficina serve BASE+ADAPTER` alone) to compile it"
+            )
         self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
 
     # ------------------------------------------------------------------ loading
@@ -480,14 +493,22 @@ class Engine:
         if len(plist) != len(prompts):
             raise UserError(f"{len(prompts)} prompts but {len(plist)} sampling params")
         rows = self.make_rows(prompts, plist)
+        self.run(rows, None if on_token is None else lambda r, delta: on_token(r.index, delta))
+        return [self.completion(r) for r in rows]
+
+    def run(
+        self, rows: list[Row], on_token: Callable[[Row, str], bool | None] | None = None
+    ) -> None:
+        """Run rows to the end in one ``DecodeBatch`` of this engine. Rows made by other views
+        of a shared base (``oficina.infer.adapters``) may be among them, each with its adapter.
+        ``on_token(row, delta)`` as in ``generate``; returning False cancels that row."""
         batch = DecodeBatch(self)
         for r in rows:
             batch.add(r)
         while batch:
             for r, delta in batch.step():
-                if on_token is not None and on_token(r.index, delta) is False:
+                if on_token is not None and on_token(r, delta) is False:
                     batch.cancel(r)
-        return [self.completion(r) for r in rows]
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Text deltas of one prompt as they are produced; stop iterating to cancel."""
