@@ -776,6 +776,8 @@ class DecodeBatch:
                 break
         if not plan:
             return
+        # in slot order: the rows' slots are then usually a run, which attention reads as a view
+        plan.sort(key=lambda p: p[0].slot)
         rows = [r for r, _, _ in plan]
         qs = [b - a for _, a, b in plan]
         q = max(qs)
