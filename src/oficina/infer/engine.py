@@ -9,7 +9,8 @@ What it does, and why it is written out rather than calling ``model.generate``:
   * a **step-level** decode loop (``DecodeBatch``): every row has its own KV slot in a
     preallocated cache (``oficina.infer.kv_slots.SlotCache``) with its own length, position ids
     and mask, so a row can join between any two steps (its prompt prefilled in chunks of
-    ``PREFILL_CHUNK`` tokens, interleaved with the decode steps of the rows already running) and
+    ``PREFILL_CHUNK`` tokens, interleaved with the decode steps of the rows already running;
+    prompts waiting together are prefilled together, one left-padded forward a step) and
     leaves the moment it is done or cancelled. ``generate`` and ``stream`` drive one; the
     server's continuous scheduler keeps one per model. No step allocates anything that grows
     with the length (no ``torch.cat`` of the cache or the mask);
@@ -564,7 +565,7 @@ class Engine:
 
 
 # Prompt tokens prefilled per decode step: a long prompt is written in chunks of this many tokens,
-# one chunk (or several short prompts) between two decode steps, so rows already running keep
+# one chunk (or several short prompts, in one forward) between two decode steps, so rows already running keep
 # getting a token per step. Chunk boundaries are fixed within a prompt (multiples of this), so a
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
@@ -583,8 +584,8 @@ class DecodeBatch:
     ``step`` samples one token for every running row (yielding ``(row, new text)``, also when the
     text is held back, so a caller's per-token check runs every step), lets finished and
     cancelled rows leave (their slots are reused at once), runs one decode forward for the rows
-    that remain, then prefills waiting prompts — at most ``chunk`` tokens' worth — into free slots
-    (at most ``max_rows`` rows hold a slot; 0 = no bound). A prefilled row is sampled from the
+    that remain, then prefills waiting prompts — at most ``chunk`` tokens' worth, all in one
+    forward — into free slots (at most ``max_rows`` rows hold a slot; 0 = no bound). A prefilled row is sampled from the
     next step on. The KV layout is ``oficina.infer.kv_slots.SlotCache``.
     """
 
