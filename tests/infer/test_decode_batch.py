@@ -75,7 +75,7 @@ def test_rows_leaving_move_slots_and_the_rest_are_unaffected(engine):
     for prompt, p, r in zip(prompts, params, rows, strict=True):
         assert _same_as_alone(engine, prompt, r)
         assert len(r.generated) == p.max_new_tokens and r.slot is None
-    assert not batch and not batch.running and batch.filling is None
+    assert not batch and not batch.running and not batch.filling
 
 
 def test_chunked_prefill_gives_the_same_tokens_and_prompt_logprobs(engine):
@@ -154,7 +154,7 @@ def test_max_rows_bounds_the_slots(engine):
     most = 0
     while batch:
         list(batch.step())
-        most = max(most, len(batch.running) + (batch.filling is not None))
+        most = max(most, len(batch.running) + len(batch.filling))
     assert most == 2 and batch.cache.capacity[0] == 2
     assert [len(r.generated) for r in rows] == [3] * 5
 
@@ -214,3 +214,199 @@ def test_compiled_decode_step_gives_the_same_rows(engine):
     _run(batch, {3: [b]})
     assert len(calls) >= 11  # the decode steps went through the compiled forward
     assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
+
+
+# ---------------------------------------------------------------------------- batched prefill
+PROMPTS = ["a", "def foo(x):", "class C:\n    pass", LONG]
+
+
+def _hf_logprobs(engine, prompt: str, n: int) -> tuple[list[int], list[float]]:
+    """model.generate's greedy tokens and the log-probability of each (its raw scores)."""
+    enc = engine.tokenizer(prompt, return_tensors="pt")
+    out = engine.model.generate(
+        **enc,
+        do_sample=False,
+        max_new_tokens=n,
+        pad_token_id=engine.tokenizer.pad_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    ids = out.sequences[0, enc.input_ids.shape[1] :].tolist()
+    lps = [float(s[0].float().log_softmax(-1)[t]) for s, t in zip(out.scores, ids, strict=True)]
+    return ids, lps
+
+
+def _spy_prefills(batch: DecodeBatch) -> list[list[tuple]]:
+    """Each prefill forward as [(row, tokens it had before, tokens it adds)], in slot order."""
+    calls: list[list[tuple]] = []
+    plan = batch.cache.plan_prefill
+
+    def spy(slots, qs, dtype):
+        by_slot = {r.slot: r for r in batch.filling}
+        calls.append([(by_slot[s], by_slot[s].fed, q) for s, q in zip(slots, qs, strict=True)])
+        return plan(slots, qs, dtype)
+
+    batch.cache.plan_prefill = spy
+    return calls
+
+
+def _same_as_generate(engine, prompt: str, row) -> None:
+    """Greedy tokens and their log-probabilities equal model.generate's (up to its EOS)."""
+    ids, lps = _hf_logprobs(engine, prompt, len(row.generated))
+    assert row.generated[: len(ids)] == ids, prompt
+    got = [t.logprob for t in row.logprobs[: len(ids)]]
+    assert got == pytest.approx(lps, abs=1e-4), prompt
+
+
+def test_rows_prefilled_together_in_one_forward_get_what_each_gets_alone(engine):
+    """Four prompts of different lengths (so three are padded) go through one prefill forward;
+    each row's tokens, log-probabilities and (echo) prompt log-probabilities are those it gets
+    alone and those of model.generate."""
+    params = [_params(8), _params(6), _params(7, echo=True), _params(9)]
+    rows = engine.make_rows(PROMPTS, params)
+    lengths = [len(r.prompt_ids) for r in rows]
+    assert len(set(lengths)) == len(lengths)
+    batch = DecodeBatch(engine)
+    calls = _spy_prefills(batch)
+    for r in rows:
+        batch.add(r)
+    _run(batch)
+    assert [[(r, a, q) for r, a, q in c] for c in calls] == [
+        [(r, 0, n) for r, n in zip(rows, lengths, strict=True)]
+    ]
+    for prompt, r in zip(PROMPTS, rows, strict=True):
+        assert _same_as_alone(engine, prompt, r)
+        _same_as_generate(engine, prompt, r)
+    alone = engine.generate([PROMPTS[2]], params[2])[0]
+    assert len(rows[2].prompt_logprobs) == lengths[2]
+    assert [t.logprob for t in rows[2].prompt_logprobs[1:]] == pytest.approx(
+        [t.logprob for t in alone.prompt_logprobs[1:]], abs=1e-4
+    )
+
+
+def test_rows_joining_mid_decode_are_prefilled_together(engine):
+    a = engine.make_rows(["def foo(x):"], [_params(12)])[0]
+    late = engine.make_rows(PROMPTS[::2] + [LONG], [_params(6), _params(8), _params(5)])
+    batch = DecodeBatch(engine)
+    calls = _spy_prefills(batch)
+    batch.add(a)
+    _run(batch, {3: late})  # a has 2 tokens when the three join
+    assert [[r for r, _, _ in c] for c in calls] == [[a], late]
+    assert len(a.generated) == 12
+    for prompt, r in zip(["def foo(x):", *PROMPTS[::2], LONG], [a, *late], strict=True):
+        assert _same_as_alone(engine, prompt, r)
+        _same_as_generate(engine, prompt, r)
+
+
+def test_a_prefill_step_takes_at_most_chunk_tokens_split_across_rows(engine):
+    """chunk=8: each forward prefills <= 8 prompt tokens in all, several rows share one, and a
+    row's pieces end at multiples of 8 (or its prompt's end) whatever shares the step."""
+    prompts = ["a", LONG, "def foo(x):", "x = ", "class C:\n    pass"]
+    rows = engine.make_rows(prompts, [_params(4)] * len(prompts))
+    batch = DecodeBatch(engine, chunk=8)
+    calls = _spy_prefills(batch)
+    for r in rows:
+        batch.add(r)
+    _run(batch)
+    assert all(sum(q for _, _, q in c) <= 8 for c in calls)
+    assert any(len(c) > 1 for c in calls)
+    for c in calls:
+        for r, a, q in c:
+            assert (a + q) % 8 == 0 or a + q == len(r.prompt_ids)
+    fed = {id(r): sum(q for c in calls for s, _, q in c if s is r) for r in rows}
+    assert fed == {id(r): len(r.prompt_ids) for r in rows}
+    for prompt, r in zip(prompts, rows, strict=True):
+        assert _same_as_alone(engine, prompt, r)
+
+
+@pytest.fixture
+def cached(engine, monkeypatch):
+    """The shared tiny engine with a fresh prefix cache of 4-token blocks."""
+    from oficina.infer.prefix_cache import PrefixCache
+
+    monkeypatch.setattr(engine, "prefix_cache", PrefixCache(max_bytes=1 << 24, block=4))
+    return engine
+
+
+def _uncached(engine, prompt: str, params):
+    saved, engine.prefix_cache = engine.prefix_cache, None
+    try:
+        return engine.generate([prompt], params)[0]
+    finally:
+        engine.prefix_cache = saved
+
+
+SHARED = "You answer questions about code. Example: def add(a, b): return a + b adds. Question: "
+
+
+def test_a_prefix_hit_prefilled_with_other_rows_prefills_only_its_suffix(cached):
+    hit_prompt = SHARED + "what is a lambda?"
+    prompts = [hit_prompt, "def foo(x):", LONG]
+    params = [_params(7), _params(6), _params(5)]
+    refs = [_uncached(cached, p, sp) for p, sp in zip(prompts, params, strict=True)]
+    cached.generate([SHARED + "what does def sq(x) do?"], _params(1))  # stores SHARED's blocks
+    hits = cached.prefix_cache.stats()["hit_tokens"]
+    rows = cached.make_rows(prompts, params)
+    batch = DecodeBatch(cached)
+    calls = _spy_prefills(batch)
+    for r in rows:
+        batch.add(r)
+    _run(batch)
+    p = cached.prefix_cache.stats()["hit_tokens"] - hits
+    assert p > 0 and cached.prefix_cache.stats()["hits"] == 1
+    assert calls == [[(r, a, len(r.prompt_ids) - a) for r, a in zip(rows, [p, 0, 0], strict=True)]]
+    for r, ref in zip(rows, refs, strict=True):
+        assert r.generated == ref.token_ids
+        got = [t.logprob for t in r.logprobs]
+        assert got == pytest.approx([t.logprob for t in ref.logprobs], abs=1e-4)
+
+
+def test_slots_stay_packed_when_prefilling_rows_finish_out_of_order_or_leave(cached):
+    """A cached prefix makes row h's first piece short, so row s (behind it) finishes first and
+    the two swap slots; s is cancelled, the last prefilling row w moves into its slot, and when
+    h finishes it swaps with w again. Every row's KV moves with it: each gets what it gets
+    alone."""
+    hit_prompt = SHARED + "what is a lambda? Explain it with an example."
+    cached.generate([SHARED + "what does def sq(x) do?"], _params(1))  # stores SHARED's blocks
+    p, _ = cached.prefix_cache.lookup(cached.model_hash, cached.encode(hit_prompt))
+    chunk = p + 4  # h's first piece: 4 tokens, then "a" fits in the same step, then w waits
+    params = [_params(6), _params(30), _params(5)]
+    h, s, w = cached.make_rows([hit_prompt, "a", LONG * 2], params)
+    assert len(h.prompt_ids) > chunk and len(s.prompt_ids) <= chunk - 4 < len(w.prompt_ids)
+    refs = [_uncached(cached, x, params[k]) for k, x in ((0, hit_prompt), (2, LONG * 2))]
+    batch = DecodeBatch(cached, chunk=chunk)
+    swaps, moves = [], []
+    swap, move = batch.cache.swap, batch.cache.move
+    batch.cache.swap = lambda a, b: (swaps.append((a, b)), swap(a, b))
+    batch.cache.move = lambda a, b: (moves.append((a, b)), move(a, b))
+    for r in (h, s, w):
+        batch.add(r)
+    list(batch.step())  # h's 4 tokens and all of s in one forward; w takes slot 2 and waits
+    assert swaps == [(0, 1)] and (h.slot, s.slot, w.slot) == (1, 0, 2)
+    assert batch.running == [s] and h.fed == chunk and w.fed == 0
+    batch.cancel(s)
+    list(batch.step())  # s leaves (w moves into slot 0); h's rest: h swaps with w
+    assert moves == [(2, 0)] and swaps == [(0, 1), (0, 1)]
+    assert (h.slot, w.slot, s.slot) == (0, 1, None) and batch.running == [h]
+    _run(batch)
+    assert s.finish == "cancelled" and s.generated == []
+    for r, ref in zip([h, w], refs, strict=True):
+        assert r.generated == ref.token_ids
+        got = [t.logprob for t in r.logprobs]
+        assert got == pytest.approx([t.logprob for t in ref.logprobs], abs=1e-4)
+
+
+def test_the_compiled_decode_step_is_refused_for_a_shared_base(tiny_lm, tmp_path, monkeypatch):
+    """A view of a shared base names each row's adapter on every forward, which a compiled step
+    would recompile for: compile_decode says so, and OFICINA_COMPILE=1 leaves such views eager."""
+    from helpers import make_tiny_lora
+
+    from oficina.errors import UserError
+    from oficina.infer.adapters import load_shared
+
+    monkeypatch.setenv("OFICINA_COMPILE", "1")
+    lora = make_tiny_lora(tiny_lm, tmp_path / "a", 1)
+    shared = load_shared(str(tiny_lm), {"base": None, "a": str(lora)})
+    assert all(e._decode_forward is None for e in shared.values())
+    with pytest.raises(UserError, match="shares its base with other LoRA adapters"):
+        shared["a"].compile_decode()

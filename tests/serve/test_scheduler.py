@@ -158,3 +158,45 @@ def test_cancelling_a_job_frees_its_rows_even_those_waiting_for_a_slot(tiny_engi
 def test_unknown_mode_is_refused(tiny_engine):
     with pytest.raises(ValueError, match="continuous"):
         Scheduler({"tiny": tiny_engine}, mode="eager")
+
+
+# ---------------------------------------------------------------------------- shared base
+@pytest.fixture(scope="module")
+def shared_and_alone(tiny_lm, tmp_path_factory, tiny_engine):
+    """Three ids on one base (the base, adapters a and b) and each served on its own."""
+    from helpers import make_tiny_lora
+
+    from oficina.infer.adapters import load_shared
+    from oficina.infer.engine import Engine
+
+    d = tmp_path_factory.mktemp("loras")
+    loras = {k: make_tiny_lora(tiny_lm, d / k, seed) for k, seed in (("a", 1), ("b", 2))}
+    shared = load_shared(str(tiny_lm), {"base": None, **{k: str(p) for k, p in loras.items()}})
+    alone = {
+        "base": tiny_engine,
+        **{k: Engine.from_spec(str(tiny_lm), adapter=str(p), name=k) for k, p in loras.items()},
+    }
+    return shared, alone
+
+
+def test_static_batches_the_ids_of_one_base_together_each_with_its_adapter(shared_and_alone):
+    shared, alone = shared_and_alone
+    prompts = {"base": "def foo(x):", "a": "def foo(x):", "b": "The quick brown fox"}
+
+    async def run():
+        sched = Scheduler(shared, max_batch=8, batch_wait_s=0, mode="static")
+        loop = asyncio.get_running_loop()
+        jobs = {k: Job(loop=loop, model=k, prompts=[p], params=[_p(6)]) for k, p in prompts.items()}
+        for job in jobs.values():  # all queued before the thread starts: one batch
+            sched.submit(job)
+        sched.start()
+        try:
+            return {k: await j.events.get() for k, j in jobs.items()}, sched.stats()
+        finally:
+            sched.stop()
+
+    out, stats = asyncio.run(run())
+    assert stats["batches"] == 1 and stats["max_batch_rows"] == 3
+    for k, (kind, comps) in out.items():
+        assert kind == "done", k
+        _same_as_alone(alone[k], prompts[k], _p(6), comps[0])

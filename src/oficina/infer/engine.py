@@ -9,7 +9,8 @@ What it does, and why it is written out rather than calling ``model.generate``:
   * a **step-level** decode loop (``DecodeBatch``): every row has its own KV slot in a
     preallocated cache (``oficina.infer.kv_slots.SlotCache``) with its own length, position ids
     and mask, so a row can join between any two steps (its prompt prefilled in chunks of
-    ``PREFILL_CHUNK`` tokens, interleaved with the decode steps of the rows already running) and
+    ``PREFILL_CHUNK`` tokens, interleaved with the decode steps of the rows already running;
+    prompts waiting together are prefilled together, one left-padded forward a step) and
     leaves the moment it is done or cancelled. ``generate`` and ``stream`` drive one; the
     server's continuous scheduler keeps one per model. No step allocates anything that grows
     with the length (no ``torch.cat`` of the cache or the mask);
@@ -263,7 +264,8 @@ class Engine:
         # name of this engine's adapter; its rows carry it, so rows of different adapters share
         # a DecodeBatch
         self.adapter_name = adapter_name
-        if os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no"):
+        compile_all = os.environ.get("OFICINA_COMPILE", "").lower() not in ("", "0", "false", "no")
+        if compile_all and adapter_name is None:  # a view of a shared base runs eager (below)
             self.compile_decode()
 
     def compile_decode(self, mode: str | None = None) -> None:
@@ -273,7 +275,19 @@ class Engine:
         about a minute, and again once for the first batch of more than one row; the slot cache
         keeps shapes few (rows and length are dynamic), so there are no further recompiles.
         Prefill stays eager. Worth it only for long runs; see ``benchmarks/generate.py``.
+
+        Refused for a view of a shared base (``oficina.infer.adapters``): its forward takes the
+        rows' adapter names, a list of strings that ``torch.compile`` would guard on, so every
+        new mix of adapters in a batch would recompile (a minute each) until the recompile
+        limit silently sent it back to eager.
         """
+        if self.adapter_name is not None:
+            raise UserError(
+                f"model '{self.name}' shares its base with other LoRA adapters, whose per-row "
+                "adapter choice the compiled decode step does not support; unset "
+                "OFICINA_COMPILE, or serve the adapter as its own model (merge it, or "
+                "`oficina serve BASE+ADAPTER` alone) to compile it"
+            )
         self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
 
     # ------------------------------------------------------------------ loading
@@ -480,14 +494,22 @@ class Engine:
         if len(plist) != len(prompts):
             raise UserError(f"{len(prompts)} prompts but {len(plist)} sampling params")
         rows = self.make_rows(prompts, plist)
+        self.run(rows, None if on_token is None else lambda r, delta: on_token(r.index, delta))
+        return [self.completion(r) for r in rows]
+
+    def run(
+        self, rows: list[Row], on_token: Callable[[Row, str], bool | None] | None = None
+    ) -> None:
+        """Run rows to the end in one ``DecodeBatch`` of this engine. Rows made by other views
+        of a shared base (``oficina.infer.adapters``) may be among them, each with its adapter.
+        ``on_token(row, delta)`` as in ``generate``; returning False cancels that row."""
         batch = DecodeBatch(self)
         for r in rows:
             batch.add(r)
         while batch:
             for r, delta in batch.step():
-                if on_token is not None and on_token(r.index, delta) is False:
+                if on_token is not None and on_token(r, delta) is False:
                     batch.cancel(r)
-        return [self.completion(r) for r in rows]
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Text deltas of one prompt as they are produced; stop iterating to cancel."""
@@ -543,7 +565,7 @@ class Engine:
 
 
 # Prompt tokens prefilled per decode step: a long prompt is written in chunks of this many tokens,
-# one chunk (or several short prompts) between two decode steps, so rows already running keep
+# one chunk (or several short prompts, in one forward) between two decode steps, so rows already running keep
 # getting a token per step. Chunk boundaries are fixed within a prompt (multiples of this), so a
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
@@ -562,8 +584,8 @@ class DecodeBatch:
     ``step`` samples one token for every running row (yielding ``(row, new text)``, also when the
     text is held back, so a caller's per-token check runs every step), lets finished and
     cancelled rows leave (their slots are reused at once), runs one decode forward for the rows
-    that remain, then prefills waiting prompts — at most ``chunk`` tokens' worth — into free slots
-    (at most ``max_rows`` rows hold a slot; 0 = no bound). A prefilled row is sampled from the
+    that remain, then prefills waiting prompts — at most ``chunk`` tokens' worth, all in one
+    forward — into free slots (at most ``max_rows`` rows hold a slot; 0 = no bound). A prefilled row is sampled from the
     next step on. The KV layout is ``oficina.infer.kv_slots.SlotCache``.
     """
 
@@ -583,11 +605,12 @@ class DecodeBatch:
         self.cache = SlotCache(config, float_mask=impl != "sdpa")
         self.waiting: collections.deque[Row] = collections.deque()
         self.running: list[Row] = []  # running[s] is in slot s
-        self.filling: Row | None = None  # prompt being prefilled, in slot len(running)
+        # prompts being prefilled, oldest first, in slots len(running)..len(self)-1 (any order)
+        self.filling: list[Row] = []
         self._eos = torch.tensor(sorted(engine.eos_ids), dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.waiting) + len(self.running) + (self.filling is not None)
+        return len(self.waiting) + len(self.running) + len(self.filling)
 
     def add(self, row: Row) -> None:
         """Queue a row; its prompt is prefilled at the next steps, as slots and budget allow."""
@@ -655,7 +678,12 @@ class DecodeBatch:
                 yield r, delta
 
     def _leave(self) -> None:
-        """Finished rows give up their slots; the last running row moves into each hole."""
+        """Finished rows give up their slots: the last running row moves into each hole, and
+        the prompt being prefilled in the highest slot into the hole that leaves."""
+        for r in [r for r in self.filling if r.finish is not None]:  # cancelled mid-prefill
+            self.filling.remove(r)
+            self._fill_hole(r.slot)
+            r.slot, r.echo_logits = None, []
         cache, s = self.cache, 0
         while s < len(self.running):
             if self.running[s].finish is None:
@@ -666,16 +694,19 @@ class DecodeBatch:
                 cache.move(last, s)
                 self.running[s] = self.running[last]
                 self.running[s].slot = s
-            else:
-                cache.clear(s)
             self.running.pop()
             gone.slot, gone.logits = None, None
-            if self.filling is not None:  # keep the prompt being prefilled right after them
-                cache.move(last + 1, last)
-                self.filling.slot = last
-        if self.filling is not None and self.filling.finish is not None:
-            cache.clear(self.filling.slot)
-            self.filling.slot, self.filling = None, None
+            self._fill_hole(last)
+
+    def _fill_hole(self, hole: int) -> None:
+        """Slot ``hole`` was left: the prefilling row in the highest slot above it moves in, so
+        the occupied slots stay ``0..len-1`` (one move, whatever the number of rows)."""
+        top = max(self.filling, key=lambda r: r.slot, default=None)
+        if top is not None and top.slot > hole:
+            self.cache.move(top.slot, hole)
+            top.slot = hole
+        else:
+            self.cache.clear(hole)
 
     def _forward(
         self,
@@ -687,7 +718,10 @@ class DecodeBatch:
     ):
         """One forward of ``rows`` (ids row b is rows[b]); each row with its own adapter."""
         step = self.engine._decode_forward
-        fn = step if step is not None and ids.shape[1] == 1 else self.engine.model
+        # the compiled step is traced for decode forwards; a prefill of one token per row runs
+        # the plain model, as every other prefill does
+        decode = self.cache.mode == "decode"
+        fn = step if step is not None and decode else self.engine.model
         # Only a shared base takes adapter names: the single-model forward stays as it was.
         extra = {}
         if self.engine.adapter_name is not None:
@@ -715,30 +749,51 @@ class DecodeBatch:
             r.logits = logits[b]
 
     def _prefill(self) -> None:
-        budget = self.chunk
-        while budget > 0:
-            if self.filling is None:
-                if not self.waiting or (self.max_rows and len(self.running) >= self.max_rows):
-                    return
-                r = self.filling = self.waiting.popleft()
-                r.slot, r.fed = len(self.running), 0
-                self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
-                self.cache.clear(r.slot)
-                self._start_from_prefix(r)
-            r = self.filling
+        """Prefill waiting prompts, several rows in one forward, ``chunk`` prompt tokens at most.
+
+        Rows are taken oldest first: those already prefilling, then waiting rows as slots allow
+        (each starts from its cached prefix, if any). A row's piece of this step ends at the
+        next multiple of ``chunk`` (or its prompt's end), so its pieces are the same whatever
+        shares the batch; a row whose piece would overrun the step's budget waits for the next
+        step (the first row always goes: a piece is at most ``chunk``).
+        """
+        plan: list[tuple[Row, int, int]] = []
+        used = 0
+        i = 0
+        while True:
+            if i == len(self.filling) and not self._take_waiting():
+                break
+            r = self.filling[i]
             a = r.fed
             # chunks end at multiples of self.chunk also after a cached prefix, so the rest of
             # the prompt is computed in the same pieces as without one
             b = min(len(r.prompt_ids), (a // self.chunk + 1) * self.chunk)
-            pos, mask = self.cache.plan_prefill(r.slot, b - a, self.dtype)
-            ids = torch.tensor(r.prompt_ids[a:b], dtype=torch.long)[None]
-            logits = self._forward(ids, pos, mask, 0 if r.params.echo else 1, [r])[0]
-            r.fed, budget = b, budget - (b - a)
+            if plan and used + (b - a) > self.chunk:
+                break
+            plan.append((r, a, b))
+            used += b - a
+            i += 1
+            if used >= self.chunk:
+                break
+        if not plan:
+            return
+        # in slot order: the rows' slots are then usually a run, which attention reads as a view
+        plan.sort(key=lambda p: p[0].slot)
+        rows = [r for r, _, _ in plan]
+        qs = [b - a for _, a, b in plan]
+        q = max(qs)
+        pos, mask = self.cache.plan_prefill([r.slot for r in rows], qs, self.dtype)
+        # left padding (see SlotCache.plan_prefill): the pad id is never attended to
+        ids = torch.tensor([[0] * (q - (b - a)) + r.prompt_ids[a:b] for r, a, b in plan])
+        echo = any(r.params.echo for r in rows)
+        logits = self._forward(ids, pos, mask, 0 if echo else 1, rows)
+        for k, (r, a, b) in enumerate(plan):
+            r.fed = b
             if r.params.echo:
-                r.echo_logits.append(logits.float())
+                r.echo_logits.append(logits[k, q - (b - a) :].float())
             if b < len(r.prompt_ids):
                 continue
-            r.logits = logits[-1].float()
+            r.logits = logits[k, -1].float()
             self._store_prefix(r)
             if r.params.echo:
                 full = torch.cat(r.echo_logits) if len(r.echo_logits) > 1 else r.echo_logits[0]
@@ -746,8 +801,30 @@ class DecodeBatch:
                     full, r.prompt_ids, r.params.logprobs or 0
                 )
                 r.echo_logits = []
-            self.running.append(r)
-            self.filling = None
+            self._start_running(r)
+
+    def _take_waiting(self) -> bool:
+        """The oldest waiting row takes the next free slot (False: none waits, or no slot)."""
+        if not self.waiting or (self.max_rows and len(self) - len(self.waiting) >= self.max_rows):
+            return False
+        r = self.waiting.popleft()
+        r.slot, r.fed = len(self.running) + len(self.filling), 0
+        self.cache.reserve(r.slot + 1, len(r.prompt_ids) + min(r.limit, RESERVE_AHEAD))
+        self.cache.clear(r.slot)
+        self._start_from_prefix(r)
+        self.filling.append(r)
+        return True
+
+    def _start_running(self, r: Row) -> None:
+        """Row r's prompt is prefilled: it joins the running rows, in slot ``len(running)``
+        (the prefilling row there, if another, swaps slots with it)."""
+        self.filling.remove(r)
+        s = len(self.running)
+        if r.slot != s:
+            other = next(f for f in self.filling if f.slot == s)
+            self.cache.swap(s, r.slot)
+            other.slot, r.slot = r.slot, s
+        self.running.append(r)
 
     # ------------------------------------------------------------------ prefix cache
     def _prefix_key(self, r: Row) -> str:

@@ -9,8 +9,15 @@ caller (``oficina.infer.engine.DecodeBatch``) says before each forward what it i
     length; attention sees ``keys[:n, :, :T]`` (a view, no copy) with ``T`` the longest row, and
     a ``[n, 1, 1, T]`` mask (a view of a preallocated boolean buffer) hides each row's unused
     tail. Position ids are the slot lengths, so a row sees the positions it would see alone;
-  * ``plan_prefill(slot, q)`` — ``q`` prompt tokens of one slot, appended at its length (a chunk
-    of a long prompt, so prefill can be interleaved with the decode steps of running rows).
+  * ``plan_prefill(slots, qs)`` — ``qs[i]`` prompt tokens of slot ``slots[i]``, appended at its
+    length, for several slots in one forward (a burst of new prompts prefilled together, or a
+    chunk of a long prompt, so prefill can be interleaved with the decode steps of running rows).
+    Rows are **left-padded** to the longest ``q``, so every row's last real token is the
+    forward's last position (``logits_to_keep=1`` gives each row its next-token logits). Row i's
+    real token j goes to position ``start_i + j`` of its slot (its position id too); its pad
+    tokens are written *after* its real ones, at positions no mask marks valid, so they are
+    overwritten later and nobody attends to them. A pad query attends to its row's real tokens
+    (a query that sees nothing would give NaN); its output is thrown away.
 
 Why slots rather than ``DynamicCache`` + left padding: a row can join between any two steps
 (its prompt written into a free slot) and leave at once (the last slot is moved into its place,
@@ -95,16 +102,24 @@ class _SlotLayer(CacheLayerMixin):
             self.keys[rows, :, pos] = key_states[:, :, 0]
             self.values[rows, :, pos] = value_states[:, :, 0]
             return self.keys[:n, :, : o.kv_len], self.values[:n, :, : o.kv_len]
-        s, start = o.slot, o.start
-        end = start + key_states.shape[2]
-        self.keys[s, :, start:end] = key_states[0]
-        self.values[s, :, start:end] = value_states[0]
-        return self.keys[s : s + 1, :, :end], self.values[s : s + 1, :, :end]
+        # prefill: query t of row b goes to position write_pos[b, t] of slot slots[b]
+        rows, pos = o.slots[:, None], o.write_pos
+        self.keys[rows, :, pos] = key_states.transpose(1, 2)
+        self.values[rows, :, pos] = value_states.transpose(1, 2)
+        if o.first >= 0:  # consecutive slots (the usual case): a view, no copy
+            f, m = o.first, len(o.slots)
+            return self.keys[f : f + m, :, : o.kv_len], self.values[f : f + m, :, : o.kv_len]
+        return self.keys[o.slots, :, : o.kv_len], self.values[o.slots, :, : o.kv_len]
 
     def move(self, src: int, dst: int, length: int) -> None:
         if self.is_initialized:
             self.keys[dst, :, :length] = self.keys[src, :, :length]
             self.values[dst, :, :length] = self.values[src, :, :length]
+
+    def swap(self, a: int, b: int, length: int) -> None:
+        if self.is_initialized:
+            for t in (self.keys, self.values):
+                t[[a, b], :, :length] = t[[b, a], :, :length]  # the right side is a copy
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.owner.kv_len, 0
@@ -130,7 +145,13 @@ class SlotCache(Cache):
         self.arange = torch.zeros(0, dtype=torch.long)
         # the forward being run (see plan_decode / plan_prefill)
         self.mode = "decode"
-        self.n = self.slot = self.start = self.q_len = self.kv_len = 0
+        self.n = self.q_len = self.kv_len = 0
+        # prefill: the slots written, first slot if they are consecutive (else -1), and for
+        # each row the [q_len] positions its queries are written at (pads after its real tokens)
+        self.slots = torch.zeros(0, dtype=torch.long)
+        self.first = -1
+        self.qs = torch.zeros(0, dtype=torch.long)
+        self.write_pos = torch.zeros((0, 0), dtype=torch.long)
 
     # ------------------------------------------------------------------ capacity
     @torch.inference_mode()
@@ -169,6 +190,15 @@ class SlotCache(Cache):
         self.valid[dst] = self.valid[src]
         self.lengths[dst] = n
         self.clear(src)
+
+    @torch.inference_mode()
+    def swap(self, a: int, b: int) -> None:
+        """Exchange slots ``a`` and ``b`` (keys, values, mask, length)."""
+        n = int(max(self.lengths[a], self.lengths[b]))
+        for layer in self.layers:
+            layer.swap(a, b, n)
+        self.valid[[a, b]] = self.valid[[b, a]]
+        self.lengths[[a, b]] = self.lengths[[b, a]]
 
     @torch.inference_mode()
     def read(self, slot: int, start: int, end: int) -> torch.Tensor:
@@ -215,20 +245,41 @@ class SlotCache(Cache):
         return pos[:, None].clone(), self._mask(mask, dtype)
 
     def plan_prefill(
-        self, slot: int, q: int, dtype: torch.dtype
+        self, slots: list[int], qs: list[int], dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``q`` tokens appended to ``slot``: (position ids [1, q], causal 4-D mask [1,1,q,kv])."""
-        start = int(self.lengths[slot])
-        end = start + q
-        self.valid[slot, start:end] = True
-        self.mode, self.slot, self.start, self.q_len, self.kv_len = "prefill", slot, start, q, end
-        causal = torch.ones((q, end), dtype=torch.bool).tril_(diagonal=start)
-        mask = (causal & self.valid[slot, :end])[None, None]
-        return torch.arange(start, end)[None], self._mask(mask, dtype)
+        """``qs[i]`` tokens appended to slot ``slots[i]``, left-padded to ``Q = max(qs)``:
+        (position ids ``[m, Q]``, 4-D mask ``[m, 1, Q, kv]``); see the module docstring."""
+        m, q = len(slots), max(qs)
+        sl = torch.tensor(slots, dtype=torch.long)
+        qt = torch.tensor(qs, dtype=torch.long)
+        start = self.lengths[sl]
+        need = int((start + q).max())  # pads are written after each row's real tokens
+        if need > self.capacity[1]:
+            self.reserve(self.capacity[0], need)
+        pad = (q - qt)[:, None]  # [m, 1]
+        t = torch.arange(q)[None]  # [1, Q]
+        real = t >= pad  # [m, Q]: query t of row b is a real token
+        # real query t is token t - pad of the row's chunk, at position start + t - pad; pad
+        # query t is written at start + q_b + t (after the real ones: never marked valid)
+        write = torch.where(real, start[:, None] + t - pad, start[:, None] + qt[:, None] + t)
+        end = start + qt
+        kv_len = int(end.max())
+        k = torch.arange(kv_len)[None]
+        new = (k >= start[:, None]) & (k < end[:, None])  # [m, kv]: the tokens written now
+        self.valid[sl, :kv_len] |= new
+        # a real query sees its row's valid tokens up to its own position; a pad query (its
+        # output is thrown away) sees all the row's valid tokens, so it never sees nothing
+        last = torch.where(real, write, (end - 1)[:, None])  # [m, Q]
+        mask = (k[:, None, :] <= last[:, :, None]) & self.valid[sl, None, :kv_len]
+        self.mode, self.n, self.q_len, self.kv_len = "prefill", m, q, kv_len
+        self.slots, self.qs, self.write_pos = sl, qt, write
+        self.first = slots[0] if slots == list(range(slots[0], slots[0] + m)) else -1
+        # a pad's position id repeats its row's last real one (any in-range value will do)
+        return last, self._mask(mask[:, None], dtype)
 
     def advance(self) -> None:
         """The planned forward ran: the rows it wrote now hold their new tokens."""
         if self.mode == "decode":
             self.lengths[: self.n] += 1
         else:
-            self.lengths[self.slot] += self.q_len
+            self.lengths[self.slots] += self.qs

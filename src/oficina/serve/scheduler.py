@@ -15,8 +15,10 @@ passed is cancelled, so the batch stops paying for it. Two modes (``oficina serv
     ``batch_wait_s`` (as below) for requests that arrive together before its first step;
   * ``static``: the thread takes the oldest job, waits for more jobs for the same model (until
     ``max_batch`` rows, or until none has arrived for ``batch_wait_s``, at most 4x that in all),
-    and calls ``engine.generate`` once for all of them (ids sharing a base are batched apart); a request arriving meanwhile waits for
-    the whole batch. Kept as the peer ``benchmarks/serve.py`` compares against.
+    and runs them to the end in one ``DecodeBatch`` (``Engine.run``): ids that share a base
+    batch together, each row with its adapter, as in continuous mode. A request arriving
+    meanwhile waits for the whole batch. Kept as the peer ``benchmarks/serve.py`` compares
+    against.
 
 Why one thread: on a CPU the model already uses every core for one batch, so running two
 batches at once would only make both slower; batching is where the throughput comes from.
@@ -193,6 +195,7 @@ class Scheduler:
             if first.fn is not None:
                 return [first]
             batch, rows = [first], len(first.prompts)
+            group = self._group.get(first.model, first.model)
             # Wait until no new request has come for batch_wait_s (clients that start together
             # arrive a few ms apart), but never more than 4x that in all.
             now = time.monotonic()
@@ -202,7 +205,7 @@ class Scheduler:
                 for job in list(self._queue):
                     if (
                         job.fn is None
-                        and job.model == first.model
+                        and self._group.get(job.model, job.model) == group
                         and rows + len(job.prompts) <= self.max_batch
                     ):
                         self._queue.remove(job)
@@ -247,40 +250,47 @@ class Scheduler:
             job.push(("error", _internal_error(e)))
 
     def _generate(self, batch: list[Job]) -> None:
-        engine = self.engines[batch[0].model]
-        prompts: list[str] = []
-        params: list = []
-        owners: list[tuple[Job, int]] = []
+        """Run a static batch: every job's rows (made by its own id's engine, so each row has
+        its adapter) in one DecodeBatch of the group's engine, answered when all are done."""
+        key = self._group.get(batch[0].model, batch[0].model)
+        rows: list = []
+        jobs: list[tuple[Job, list]] = []
+        owners: dict[int, tuple[Job, int]] = {}
         for job in batch:
-            for k, (p, sp) in enumerate(zip(job.prompts, job.params, strict=True)):
-                prompts.append(p)
-                params.append(sp)
-                owners.append((job, k))
-        n = len(prompts)
+            try:
+                job_rows = self.engines[job.model].make_rows(job.prompts, job.params)
+            except UserError as e:  # handlers validate first, so this is rare: fail this job
+                job.push(("error", from_user_error(e)))
+                continue
+            jobs.append((job, job_rows))
+            for k, r in enumerate(job_rows):
+                owners[id(r)] = (job, k)
+            rows += job_rows
+        if not rows:
+            return
+        n = len(rows)
         self.batches += 1
         self.rows += n
         self.max_rows = max(self.max_rows, n)
         self.recent_batch_rows.append(n)
 
-        def on_token(i: int, delta: str) -> bool | None:
-            job, k = owners[i]
+        def on_token(r, delta: str) -> bool | None:
+            job, k = owners[id(r)]
             return None if job.keep_going(k, delta) else False
 
         try:
-            completions = engine.generate(prompts, params, on_token)
-        except UserError as e:  # handlers validate first, so this is rare: fail this batch only
-            for job in batch:
+            self.engines[key].run(rows, on_token)
+        except UserError as e:
+            for job, _ in jobs:
                 job.push(("error", from_user_error(e)))
             return
         except Exception as e:
             log.exception("generation failed")
-            for job in batch:
+            for job, _ in jobs:
                 job.push(("error", _internal_error(e)))
             return
-        start = 0
-        for job in batch:
-            self._done(job, completions[start : start + len(job.prompts)])
-            start += len(job.prompts)
+        for job, job_rows in jobs:
+            self._done(job, [self.engines[job.model].completion(r) for r in job_rows])
 
     def _done(self, job: Job, completions: list) -> None:
         for c in completions:
