@@ -297,24 +297,58 @@ def _check_validation(verb: str, cfg, cv: int | None) -> None:
         raise ConfigError(f"{data} has no val.bin: pack with --val-fraction > 0 to tune on it")
 
 
-def classification_metrics(model, batches: list[dict]) -> dict[str, float]:
-    """Accuracy and macro-F1 of a classification head over the validation batches."""
+def head_predictions(model, batches: list[dict]) -> tuple[list[int], list[int], list[list[float]]]:
+    """(predicted class ids, gold ids, each row's log-probabilities over the classes) of a
+    classification head over batches with ``labels``."""
     import torch
-
-    from oficina.evals import metrics as M
 
     was = model.training
     model.eval()
     preds: list[int] = []
     golds: list[int] = []
+    logp: list[list[float]] = []
     with torch.no_grad():
         for b in batches:
             kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask")}
-            logits = model(**kw).logits
+            logits = model(**kw).logits.float()
             preds += logits.argmax(-1).tolist()
             golds += b["labels"].tolist()
+            logp += torch.log_softmax(logits, -1).tolist()
     model.train(was)
-    return {"accuracy": M.accuracy(preds, golds), "macro_f1": M.macro_f1(preds, golds)}
+    return preds, golds, logp
+
+
+def classification_metrics(model, batches: list[dict]) -> dict[str, float]:
+    """Accuracy and macro-F1 of a classification head over the validation batches, and how
+    many rows they scored (``rows``: a fold scored on part of its rows is a noisier, and on a
+    file sorted by topic a biased, estimate)."""
+    from oficina.evals import metrics as M
+
+    preds, golds, _ = head_predictions(model, batches)
+    return {
+        "accuracy": M.accuracy(preds, golds),
+        "macro_f1": M.macro_f1(preds, golds),
+        "rows": float(len(golds)),
+    }
+
+
+def cover_validation(cfg, n_rows: int):
+    """The finetune config with ``train.eval_batches`` raised to score all ``n_rows``
+    validation rows: the loop keeps the weights of the best validation loss and a trial is
+    scored there, so both must see the whole validation set, not its first batches (the demo
+    files are in topic order: the first 48 of a fold's 144 rows were 50-62% one label)."""
+    need = math.ceil(n_rows / cfg.train.batch_size)
+    if cfg.train.eval_batches >= need:
+        return cfg
+    return _with(cfg, {"train.eval_batches": need})
+
+
+def _validation_rows(cfg) -> int:
+    """Rows of the validation set a finetune run will score (val_data, or its held-out part)."""
+    if cfg.val_data:
+        return len(_rows(cfg.val_data))
+    n = len(_rows(cfg.data))
+    return max(1, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 10 else 0
 
 
 # ---------------------------------------------------------------------------- folds
@@ -500,6 +534,8 @@ def prepare(cfg: TuneConfig) -> Search:
         raise ConfigError("--cv needs a finetune config (a labelled JSONL to fold)")
     _check_validation(verb, base, cfg.cv)
     direction = metrics[cfg.metric] if cfg.direction == "auto" else cfg.direction
+    if verb == "finetune":  # every trial, and best.yaml's re-run, scored on all its validation
+        base = cover_validation(base, _validation_rows(base))
     if cfg.sampler == "grid":
         for p in space:
             p.grid()
@@ -626,6 +662,7 @@ def run_trial(s: Search, trial) -> float:
         if s.verb == "finetune" and cfg.labels is None and _task(s.verb, cfg) == "classification":
             labels = sorted({str(r["label"]) for r in _rows(cfg.data)})
             folds = [_with(f, {"labels": labels}) for f in folds]  # one label order for all folds
+        folds = [cover_validation(f, len(_rows(f.val_data))) for f in folds]
     else:
         folds = [cfg]
     key = METRIC_KEYS[s.metric]
