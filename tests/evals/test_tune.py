@@ -501,3 +501,36 @@ def test_best_yaml_reruns_scoring_all_its_validation_rows(tiny_lm, clf_rows, tmp
     cfg.write_text(yaml.safe_dump(spec))
     s = prepare(TuneConfig(spec=str(cfg), out=str(tmp_path / "t"), metric="accuracy"))
     assert s.base.train.eval_batches == 9
+
+
+@pytest.mark.parametrize(
+    "ci, reproduced", [([0.40, 0.56], True), ([0.40, 0.54], False), ([0.66, 0.80], False)]
+)
+def test_show_rerun_reports_the_winners_curse_gap(tmp_path, capsys, ci, reproduced):
+    """`tune show DIR --rerun EVAL` sets the best trial's CV score (0.60 ± 0.05) against the
+    eval of its re-trained model: the gap, and whether that eval's interval meets the CV mean ±
+    sd."""
+    out = tmp_path / "search"
+    out.mkdir()
+    best = {"number": 3, "value": 0.60, "params": {"train.lr": 1e-3}, "cv_std": 0.05}
+    meta = {"verb": "finetune", "study": "s", "metric": "accuracy", "direction": "maximize",
+            "planned": 4, "finished": 4, "pruned": 1, "trial_steps": 90,
+            "pruning_saved": 0.25, "best": best}  # fmt: skip
+    (out / "tune.json").write_text(json.dumps(meta))
+    (out / "trials.jsonl").write_text("")
+    ev = tmp_path / "eval-run"
+    ev.mkdir()
+    metrics = {"accuracy": {"value": 0.48, "ci": ci}, "macro_f1": {"value": 0.4, "ci": [0, 1]}}
+    (ev / "metrics.json").write_text(json.dumps({"metrics": metrics, "task": {"items": 91}}))
+    assert main(["tune", "show", str(out), "--rerun", str(ev), "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)["rerun"]
+    assert g["gap"] == pytest.approx(0.48 - 0.60) and g["reproduced"] is reproduced
+    assert (g["cv_mean"], g["cv_std"], g["items"]) == (0.60, 0.05, 91)
+    assert main(["tune", "show", str(out), "--rerun", str(ev)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("re-run:")]
+    assert len(line) == 1 and "gap -0.1200" in line[0]
+    assert ("NOT reproduced" in line[0]) is not reproduced
+    (ev / "metrics.json").write_text(json.dumps({"metrics": {"perplexity": metrics["accuracy"]}}))
+    assert main(["tune", "show", str(out), "--rerun", str(ev)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reports no accuracy" in err[0], err

@@ -287,7 +287,8 @@ def read_texts(path: Path, text_field: str = "text") -> list[str]:
 # ---------------------------------------------------------------------------- comparison
 
 
-def _run_dir(ref: str) -> Path:
+def run_dir(ref: str) -> Path:
+    """The folder of an earlier run, given its id or its folder."""
     p = Path(ref).expanduser()
     if p.is_dir():
         return p
@@ -303,7 +304,7 @@ def compare_to_baseline(
     result: dict, baseline: str, bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict:
     """Paired bootstrap of (this run - baseline run) on the items both scored."""
-    d = _run_dir(baseline)
+    d = run_dir(baseline)
     pred_file = d / "predictions.jsonl"
     if not pred_file.is_file():
         raise UserError(f"{d} is not an eval run folder (no predictions.jsonl)")

@@ -103,6 +103,11 @@ class TuneShowConfig(VerbConfig):
 
     positionals = ("out",)
     out: str = Field(description="the --out folder of oficina tune")
+    rerun: str | None = Field(
+        None,
+        description="an oficina eval run (id or folder) of best.yaml's model: the gap between "
+        "the best trial's CV score and that re-run (the winner's curse)",
+    )
     json_: bool = Field(False, alias="json", description="print tune.json instead of a table")
 
 
@@ -955,6 +960,8 @@ def show(cfg: TuneShowConfig) -> int:
     if not meta_p.is_file():
         raise ConfigError(f"{out} holds no tune.json: is it the --out folder of oficina tune?")
     meta = json.loads(meta_p.read_text())
+    if cfg.rerun:
+        meta["rerun"] = rerun_gap(meta, cfg.rerun)
     if cfg.json_:
         print(json.dumps(meta, indent=2))
         return 0
@@ -995,7 +1002,50 @@ def show(cfg: TuneShowConfig) -> int:
         b = meta["best"]
         print(f"best: trial #{b['number']} {meta['metric']} {b['value']:.6g} {b['params']}")
         print(f"      oficina {meta['verb']} --config {out / 'best.yaml'}")
+    g = meta.get("rerun")
+    if g:
+        lo, hi = g["ci"]
+        print(
+            f"re-run: {meta['metric']} {g['value']:.4f} [{lo:.4f}, {hi:.4f}] on {g['items']} "
+            f"items (eval {g['run']}) vs CV {g['cv_mean']:.4f} ± {g['cv_std']:.4f}: gap "
+            f"{g['gap']:+.4f} -> {'reproduced' if g['reproduced'] else 'NOT reproduced'} "
+            "(reproduced: its interval meets the CV mean ± sd)"
+        )
     return 0
+
+
+def rerun_gap(meta: dict, rerun: str) -> dict:
+    """The best trial's CV score against an ``oficina eval`` run of its re-trained model: the
+    gap (re-run - CV mean; a best-of-N pick is optimistic, the winner's curse) and whether the
+    re-run's bootstrap interval meets the CV mean ± its spread over folds."""
+    from oficina.evals.evaluate import run_dir
+
+    best = meta.get("best")
+    if not best:
+        raise ConfigError("--rerun: this search has no best trial yet")
+    d = run_dir(rerun)
+    path = d / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"--rerun {rerun}: {d} is not an oficina eval run (no metrics.json)")
+    ev = json.loads(path.read_text())
+    m = ev.get("metrics", {}).get(meta["metric"])
+    if m is None:
+        raise ConfigError(
+            f"--rerun {rerun}: that eval reports no {meta['metric']} (it has "
+            f"{', '.join(ev.get('metrics', {})) or 'none'})"
+        )
+    mean, sd = float(best["value"]), float(best.get("cv_std") or 0.0)
+    lo, hi = m["ci"]
+    return {
+        "run": d.name,
+        "items": ev.get("task", {}).get("items"),
+        "value": m["value"],
+        "ci": [lo, hi],
+        "cv_mean": mean,
+        "cv_std": sd,
+        "gap": m["value"] - mean,
+        "reproduced": lo <= mean + sd and hi >= mean - sd,
+    }
 
 
 def _short(v: Any) -> str:
