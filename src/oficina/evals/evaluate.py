@@ -32,6 +32,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -372,7 +373,7 @@ def load_head(spec: str, adir: Path, dtype: str, max_len: int | None) -> HeadMod
 
     from oficina.models.safety import check_model_dir, load_errors
     from oficina.models.sources import resolve
-    from oficina.train.recipes import _head_kwargs, head_max_len
+    from oficina.train.recipes import _head_kwargs, _hf_quiet, head_max_len
 
     kwargs = _head_kwargs(adir)
     if kwargs.get("problem_type") == "regression" or int(kwargs.get("num_labels", 0)) < 2:
@@ -386,10 +387,13 @@ def load_head(spec: str, adir: Path, dtype: str, max_len: int | None) -> HeadMod
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"
         torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, use_safetensors=True, dtype=torch_dtype, **kwargs
-        )
-        model = PeftModel.from_pretrained(model, str(adir)).eval()
+        # The base has no head: transformers reports it MISSING, then the adapter supplies it.
+        with _hf_quiet(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # peft reading transformers
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, use_safetensors=True, dtype=torch_dtype, **kwargs
+            )
+            model = PeftModel.from_pretrained(model, str(adir)).eval()
     id2label = {int(k): str(v) for k, v in kwargs["id2label"].items()}
     labels = [id2label[i] for i in range(len(id2label))]
     return HeadModel(model, tok, labels, max_len or head_max_len(adir) or 512, base)
