@@ -13,6 +13,9 @@ and the split files beside it (``{split}.jsonl``, or ``files: {split: path}``). 
 type is read off its fields: ``choices`` -> multiple choice, ``label`` -> classification,
 ``answer``/``answers`` -> generation, only ``text`` -> perplexity.
 
+A classification-head LoRA adapter (``finetune --task classification``) is run through its head
+on a classification task (texts cut where training cut them), not through the generation engine.
+
 Reported, each metric with a percentile-bootstrap interval over items (seeded): accuracy and
 macro-F1 (classification), accuracy and lm-eval's acc/acc_norm (multiple choice), exact match,
 token F1 and ROUGE-L (generation), perplexity and bits per byte (held-out text, sliding window).

@@ -4,6 +4,7 @@
     oficina tune examples/tune_tiny.yaml --trials 8 --out tune/tiny        # space: inside
     oficina tune CONFIG.yaml --out DIR --storage postgresql://u@db/tune    # on each machine
     oficina tune show tune/lora
+    oficina tune show tune/demo --rerun EVAL_RUN    # best trial's CV score vs its re-run's eval
 
 CONFIG.yaml is the verb's own config (``finetune``, ``pretrain`` or ``distill``; the verb is
 read from a ``verb:`` key or from the fields present) and may carry ``space:`` (the search
