@@ -421,3 +421,116 @@ def test_multi_fidelity_pruners_run_a_study(tmp_path, pack, pruner):
     for r in rows:  # a trial stops only at a validation: its cost is a multiple of eval_every
         assert r["cost"] % 8 == 0 and 8 <= r["cost"] <= steps
         assert r["cost"] == (steps if r["state"] == "COMPLETE" else r["curve"][-1][0])
+
+
+def test_each_fold_is_scored_on_all_its_rows_and_its_kept_model_gives_that_score(tiny_lm, tmp_path):
+    """A fold's score is its head's accuracy over every row of its validation file (not the
+    first train.eval_batches batches: on a file in topic order those are a biased sample), and
+    the fold's saved model scores exactly that when run again."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from oficina.evals.tune import classification_metrics
+    from oficina.train.data import eval_batches, load_jsonl_dataset
+    from oficina.workspace import get_run
+
+    labels = ["alpha", "beta", "gamma"]
+    words = {"alpha": "class def return", "beta": "for while in", "gamma": "import from as"}
+    rows = [{"text": f"{words[lab]} {i}", "label": lab} for lab in labels for i in range(9)]
+    data = tmp_path / "train.jsonl"  # grouped by label, like the demo's topic order
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "verb": "finetune",
+                "model": str(tiny_lm),
+                "method": "full",
+                "data": str(data),
+                "max_len": 16,
+                "max_steps": 4,
+                "out": str(tmp_path / "model"),
+                # one batch of 4 of a fold's 9 validation rows, unless tune raises it
+                "train": {
+                    "eval_every": 2,
+                    "eval_batches": 1,
+                    "batch_size": 4,
+                    "precision": "fp32",
+                    "lr": 1e-3,
+                },  # fmt: skip
+                "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+            }
+        )
+    )
+    out = tmp_path / "acc"
+    code = main(["tune", str(cfg), "--cv", "3", "--metric", "accuracy", "--trials", "1",
+                 "--pruner", "off", "--keep-models", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    (r,) = trials_of(out)
+    for i, (run_id, score) in enumerate(zip(r["run_ids"], r["cv_scores"], strict=True)):
+        rec = get_run(run_id)
+        logged = [json.loads(x) for x in (Path(rec["dir"]) / "metrics.jsonl").open()]
+        evals = [x for x in logged if "val_loss" in x]
+        assert evals and all(x["val_rows"] == 9 for x in evals)  # every row of the fold
+        fold = out / "trials" / "0000" / f"fold{i}"
+        tok = AutoTokenizer.from_pretrained(fold)
+        model = AutoModelForSequenceClassification.from_pretrained(fold)
+        val = out / "trials" / "0000" / f"fold{i}-val.jsonl"
+        ds = load_jsonl_dataset(val, tok, 16, "classification", label_names=labels)
+        again = classification_metrics(model, eval_batches(ds, 4, None))
+        assert again["rows"] == 9 and score == pytest.approx(again["accuracy"])
+
+
+def test_best_yaml_reruns_scoring_all_its_validation_rows(tiny_lm, clf_rows, tmp_path):
+    """best.yaml's re-run keeps the step of its best validation loss: over every row of its
+    val_data, as the trials were scored (train.eval_batches raised to cover them)."""
+    from oficina.evals.tune import TuneConfig, prepare
+
+    val = tmp_path / "val.jsonl"
+    val.write_text(clf_rows.read_text())  # 24 rows: 6 batches of 4
+    spec = {
+        "verb": "finetune", "model": str(tiny_lm), "method": "full", "data": str(clf_rows),
+        "val_data": str(val), "out": str(tmp_path / "m"), "max_steps": 2,
+        "train": {"eval_batches": 2, "batch_size": 4},
+        "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+    }  # fmt: skip
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    s = prepare(TuneConfig(spec=str(cfg), out=str(tmp_path / "t"), metric="accuracy"))
+    assert s.base.train.eval_batches == 6
+    spec["train"]["eval_batches"] = 9  # more than enough already: left as it is
+    cfg.write_text(yaml.safe_dump(spec))
+    s = prepare(TuneConfig(spec=str(cfg), out=str(tmp_path / "t"), metric="accuracy"))
+    assert s.base.train.eval_batches == 9
+
+
+@pytest.mark.parametrize(
+    "ci, reproduced", [([0.40, 0.56], True), ([0.40, 0.54], False), ([0.66, 0.80], False)]
+)
+def test_show_rerun_reports_the_winners_curse_gap(tmp_path, capsys, ci, reproduced):
+    """`tune show DIR --rerun EVAL` sets the best trial's CV score (0.60 ± 0.05) against the
+    eval of its re-trained model: the gap, and whether that eval's interval meets the CV mean ±
+    sd."""
+    out = tmp_path / "search"
+    out.mkdir()
+    best = {"number": 3, "value": 0.60, "params": {"train.lr": 1e-3}, "cv_std": 0.05}
+    meta = {"verb": "finetune", "study": "s", "metric": "accuracy", "direction": "maximize",
+            "planned": 4, "finished": 4, "pruned": 1, "trial_steps": 90,
+            "pruning_saved": 0.25, "best": best}  # fmt: skip
+    (out / "tune.json").write_text(json.dumps(meta))
+    (out / "trials.jsonl").write_text("")
+    ev = tmp_path / "eval-run"
+    ev.mkdir()
+    metrics = {"accuracy": {"value": 0.48, "ci": ci}, "macro_f1": {"value": 0.4, "ci": [0, 1]}}
+    (ev / "metrics.json").write_text(json.dumps({"metrics": metrics, "task": {"items": 91}}))
+    assert main(["tune", "show", str(out), "--rerun", str(ev), "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)["rerun"]
+    assert g["gap"] == pytest.approx(0.48 - 0.60) and g["reproduced"] is reproduced
+    assert (g["cv_mean"], g["cv_std"], g["items"]) == (0.60, 0.05, 91)
+    assert main(["tune", "show", str(out), "--rerun", str(ev)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("re-run:")]
+    assert len(line) == 1 and "gap -0.1200" in line[0]
+    assert ("NOT reproduced" in line[0]) is not reproduced
+    (ev / "metrics.json").write_text(json.dumps({"metrics": {"perplexity": metrics["accuracy"]}}))
+    assert main(["tune", "show", str(out), "--rerun", str(ev)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reports no accuracy" in err[0], err

@@ -13,6 +13,9 @@ and the split files beside it (``{split}.jsonl``, or ``files: {split: path}``). 
 type is read off its fields: ``choices`` -> multiple choice, ``label`` -> classification,
 ``answer``/``answers`` -> generation, only ``text`` -> perplexity.
 
+A classification-head LoRA adapter (``finetune --task classification``) is run through its head
+on a classification task (texts cut where training cut them), not through the generation engine.
+
 Reported, each metric with a percentile-bootstrap interval over items (seeded): accuracy and
 macro-F1 (classification), accuracy and lm-eval's acc/acc_norm (multiple choice), exact match,
 token F1 and ROUGE-L (generation), perplexity and bits per byte (held-out text, sliding window).
@@ -32,6 +35,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -106,6 +110,12 @@ class EvalConfig(VerbConfig):
         None,
         description="an earlier eval run (id or folder) on the same items: paired bootstrap "
         "of the difference, to tell whether the two models differ",
+    )
+    max_len: int | None = Field(
+        None,
+        ge=8,
+        description="classification-head adapters: truncate texts to this many tokens "
+        "(default: the length the head was trained on)",
     )
     json_: bool = Field(False, alias="json", description="print the results as JSON")
 
@@ -281,7 +291,8 @@ def read_texts(path: Path, text_field: str = "text") -> list[str]:
 # ---------------------------------------------------------------------------- comparison
 
 
-def _run_dir(ref: str) -> Path:
+def run_dir(ref: str) -> Path:
+    """The folder of an earlier run, given its id or its folder."""
     p = Path(ref).expanduser()
     if p.is_dir():
         return p
@@ -297,7 +308,7 @@ def compare_to_baseline(
     result: dict, baseline: str, bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict:
     """Paired bootstrap of (this run - baseline run) on the items both scored."""
-    d = _run_dir(baseline)
+    d = run_dir(baseline)
     pred_file = d / "predictions.jsonl"
     if not pred_file.is_file():
         raise UserError(f"{d} is not an eval run folder (no predictions.jsonl)")
@@ -322,6 +333,133 @@ def compare_to_baseline(
         b = [(base[i]["prediction"], base[i]["gold"]) for i in ids]
         out["macro_f1"] = M.paired_bootstrap(a, b, stat, n=bootstrap, alpha=alpha, seed=seed)
     return out
+
+
+# ---------------------------------------------------------------------------- head adapters
+
+
+def head_adapter(adapter: str | None) -> Path | None:
+    """The folder of a classification-head LoRA adapter (PEFT ``SEQ_CLS``), else None.
+
+    Such an adapter was trained to feed its head, not the language model, so ``eval`` runs the
+    head (what ``oficina finetune --task classification`` and ``oficina tune`` scored); the
+    generation paths (generate, serve, batch) refuse it."""
+    if not adapter:
+        return None
+    from peft import PeftConfig
+
+    from oficina.models.safety import check_adapter_dir, load_errors
+
+    adir = check_adapter_dir(adapter)
+    with load_errors(adir, "adapter"):
+        pcfg = PeftConfig.from_pretrained(str(adir))
+    return adir if pcfg.task_type == "SEQ_CLS" else None
+
+
+@dataclass
+class HeadModel:
+    """A base model with a classification head and its LoRA adapter, ready to score rows."""
+
+    model: object
+    tokenizer: object
+    labels: list[str]  # the head's classes, in its output order
+    max_len: int  # texts are truncated as in training
+    path: Path
+
+
+def load_head(spec: str, adir: Path, dtype: str, max_len: int | None) -> HeadModel:
+    """The base ``spec`` with the head and adapter of ``adir`` (its labels and training
+    truncation from the head_config.json that ``finetune`` wrote beside it)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from oficina.models.safety import check_model_dir, load_errors
+    from oficina.models.sources import resolve
+    from oficina.train.recipes import _head_kwargs, _hf_quiet, head_max_len
+
+    kwargs = _head_kwargs(adir)
+    if kwargs.get("problem_type") == "regression" or int(kwargs.get("num_labels", 0)) < 2:
+        raise UserError(f"{adir} is a regression head: eval scores classification heads only")
+    base = resolve(spec)
+    check_model_dir(base)
+    src = adir if (adir / "tokenizer_config.json").is_file() else base
+    with load_errors(adir, "adapter"):
+        tok = AutoTokenizer.from_pretrained(src)  # the adapter's copy, as finetune saved it
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+        torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        # The base has no head: transformers reports it MISSING, then the adapter supplies it.
+        with _hf_quiet(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # peft reading transformers
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, use_safetensors=True, dtype=torch_dtype, **kwargs
+            )
+            model = PeftModel.from_pretrained(model, str(adir)).eval()
+    id2label = {int(k): str(v) for k, v in kwargs["id2label"].items()}
+    labels = [id2label[i] for i in range(len(id2label))]
+    return HeadModel(model, tok, labels, max_len or head_max_len(adir) or 512, base)
+
+
+def classify_head(head: HeadModel, task: Task, cfg: EvalConfig) -> dict:
+    """Score a classification task through the head: predictions, accuracy and macro-F1 with
+    bootstrap intervals, and timing, in the shape ``tasks.classify`` returns. The head's
+    predictions come from ``tune.head_predictions``, the same call that scored the trials."""
+    from oficina.evals.tune import head_predictions
+    from oficina.train.data import eval_batches, load_jsonl_dataset
+
+    unknown = sorted({str(r[task.label_field]) for r in task.rows} - set(head.labels))
+    if unknown:
+        raise UserError(
+            f"the task's label(s) {unknown} are not classes of this head ({', '.join(head.labels)})"
+        )
+    rows = [{"text": str(r.get(task.text_field) or ""), "label": str(r[task.label_field])}
+            for r in task.rows]  # fmt: skip
+    ds = load_jsonl_dataset(
+        rows, head.tokenizer, head.max_len, "classification", label_names=head.labels
+    )
+    if len(ds) != len(rows):  # an empty text: no input to classify
+        raise UserError(f"{len(rows) - len(ds)} item(s) have no {task.text_field!r} text")
+    t0 = time.perf_counter()
+    pred_ids, gold_ids, logp = head_predictions(head.model, eval_batches(ds, cfg.batch_size, None))
+    wall = time.perf_counter() - t0
+    preds = [head.labels[i] for i in pred_ids]
+    golds = [head.labels[i] for i in gold_ids]
+    labels = list(dict.fromkeys([*task.labels, *head.labels]))  # the task's order first
+    col = [head.labels.index(lab) for lab in labels]
+    scores = [[row[j] for j in col] for row in logp]  # log-probabilities in ``labels`` order
+    per_item = [float(p == g) for p, g in zip(preds, golds, strict=True)]
+    common = dict(n=cfg.bootstrap, alpha=cfg.alpha, seed=cfg.seed)
+    acc = M.with_ci(per_item, **common)
+    pairs = list(zip(preds, golds, strict=True))
+    f1 = M.with_ci(pairs, M.macro_f1_stat(labels), **common)
+    n_tok = [len(e.ids) for e in ds.examples]
+    n = len(rows)
+    return {
+        "ids": [r.get("id", k) for k, r in enumerate(task.rows)],
+        "predictions": preds,
+        "golds": golds,
+        "per_item": per_item,
+        "scores": scores,
+        "accuracy": acc["value"],
+        "macro_f1": f1["value"],
+        "ci": {"accuracy": acc["ci"], "macro_f1": f1["ci"]},
+        "labels": labels,
+        "per_label_f1": M.per_label_f1(preds, golds, labels),
+        "confusion": M.confusion(preds, golds, labels),
+        "n": n,
+        "prompt_tokens": {"mean": sum(n_tok) / n, "max": max(n_tok), "total": sum(n_tok)},
+        "prompt_tokens_per_item": n_tok,
+        "truncated_prompts": ds.truncated,
+        "timing": {
+            "wall_s": wall,
+            "latency_s_per_item": wall / n,
+            "items_per_s": n / max(wall, 1e-9),
+            "prompt_tokens_per_s": sum(n_tok) / max(wall, 1e-9),
+            "batch_size": cfg.batch_size,
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- the verb
@@ -368,8 +506,11 @@ class _MemoEmbedder:
         return np.stack([self.memo[t] for t in texts])
 
 
-def evaluate(cfg: EvalConfig, engine, task: Task, texts: list[str] | None) -> dict:
-    """Run the task (and perplexity) on a loaded engine; returns the full result dict."""
+def evaluate(
+    cfg: EvalConfig, engine, task: Task, texts: list[str] | None, head: HeadModel | None = None
+) -> dict:
+    """Run the task (and perplexity) on a loaded engine, or a classification task through a
+    trained ``head`` (then ``engine`` is None); returns the full result dict."""
     common = dict(
         batch_size=cfg.batch_size, bootstrap=cfg.bootstrap, alpha=cfg.alpha, seed=cfg.seed
     )
@@ -377,11 +518,14 @@ def evaluate(cfg: EvalConfig, engine, task: Task, texts: list[str] | None) -> di
     rows = task.rows
     res: dict | None = None
     if task.type == "classification":
-        res = T.classify(
-            engine, rows, task.labels, task.template, shots,
-            text_field=task.text_field, label_field=task.label_field, normalize=cfg.normalize,
-            **common,
-        )  # fmt: skip
+        if head is not None:
+            res = classify_head(head, task, cfg)
+        else:
+            res = T.classify(
+                engine, rows, task.labels, task.template, shots,
+                text_field=task.text_field, label_field=task.label_field, normalize=cfg.normalize,
+                **common,
+            )  # fmt: skip
         metrics = {k: {"value": res[k], "ci": res["ci"][k]} for k in ("accuracy", "macro_f1")}
         preds = [
             {"id": i, "prediction": p, "gold": g, "correct": c, "prompt_tokens": n, "scores": s}
@@ -485,6 +629,7 @@ def _print(out: dict, cfg: EvalConfig) -> None:
     print(
         f"model {out['model']['spec']}"
         + (f" + adapter {out['model']['adapter']}" if out["model"]["adapter"] else "")
+        + (" (its classification head)" if out["model"].get("head") else "")
         + f"  ({out['model']['params']:,} params, {out['model']['dtype']})"
     )
     print(
@@ -526,16 +671,35 @@ def run(cfg: EvalConfig) -> int:
     rss_start = current_mb()
     task = load_task(cfg.task, cfg.split)
     task.rows = sample(task.rows, cfg.limit, cfg.seed)
-    texts: list[str] | None = None
-    if cfg.perplexity == "task":
-        texts = [str(r[task.text_field]) for r in task.rows if r.get(task.text_field)]
-        texts = texts or None  # a task without texts simply has no perplexity
-    elif cfg.perplexity not in ("off", "none", ""):
-        texts = sample(read_texts(Path(cfg.perplexity).expanduser()), cfg.limit, cfg.seed)
-    if task.type == "perplexity" and not texts:
-        raise UserError("a perplexity task needs texts; do not pass --perplexity off")
     if cfg.adapter and not Path(cfg.adapter).expanduser().is_dir():
         raise NotFound(f"adapter folder not found: {cfg.adapter}")
+    head_dir = head_adapter(cfg.adapter)
+    if head_dir is not None:
+        if task.type != "classification":
+            raise UserError(
+                f"{cfg.adapter} is a classification-head adapter: it scores classification "
+                f"tasks, not this {task.type} task",
+                exit_code=2,
+            )
+        if cfg.fewshot:
+            raise UserError(
+                "a classification head reads the text alone: drop --fewshot", exit_code=2
+            )
+        if cfg.perplexity not in ("task", "off", "none", ""):
+            raise UserError(
+                "a classification-head adapter has no language-model output to compute "
+                "perplexity with: drop --perplexity",
+                exit_code=2,
+            )
+    texts: list[str] | None = None
+    if head_dir is None:  # a head has no language-model output to score text with
+        if cfg.perplexity == "task":
+            texts = [str(r[task.text_field]) for r in task.rows if r.get(task.text_field)]
+            texts = texts or None  # a task without texts simply has no perplexity
+        elif cfg.perplexity not in ("off", "none", ""):
+            texts = sample(read_texts(Path(cfg.perplexity).expanduser()), cfg.limit, cfg.seed)
+    if task.type == "perplexity" and not texts:
+        raise UserError("a perplexity task needs texts; do not pass --perplexity off")
 
     with start_run("eval", cfg) as run:
         from oficina.models.sources import resolve
@@ -548,13 +712,22 @@ def run(cfg: EvalConfig) -> int:
         if cfg.perplexity not in ("task", "off", "none", ""):
             run.add_input("perplexity_text", cfg.perplexity)
         t0 = time.perf_counter()
-        engine = Engine.from_spec(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+        engine = head = None
+        if head_dir is not None:
+            from oficina.infer.engine import model_hash_for
+
+            head = load_head(cfg.model, head_dir, cfg.dtype, cfg.max_len)
+            model, path = head.model, head.path
+            model_hash = model_hash_for(head.path, head_dir, cfg.dtype)
+        else:
+            engine = Engine.from_spec(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+            model, path, model_hash = engine.model, engine.path, engine.model_hash
         load_s = time.perf_counter() - t0
         rss_loaded = current_mb()
-        params = param_counts(engine.model)[0]
-        weights_mb = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
+        params = param_counts(model)[0]
+        weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
-        res = evaluate(cfg, engine, task, texts)
+        res = evaluate(cfg, engine, task, texts, head)
         preds = res.pop("_predictions")
         res["inference"].update(
             load_s=load_s,
@@ -569,11 +742,12 @@ def run(cfg: EvalConfig) -> int:
         out = {
             "model": {
                 "spec": cfg.model,
-                "path": str(engine.path) if engine.path else None,
+                "path": str(path) if path else None,
                 "adapter": cfg.adapter,
+                "head": head is not None,
                 "params": params,
                 "dtype": cfg.dtype,
-                "model_hash": engine.model_hash,
+                "model_hash": model_hash,
             },
             "task": {
                 "name": task.name,

@@ -4,6 +4,7 @@
     oficina tune examples/tune_tiny.yaml --trials 8 --out tune/tiny        # space: inside
     oficina tune CONFIG.yaml --out DIR --storage postgresql://u@db/tune    # on each machine
     oficina tune show tune/lora
+    oficina tune show tune/demo --rerun EVAL_RUN    # best trial's CV score vs its re-run's eval
 
 CONFIG.yaml is the verb's own config (``finetune``, ``pretrain`` or ``distill``; the verb is
 read from a ``verb:`` key or from the fields present) and may carry ``space:`` (the search
@@ -103,6 +104,11 @@ class TuneShowConfig(VerbConfig):
 
     positionals = ("out",)
     out: str = Field(description="the --out folder of oficina tune")
+    rerun: str | None = Field(
+        None,
+        description="an oficina eval run (id or folder) of best.yaml's model: the gap between "
+        "the best trial's CV score and that re-run (the winner's curse)",
+    )
     json_: bool = Field(False, alias="json", description="print tune.json instead of a table")
 
 
@@ -297,24 +303,58 @@ def _check_validation(verb: str, cfg, cv: int | None) -> None:
         raise ConfigError(f"{data} has no val.bin: pack with --val-fraction > 0 to tune on it")
 
 
-def classification_metrics(model, batches: list[dict]) -> dict[str, float]:
-    """Accuracy and macro-F1 of a classification head over the validation batches."""
+def head_predictions(model, batches: list[dict]) -> tuple[list[int], list[int], list[list[float]]]:
+    """(predicted class ids, gold ids, each row's log-probabilities over the classes) of a
+    classification head over batches with ``labels``."""
     import torch
-
-    from oficina.evals import metrics as M
 
     was = model.training
     model.eval()
     preds: list[int] = []
     golds: list[int] = []
+    logp: list[list[float]] = []
     with torch.no_grad():
         for b in batches:
             kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask")}
-            logits = model(**kw).logits
+            logits = model(**kw).logits.float()
             preds += logits.argmax(-1).tolist()
             golds += b["labels"].tolist()
+            logp += torch.log_softmax(logits, -1).tolist()
     model.train(was)
-    return {"accuracy": M.accuracy(preds, golds), "macro_f1": M.macro_f1(preds, golds)}
+    return preds, golds, logp
+
+
+def classification_metrics(model, batches: list[dict]) -> dict[str, float]:
+    """Accuracy and macro-F1 of a classification head over the validation batches, and how
+    many rows they scored (``rows``: a fold scored on part of its rows is a noisier, and on a
+    file sorted by topic a biased, estimate)."""
+    from oficina.evals import metrics as M
+
+    preds, golds, _ = head_predictions(model, batches)
+    return {
+        "accuracy": M.accuracy(preds, golds),
+        "macro_f1": M.macro_f1(preds, golds),
+        "rows": float(len(golds)),
+    }
+
+
+def cover_validation(cfg, n_rows: int):
+    """The finetune config with ``train.eval_batches`` raised to score all ``n_rows``
+    validation rows: the loop keeps the weights of the best validation loss and a trial is
+    scored there, so both must see the whole validation set, not its first batches (the demo
+    files are in topic order: the first 48 of a fold's 144 rows were 50-62% one label)."""
+    need = math.ceil(n_rows / cfg.train.batch_size)
+    if cfg.train.eval_batches >= need:
+        return cfg
+    return _with(cfg, {"train.eval_batches": need})
+
+
+def _validation_rows(cfg) -> int:
+    """Rows of the validation set a finetune run will score (val_data, or its held-out part)."""
+    if cfg.val_data:
+        return len(_rows(cfg.val_data))
+    n = len(_rows(cfg.data))
+    return max(1, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 10 else 0
 
 
 # ---------------------------------------------------------------------------- folds
@@ -500,6 +540,8 @@ def prepare(cfg: TuneConfig) -> Search:
         raise ConfigError("--cv needs a finetune config (a labelled JSONL to fold)")
     _check_validation(verb, base, cfg.cv)
     direction = metrics[cfg.metric] if cfg.direction == "auto" else cfg.direction
+    if verb == "finetune":  # every trial, and best.yaml's re-run, scored on all its validation
+        base = cover_validation(base, _validation_rows(base))
     if cfg.sampler == "grid":
         for p in space:
             p.grid()
@@ -626,6 +668,7 @@ def run_trial(s: Search, trial) -> float:
         if s.verb == "finetune" and cfg.labels is None and _task(s.verb, cfg) == "classification":
             labels = sorted({str(r["label"]) for r in _rows(cfg.data)})
             folds = [_with(f, {"labels": labels}) for f in folds]  # one label order for all folds
+        folds = [cover_validation(f, len(_rows(f.val_data))) for f in folds]
     else:
         folds = [cfg]
     key = METRIC_KEYS[s.metric]
@@ -918,6 +961,8 @@ def show(cfg: TuneShowConfig) -> int:
     if not meta_p.is_file():
         raise ConfigError(f"{out} holds no tune.json: is it the --out folder of oficina tune?")
     meta = json.loads(meta_p.read_text())
+    if cfg.rerun:
+        meta["rerun"] = rerun_gap(meta, cfg.rerun)
     if cfg.json_:
         print(json.dumps(meta, indent=2))
         return 0
@@ -958,7 +1003,50 @@ def show(cfg: TuneShowConfig) -> int:
         b = meta["best"]
         print(f"best: trial #{b['number']} {meta['metric']} {b['value']:.6g} {b['params']}")
         print(f"      oficina {meta['verb']} --config {out / 'best.yaml'}")
+    g = meta.get("rerun")
+    if g:
+        lo, hi = g["ci"]
+        print(
+            f"re-run: {meta['metric']} {g['value']:.4f} [{lo:.4f}, {hi:.4f}] on {g['items']} "
+            f"items (eval {g['run']}) vs CV {g['cv_mean']:.4f} ± {g['cv_std']:.4f}: gap "
+            f"{g['gap']:+.4f} -> {'reproduced' if g['reproduced'] else 'NOT reproduced'} "
+            "(reproduced: its interval meets the CV mean ± sd)"
+        )
     return 0
+
+
+def rerun_gap(meta: dict, rerun: str) -> dict:
+    """The best trial's CV score against an ``oficina eval`` run of its re-trained model: the
+    gap (re-run - CV mean; a best-of-N pick is optimistic, the winner's curse) and whether the
+    re-run's bootstrap interval meets the CV mean ± its spread over folds."""
+    from oficina.evals.evaluate import run_dir
+
+    best = meta.get("best")
+    if not best:
+        raise ConfigError("--rerun: this search has no best trial yet")
+    d = run_dir(rerun)
+    path = d / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"--rerun {rerun}: {d} is not an oficina eval run (no metrics.json)")
+    ev = json.loads(path.read_text())
+    m = ev.get("metrics", {}).get(meta["metric"])
+    if m is None:
+        raise ConfigError(
+            f"--rerun {rerun}: that eval reports no {meta['metric']} (it has "
+            f"{', '.join(ev.get('metrics', {})) or 'none'})"
+        )
+    mean, sd = float(best["value"]), float(best.get("cv_std") or 0.0)
+    lo, hi = m["ci"]
+    return {
+        "run": d.name,
+        "items": ev.get("task", {}).get("items"),
+        "value": m["value"],
+        "ci": [lo, hi],
+        "cv_mean": mean,
+        "cv_std": sd,
+        "gap": m["value"] - mean,
+        "reproduced": lo <= mean + sd and hi >= mean - sd,
+    }
 
 
 def _short(v: Any) -> str:

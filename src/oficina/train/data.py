@@ -186,7 +186,7 @@ class JsonlDataset:
 
 
 def load_jsonl_dataset(
-    path: str | Path,
+    path: str | Path | list[dict],
     tokenizer,
     max_len: int = 512,
     task: str = "auto",
@@ -194,8 +194,12 @@ def load_jsonl_dataset(
     label_names: list[str] | None = None,
 ) -> JsonlDataset:
     """Tokenize a JSONL file for SFT ({prompt, completion} | {messages} | {text, label} with a
-    ``template``) or for a classification/regression head ({text, label})."""
-    rows, bad = read_jsonl(path)
+    ``template``) or for a classification/regression head ({text, label}). ``path`` may also be
+    the rows themselves (``oficina eval`` scores a task's rows through a trained head exactly as
+    training tokenized them)."""
+    rows, bad = (path, 0) if isinstance(path, list) else read_jsonl(path)
+    if isinstance(path, list):
+        path = "the rows"
     if not rows:
         raise UserError(f"{path}: no usable JSON rows ({bad} malformed)")
     if task == "auto":

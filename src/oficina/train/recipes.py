@@ -470,7 +470,7 @@ def finetune(cfg: FinetuneConfig, hooks: FitHooks | None = None) -> Summary:
         _save_hf(model, tok, out, rank, world)  # PEFT models save an adapter directory
         if rank == 0:
             if cfg.method == "lora" and ds.task != "sft":
-                _write_head_config(model, out)  # merge needs the head's shape and labels
+                _write_head_config(model, out, cfg.max_len)  # merge: shape, labels; eval: max_len
             run.add_output("adapter" if cfg.method == "lora" else "model", out)
         seq = max(len(e.ids) for e in train.examples)
         fpt = _flops_per_token(unwrap(model).config, seq, cfg.method == "full")
@@ -684,17 +684,32 @@ def merge(cfg: MergeConfig) -> Summary:
     return s
 
 
+# Kept in head_config.json beside the head's shape but not model-config fields: how its inputs
+# were made (``oficina eval`` truncates a task's texts the same way).
+HEAD_INPUT_KEYS = ("max_len",)
+
+
 def _head_kwargs(adir: Path) -> dict:
     """num_labels/id2label of a classification adapter, read from the config saved beside it."""
     cfg_path = adir / "head_config.json"
     if cfg_path.is_file():
-        return json.loads(cfg_path.read_text())
+        data = json.loads(cfg_path.read_text())
+        return {k: v for k, v in data.items() if k not in HEAD_INPUT_KEYS}
     raise UserError(f"{adir} has no head_config.json: cannot rebuild the classification head")
 
 
-def _write_head_config(model, out: Path) -> None:
+def head_max_len(adir: Path) -> int | None:
+    """The token length a head adapter's texts were truncated to in training (None: not kept,
+    an adapter saved before it was)."""
+    cfg_path = adir / "head_config.json"
+    return json.loads(cfg_path.read_text()).get("max_len") if cfg_path.is_file() else None
+
+
+def _write_head_config(model, out: Path, max_len: int | None = None) -> None:
     conf = unwrap(model).config
     data = {"num_labels": conf.num_labels, "pad_token_id": conf.pad_token_id}
+    if max_len is not None:
+        data["max_len"] = max_len
     if getattr(conf, "problem_type", None):
         data["problem_type"] = conf.problem_type
     if conf.num_labels > 1:
