@@ -85,6 +85,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
             "tests/train/test_recipes_pieces.py",
             "tests/train/test_finetune_distill.py",
             "tests/train/test_loop.py",  # pretrain
+            "tests/train/test_recipes_lineage.py",
         ],
         None,
     ),

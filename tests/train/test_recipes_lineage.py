@@ -120,6 +120,7 @@ def test_distill_passes_the_hooks_honours_seq_len_and_records_its_model(tiny_lm,
     assert [step for step, _ in seen] == [2, 4]
     assert s["best_val_loss"] == pytest.approx(min(v for _, v in seen), abs=1e-5)
     assert s["train_tokens"] == 4 * 2 * 8  # steps × batch × the asked window, not the shards'
+    assert s["final_train_loss"] == s["loss_curve"][-1][1] and s["loss_curve"][-1][0] == 4
     r, arts = _record(s["run_id"])
     assert (r["verb"], r["status"]) == ("distill", "completed")
     assert json.loads(r["config"]) == cfg.model_dump(mode="json")
