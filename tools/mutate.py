@@ -65,6 +65,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
             "tests/evals/test_eval_task_loading.py",
             "tests/evals/test_eval_cli.py",
             "tests/evals/test_eval_tasks.py",
+            "tests/evals/test_eval_head.py",
             "-m",
             "not integration",
         ],
