@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from oficina.config import dump_yaml
+from oficina.errors import UserError
 
 
 def home() -> Path:
@@ -406,6 +407,17 @@ def get_run(run_id: str, root: Path | None = None) -> dict:
         return run
     finally:
         con.close()
+
+
+def run_dir(ref: str) -> Path:
+    """The folder of an earlier run, given its id (or unique id prefix) or its folder."""
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        return Path(get_run(ref)["dir"])
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
 
 
 def runs_producing(sha256: str, root: Path | None = None) -> list[str]:

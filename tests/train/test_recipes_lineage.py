@@ -98,8 +98,12 @@ def test_regression_head_is_saved_as_regression(tiny_lm, tmp_path):
     data = _rows(tmp_path, label=lambda i: float(i) / 4)
     finetune(
         FinetuneConfig(
-            model=str(tiny_lm), data=str(data), task="regression", out=str(tmp_path / "reg"),
-            max_steps=2, train=_fast(),
+            model=str(tiny_lm),
+            data=str(data),
+            task="regression",
+            out=str(tmp_path / "reg"),
+            max_steps=2,
+            train=_fast(),
         )  # fmt: skip
     )
     head = json.loads((tmp_path / "reg" / "head_config.json").read_text())

@@ -291,23 +291,12 @@ def read_texts(path: Path, text_field: str = "text") -> list[str]:
 # ---------------------------------------------------------------------------- comparison
 
 
-def run_dir(ref: str) -> Path:
-    """The folder of an earlier run, given its id or its folder."""
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        return p
-    from oficina.workspace import get_run
-
-    try:
-        return Path(get_run(ref)["dir"])
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from None
-
-
 def compare_to_baseline(
     result: dict, baseline: str, bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict:
     """Paired bootstrap of (this run - baseline run) on the items both scored."""
+    from oficina.workspace import run_dir
+
     d = run_dir(baseline)
     pred_file = d / "predictions.jsonl"
     if not pred_file.is_file():

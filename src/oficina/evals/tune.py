@@ -1019,7 +1019,7 @@ def rerun_gap(meta: dict, rerun: str) -> dict:
     """The best trial's CV score against an ``oficina eval`` run of its re-trained model: the
     gap (re-run - CV mean; a best-of-N pick is optimistic, the winner's curse) and whether the
     re-run's bootstrap interval meets the CV mean ± its spread over folds."""
-    from oficina.evals.evaluate import run_dir
+    from oficina.workspace import run_dir
 
     best = meta.get("best")
     if not best:
