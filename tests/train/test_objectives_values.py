@@ -117,6 +117,30 @@ def test_kd_freezes_the_teacher_and_refuses_bad_settings():
             KD(t, 2.0, a)
     KD(t, 2.0, 0.0), KD(t, 2.0, 1.0)  # the ends are allowed
     _, batch = _batch()
-    with pytest.raises(UserError, match="teacher has 7 logits, student 9"):
+    with pytest.raises(
+        UserError,
+        match=r"^teacher has 7 logits, student 9: use sequence-level distillation "
+        r"\(--method sequence\)$",
+    ):
         KD(t, 2.0, 0.5)(FixedLogits(torch.zeros(2, 5, 9)), batch)
     assert math.isfinite(float(KD(t, 2.0, 0.5)(FixedLogits(torch.zeros(2, 5, 7)), batch)[0]))
+
+
+def test_fused_causal_lm_never_runs_the_output_layer_and_gives_the_same_loss(tiny_lm):
+    """The default CausalLM takes the fused path on a plain Llama: the [tokens, vocab] logits
+    are never made (the output layer's forward is not called), and the loss is the plain one."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 6), generator=g)
+    targets = ids.clone()
+    targets[0, :2] = IGNORE
+    batch = {"input_ids": ids, "targets": targets}
+    fused, n = CausalLM()(model, batch)
+    assert (calls, n) == ([], 10)
+    plain, _ = CausalLM(fused=False)(model, batch)
+    assert calls == [1]
+    assert float(fused) == pytest.approx(float(plain), rel=1e-5)
