@@ -28,7 +28,7 @@ from pydantic import Field
 
 from oficina.config import Section
 from oficina.ladder.context import LadderContext
-from oficina.ladder.result import Cost, RungResult
+from oficina.ladder.result import Cost, RungResult, combine_seeds
 from oficina.ladder.search import LoraSearchSettings, SearchSettings, run_search
 from oficina.measure import param_counts, peak_memory
 
@@ -388,6 +388,15 @@ class TrainedRung(Rung):
         super().__init__(settings)
         # The best search trial's (summary, model dir) when it is the rung's final model.
         self.reuse: tuple[dict, Path] | None = None
+        self.seed: int | None = None  # the training seed of the training under way
+
+    def training_seed(self, ctx: LadderContext) -> int:
+        return ctx.cfg.seed if self.seed is None else self.seed
+
+    def workdir(self, ctx: LadderContext, name: str) -> Path:
+        """Where a training writes: ``OUT/name``, or ``OUT/name-seedN`` for another seed."""
+        s = self.training_seed(ctx)
+        return ctx.out / (name if s == ctx.cfg.seed else f"{name}-seed{s}")
 
     def settings_used(self) -> dict[str, Any]:
         return self.settings.model_dump(exclude=NOT_HYPERPARAMETERS)
@@ -419,7 +428,7 @@ class TrainedRung(Rung):
             eval_batches=8,
             patience=budget.patience,
             min_delta=budget.min_delta,
-            seed=ctx.cfg.seed,
+            seed=self.training_seed(ctx),
             save_every=10_000,
             log_every=max(1, budget.steps // 20),
             **extra,
@@ -450,10 +459,25 @@ class TrainedRung(Rung):
         )
 
     def run(self, ctx: LadderContext) -> RungResult:
+        """Search once, then train and evaluate once per training seed (``ctx.cfg.seeds``,
+        default the ladder's seed); several seeds are one result (``combine_seeds``)."""
         hp, search = self.hyperparameters(ctx)
+        seeds = ctx.cfg.seeds or [ctx.cfg.seed]
+        runs = []
+        for i, seed in enumerate(seeds):
+            self.seed = seed
+            runs.append((seed, self.run_seed(ctx, hp, search if i == 0 else None, first=i == 0)))
+        self.seed = None
+        return combine_seeds(runs, n_boot=ctx.cfg.bootstrap, seed=ctx.cfg.seed)
+
+    def run_seed(
+        self, ctx: LadderContext, hp: dict[str, Any], search: dict | None, first: bool
+    ) -> RungResult:
+        """Train at ``self.seed`` with ``hp`` and measure; the search's cost goes to the first
+        seed's training (what deploying the rung pays), whose model later rungs build on."""
         t = self.train(ctx, hp)
         res = ctx.evaluate(t.engine, self.name)
-        if t.finetuned is not None:
+        if t.finetuned is not None and first:
             ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
         training = t.cost
         if search is not None:  # a team pays for the search too
@@ -470,7 +494,7 @@ class TrainedRung(Rung):
             summary=t.summary,
             params_changed=int(t.summary.get("params_trainable", 0)),
         )
-        r.search = search
+        r.search = search if first else None
         r.training_run = {
             **self.budget(ctx, hp).outcome(t.summary),
             "final_cost": t.cost.model_dump(),
@@ -504,12 +528,13 @@ class RecipeRung(TrainedRung):
 
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
         """Run the recipe (or take the search's best trial when it was this very training)."""
-        if self.reuse is not None:  # the search's best trial is this training: cost counted there
+        # The search's best trial is this training (same seed too): its cost is counted there.
+        if self.reuse is not None and self.training_seed(ctx) == ctx.cfg.seed:
             s, _ = self.reuse
             return self.trained(ctx, hp, s, Cost())
         from oficina.evals.tune import verb_class
 
-        verb, cfg = self.recipe(ctx, hp, ctx.out / self.name)
+        verb, cfg = self.recipe(ctx, hp, self.workdir(ctx, self.name))
         t0 = time.perf_counter()
         s = verb_class(verb)[1](cfg)
         return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
@@ -612,7 +637,7 @@ class CptLora(TrainedRung):
         from oficina.train.recipes import PretrainConfig, finetune, pretrain
 
         t0 = time.perf_counter()
-        pack_dir = ctx.out / "cpt-pack"
+        pack_dir = ctx.out / "cpt-pack"  # the same corpus windows for every seed
         pack(
             PackConfig(
                 input=[ctx.corpus],
@@ -629,13 +654,13 @@ class CptLora(TrainedRung):
                 model=ctx.cfg.base_model,
                 init=ctx.cfg.base_model,
                 data=str(pack_dir),
-                out=str(ctx.out / "cpt"),
+                out=str(self.workdir(ctx, "cpt")),
                 max_steps=steps,
                 seq_len=int(hp["seq_len"]),
                 train=self.train_args(ctx, {**hp, "lr": hp["cpt_lr"]}, cpt_budget),
             )
         )
-        s = finetune(self.lora_config(ctx, cpt["out"], hp, ctx.out / "cpt-lora"))
+        s = finetune(self.lora_config(ctx, cpt["out"], hp, self.workdir(ctx, "cpt-lora")))
         wall = time.perf_counter() - t0
         return Trained(
             engine=Engine.from_spec(cpt["out"], adapter=s["out"]),
