@@ -281,3 +281,13 @@ def test_training_files_follow_the_limit(tmp_path, task_files, tiny_lm):
             limit or 21
         )
         assert val == task.path.parent / "validation.jsonl"
+
+
+def test_trained_rungs_batch_rows_of_similar_length(ctx, tmp_path):
+    from oficina.ladder.rungs import GROUP_BY_LENGTH
+
+    for cls in (Lora, Full):
+        rung = cls(cls.Settings(max_steps=2, batch_size=4, **NO_SEARCH))
+        hp, _ = rung.hyperparameters(ctx)
+        _, cfg = rung.recipe(ctx, hp, tmp_path / cls.name)
+        assert cfg.train.group_by_length == GROUP_BY_LENGTH > 1
