@@ -183,7 +183,9 @@ def test_full_changes_every_parameter(ctx):
 
 
 def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
-    r = CptLora(CptLora.Settings(max_steps=2, batch_size=4, cpt_steps=1, seq_len=64)).run(ctx)
+    r = CptLora(
+        CptLora.Settings(max_steps=2, batch_size=4, cpt_steps=1, seq_len=64, **NO_SEARCH)
+    ).run(ctx)
     check_measured(r, ctx)
     assert r.data["corpus_tokens"] > 0 and Path(r.artifacts["model"]).is_dir()
     assert r.params_changed == ctx.base_params()  # continued pretraining moves every weight

@@ -520,7 +520,8 @@ def add_costs(*costs: Cost) -> Cost:
 
 class RecipeRung(TrainedRung):
     """A trained rung that is one training recipe (a verb and its config): what a search varies.
-    Rungs whose training is more than one recipe (CPT then LoRA) subclass ``TrainedRung``."""
+    A rung whose recipe starts from a model it makes first (CPT before LoRA) makes that model
+    before the search and adds its cost in ``trained``."""
 
     @abstractmethod
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
@@ -618,27 +619,40 @@ class Full(RecipeRung):
 
 
 class CptSettings(LoraBase):
-    # No search: the LoRA after continued pretraining trains on a model that exists only
-    # inside train(); its values are the config's.
     cpt_steps: int = Field(40, ge=1, description="continued-pretraining steps on the domain corpus")
     cpt_lr: float = Field(5e-5, gt=0, description="continued-pretraining learning rate")
     seq_len: int = Field(256, ge=16, description="packed sequence length for continued pretraining")
+    # The LoRA stage's search, as the lora rung's: its trials train on the pretrained model.
+    search: LoraSearchSettings = Field(default_factory=LoraSearchSettings)
 
 
 @register
-class CptLora(TrainedRung):
+class CptLora(RecipeRung):
+    """Continued pretraining on the corpus (a step budget; not searched), then the rung's recipe:
+    LoRA on that model, searched like the ``lora`` rung. The pretraining's cost is the rung's."""
+
     name = "cpt_lora"
     description = "continued pretraining on the domain corpus, then LoRA"
     Settings = CptSettings
-    quick = {"max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128}
+    quick = {
+        "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128,
+        "search": {"trials": 0},
+    }  # fmt: skip
     needs_docs = True
 
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
+    def __init__(self, settings: RungSettings):
+        super().__init__(settings)
+        self.cpts: dict[int, tuple[dict, Cost]] = {}  # training seed -> (CPT summary, its cost)
+
+    def continued(self, ctx: LadderContext, hp: dict[str, Any]) -> tuple[dict, Cost]:
+        """The continued-pretrained model of the current training seed, made once."""
+        seed = self.training_seed(ctx)
+        if seed in self.cpts:
+            return self.cpts[seed]
         from oficina.data.pack import PackConfig
         from oficina.data.pack import run as pack
-        from oficina.infer.engine import Engine
         from oficina.models.sources import resolve
-        from oficina.train.recipes import PretrainConfig, finetune, pretrain
+        from oficina.train.recipes import PretrainConfig, pretrain
 
         t0 = time.perf_counter()
         pack_dir = ctx.out / "cpt-pack"  # the same corpus windows for every seed
@@ -664,12 +678,25 @@ class CptLora(TrainedRung):
                 train=self.train_args(ctx, {**hp, "lr": hp["cpt_lr"]}, cpt_budget),
             )
         )
-        s = finetune(self.lora_config(ctx, cpt["out"], hp, self.workdir(ctx, "cpt-lora")))
-        wall = time.perf_counter() - t0
+        self.cpts[seed] = (cpt, ctx.training_cost(time.perf_counter() - t0, cpt))
+        return self.cpts[seed]
+
+    def hyperparameters(self, ctx: LadderContext) -> tuple[dict[str, Any], dict | None]:
+        self.continued(ctx, self.settings_used())  # what the search's trials start from
+        return super().hyperparameters(ctx)
+
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        cpt, _ = self.continued(ctx, hp)
+        return "finetune", self.lora_config(ctx, cpt["out"], hp, out)
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        from oficina.infer.engine import Engine
+
+        cpt, cpt_cost = self.continued(ctx, hp)
         return Trained(
             engine=Engine.from_spec(cpt["out"], adapter=s["out"]),
             summary=s,
-            cost=ctx.training_cost(wall, cpt, s),
+            cost=add_costs(cpt_cost, cost),
             detail=f"{cpt['steps']} CPT steps ({cpt['train_tokens']:,} tokens) + {s['steps']} LoRA steps",
             artifacts={"model": cpt["out"], "adapter": s["out"]},
             data={"labelled_examples": len(ctx.train), "corpus_tokens": cpt["train_tokens"]},
