@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train.py [--quick] [--compile]        # speed (default)
     .venv/bin/python benchmarks/train.py --what pretrain|lora|distill|all [--quick]
+    .venv/bin/python benchmarks/train.py --what lora-speed|full-speed [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -15,6 +16,10 @@
            log-likelihood of each label, untouched model vs the adapter.
 * distill  student `mini` trained with SmolLM2 as teacher (KD) vs the same student, data and
            steps without it: validation cross-entropy.
+* lora-speed / full-speed  Oficina's ``finetune`` (recipes + fit) vs transformers.Trainer
+           (+ PEFT for LoRA) on SmolLM2 and the demo task's rows: same rows in the same order,
+           batch, max_len, optimizer, schedule, bf16; real (non-pad) tokens/s; then each side
+           with its length grouping (``bench_finetune_speed``).
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
