@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train.py [--quick] [--compile]        # speed (default)
     .venv/bin/python benchmarks/train.py --what pretrain|lora|distill|all [--quick]
+    .venv/bin/python benchmarks/train.py --what lora-speed|full-speed [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -15,6 +16,10 @@
            log-likelihood of each label, untouched model vs the adapter.
 * distill  student `mini` trained with SmolLM2 as teacher (KD) vs the same student, data and
            steps without it: validation cross-entropy.
+* lora-speed / full-speed  Oficina's ``finetune`` (recipes + fit) vs transformers.Trainer
+           (+ PEFT for LoRA) on SmolLM2 and the demo task's rows: same rows in the same order,
+           batch, max_len, optimizer, schedule, bf16; real (non-pad) tokens/s; then each side
+           with its length grouping (``bench_finetune_speed``).
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
@@ -384,10 +389,192 @@ def bench_distill(work: Path, steps: int) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- fine-tuning speed
+
+
+def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -> None:
+    """Oficina's finetune recipe vs transformers.Trainer (+ PEFT for LoRA) on the same rows.
+
+    Both sides: SmolLM2-135M-Instruct, the demo task's training rows rendered by its template
+    (SFT, loss on the label only), tokenized once by ``load_jsonl_dataset`` (max_len 256, as the
+    ladder), the rows of Oficina's ``BatchStream`` in the same order, batch 4, bf16 autocast, the
+    same AdamW groups and LR schedule (Oficina's ``make_optimizer``/``make_scheduler`` handed to
+    the Trainer), the same LoRA (r 8, alpha 16, attention projections) from the same seed.
+    Throughput is real (non-pad) tokens over the time of the training steps: Oficina's
+    ``tokens_per_s`` (its step time, validation excluded) and, for the Trainer, a callback timing
+    from ``on_train_begin`` to the last ``on_step_end`` (batch fetch included, as Oficina's).
+    The mean training loss of each side is shown: equal within LoRA dropout's noise when both do
+    the same work. Then each side's own way to waste less on padding, each from the same
+    training rows, each with its own sampler: Oficina's ``--train.group_by_length 16`` (what the ladder
+    trains with) and the Trainer's ``train_sampling_strategy="group_by_length"`` (its LengthGroupedSampler).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from oficina.demo_domain import LABELS, TEMPLATE
+    from oficina.models.sources import load_causal_lm
+    from oficina.train.data import BatchStream, load_jsonl_dataset
+    from oficina.train.loop import TrainArgs, make_optimizer, make_scheduler
+    from oficina.train.recipes import FinetuneConfig, LoraArgs, finetune
+
+    task = ROOT / "examples/demo/task"
+    bs, max_len, seed = 4, 256, 0
+    lora = LoraArgs(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    # The ladder's values: LoRA at 2e-3 without weight decay; full at 5e-5 with the default decay.
+    targs = dict(lr=2e-3, weight_decay=0.0) if method == "lora" else dict(lr=5e-5)
+    args = TrainArgs(
+        **targs, batch_size=bs, warmup_steps=max(1, steps // 10), precision="bf16", seed=seed,
+        eval_every=10_000, eval_batches=1, save_every=10_000, log_every=max(1, steps),
+    )  # fmt: skip
+
+    def ours(n_steps: int, group: int = 0) -> tuple[float, float, int]:
+        out = work / f"ours-{method}-{time.monotonic_ns()}"
+        s = finetune(
+            FinetuneConfig(
+                model="smollm2-135m-instruct",
+                method=method,
+                data=str(task / "train.jsonl"),
+                val_data=str(task / "validation.jsonl"),
+                template=TEMPLATE,
+                labels=LABELS,
+                out=str(out),
+                max_steps=n_steps,
+                max_len=max_len,
+                lora=lora,
+                train=args.model_copy(update={"group_by_length": group}),
+            )
+        )
+        mean_loss = sum(x for _, x in s["loss_curve"]) / len(s["loss_curve"])
+        return s["tokens_per_s"], mean_loss, s["train_tokens"]
+
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ds = load_jsonl_dataset(task / "train.jsonl", tok, max_len, "sft", TEMPLATE, LABELS)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Rows(torch.utils.data.Dataset):
+        """The tokenized examples as a Trainer expects them: labels -100 outside the answer."""
+
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            e = ds.examples[i]
+            return {"input_ids": e.ids, "labels": e.labels}
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.t1 = time.perf_counter()
+
+    class Counting(DataCollatorForSeq2Seq):
+        """The standard padding collator, counting each batch's targets the way Oficina does."""
+
+        tokens = 0
+
+        def __call__(self, features, return_tensors=None):
+            Counting.tokens += sum(len(f["input_ids"]) - 1 for f in features)
+            return super().__call__(features, return_tensors)
+
+    def hf(n_steps: int, grouped: bool = False) -> tuple[float, float, int]:
+        model.load_state_dict(init)
+        torch.manual_seed(seed)  # Oficina's recipe seeds before it adds LoRA: the same A init
+        m = model
+        if method == "lora":
+            m = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                ),
+            )  # fmt: skip
+        m.train()
+        stream = BatchStream(ds, bs, seed=seed)
+        order = [int(r) for i in range(n_steps) for r in stream.rows(i)]
+        # Oficina's collate feeds len-1 inputs (targets pre-shifted); HF shifts inside: the same
+        # targets, one more input token a row. Count Oficina's way on both sides.
+        tokens = sum(len(ds.examples[i].ids) - 1 for i in order)
+        Counting.tokens = 0
+
+        class SameRows(torch.utils.data.Sampler):
+            def __iter__(self):
+                return iter(order)
+
+            def __len__(self):
+                return len(order)
+
+        class SameOrderTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return super()._get_train_sampler(train_dataset) if grouped else SameRows()
+
+        opt = make_optimizer(m, args)
+        timer = Timer()
+        tr = SameOrderTrainer(
+            model=m,
+            args=TrainingArguments(
+                output_dir=str(work / "hf"), per_device_train_batch_size=bs, max_steps=n_steps,
+                max_grad_norm=args.max_grad_norm, bf16=True, use_cpu=True, save_strategy="no",
+                report_to=[], logging_steps=max(1, n_steps), dataloader_num_workers=0, seed=seed,
+                remove_unused_columns=False, disable_tqdm=True,
+                train_sampling_strategy="group_by_length" if grouped else "random",
+            ),
+            train_dataset=Rows(),
+            data_collator=Counting(tok, padding=True, label_pad_token_id=-100),
+            optimizers=(opt, make_scheduler(opt, args, n_steps)),
+            callbacks=[timer],
+        )  # fmt: skip
+        out = tr.train()
+        if method == "lora":
+            m.unload()  # take the adapters out again: the next trial starts from the base
+        if grouped:  # its own sampler's rows: counted as they were collated
+            tokens = Counting.tokens
+        assert Counting.tokens == tokens, (Counting.tokens, tokens)  # the rows we meant
+        return tokens / (timer.t1 - timer.t0), out.training_loss, tokens
+
+    warm = 3
+    ours(warm)
+    hf(warm)
+    # Interleaved trials, best of each (the machine is shared; see bench_speed).
+    best: dict[str, tuple[float, float, int]] = {}
+    name_o = f"oficina finetune --method {method} (recipes + fit)"
+    name_h = "transformers.Trainer" + (" + PEFT" if method == "lora" else "")
+    setups = [
+        (f"{name_o}, same rows, same order", lambda: ours(steps)),
+        (f"{name_h}, same rows, same order", lambda: hf(steps)),
+        (f"{name_o} + group_by_length 16 (the ladder's)", lambda: ours(steps, 16)),
+        (f"{name_h} + train_sampling_strategy group_by_length", lambda: hf(steps, grouped=True)),
+    ]
+    name_h = setups[1][0]
+    for trial in range(trials):
+        # Every other trial in reverse: on a machine whose load drifts, no setup always runs
+        # first (under the load of the trial's start).
+        for name, fn in setups if trial % 2 == 0 else setups[::-1]:
+            r = fn()
+            if r[0] > best.get(name, (0.0,))[0]:
+                best[name] = r
+    tps_hf = best[name_h][0]
+    table(
+        f"{method} fine-tuning speed: smollm2-135m-instruct on the demo task's rows (SFT, label "
+        f"as completion), batch {bs}, max_len {max_len}, lr {args.lr:g}, bf16, {steps} steps, "
+        f"best of {trials} interleaved trials; real (non-pad) tokens",
+        ["setup", "tokens/s", "vs Trainer", "real tokens", "mean train loss"],
+        [
+            [n, f"{t:,.0f}", f"{t / tps_hf:.2f}x", f"{k:,}", f"{lo:.3f}"]
+            for n, (t, lo, k) in best.items()
+        ],
+    )
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--what", default="speed", choices=["speed", "pretrain", "lora", "distill", "all"]
+        "--what",
+        default="speed",
+        choices=["speed", "pretrain", "lora", "distill", "lora-speed", "full-speed", "all"],
     )
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -420,6 +607,8 @@ def main() -> int:
             bench_lora(work, a.steps or (15 if q else 40), a.n_test or (40 if q else 96), over)
         elif w == "distill":
             bench_distill(work, a.steps or (40 if q else 120))
+        elif w in ("lora-speed", "full-speed"):
+            bench_finetune_speed(work, w.split("-")[0], a.steps or (8 if q else 30))
         print(f"[{w}: {time.perf_counter() - t:.0f}s]")
     return 0
 

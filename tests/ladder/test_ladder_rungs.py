@@ -183,7 +183,9 @@ def test_full_changes_every_parameter(ctx):
 
 
 def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
-    r = CptLora(CptLora.Settings(max_steps=2, batch_size=4, cpt_steps=1, seq_len=64)).run(ctx)
+    r = CptLora(
+        CptLora.Settings(max_steps=2, batch_size=4, cpt_steps=1, seq_len=64, **NO_SEARCH)
+    ).run(ctx)
     check_measured(r, ctx)
     assert r.data["corpus_tokens"] > 0 and Path(r.artifacts["model"]).is_dir()
     assert r.params_changed == ctx.base_params()  # continued pretraining moves every weight
@@ -281,3 +283,13 @@ def test_training_files_follow_the_limit(tmp_path, task_files, tiny_lm):
             limit or 21
         )
         assert val == task.path.parent / "validation.jsonl"
+
+
+def test_trained_rungs_batch_rows_of_similar_length(ctx, tmp_path):
+    from oficina.ladder.rungs import GROUP_BY_LENGTH
+
+    for cls in (Lora, Full):
+        rung = cls(cls.Settings(max_steps=2, batch_size=4, **NO_SEARCH))
+        hp, _ = rung.hyperparameters(ctx)
+        _, cfg = rung.recipe(ctx, hp, tmp_path / cls.name)
+        assert cfg.train.group_by_length == GROUP_BY_LENGTH > 1

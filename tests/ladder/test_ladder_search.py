@@ -17,7 +17,7 @@ from test_ladder_rungs import LORA_PARAMS_PER_RANK, ctx, task_files  # noqa: F40
 from oficina.config import load
 from oficina.ladder.result import Cost
 from oficina.ladder.run import LadderConfig
-from oficina.ladder.rungs import REGISTRY, Distill, Full, Lora
+from oficina.ladder.rungs import REGISTRY, CptLora, Distill, Full, Lora
 
 
 def test_a_search_fills_its_trials_and_its_cost_is_added(ctx):  # noqa: F811
@@ -107,9 +107,10 @@ def test_quick_searches_nothing_and_the_demo_searches(repo_root):
     demo = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x"})
     quick = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x", "quick": True})
     searched = [n for n, cls in REGISTRY.items() if "search" in cls.Settings.model_fields]
-    assert searched == ["lora", "full", "distill"]
+    assert searched == ["lora", "full", "cpt_lora", "distill"]
     assert all(getattr(quick.rungs, n).search.trials == 0 for n in searched)
     assert demo.rungs.lora.search.trials > 0 and demo.rungs.full.search.trials > 0
+    assert demo.rungs.cpt_lora.search.trials > 0
     assert demo.rungs.lora.search.rank == [4, 16] and demo.rungs.lora.search.max_epochs is None
 
 
@@ -133,3 +134,23 @@ def test_distill_searches_its_learning_rate_too(ctx, tiny_lm):  # noqa: F811
     assert len(r.search["trials"]) == 2 and r.hyperparameters["lr"] == best["params"]["lr"]
     assert r.params_total < ctx.base_params() and "reused trial" in r.search["final"]
     assert r.training.flops == pytest.approx(Cost(**r.search["cost"]).flops)
+
+
+def test_cpt_lora_searches_its_lora_on_the_pretrained_model(ctx):  # noqa: F811
+    s = CptLora.Settings(
+        max_epochs=1, batch_size=4, patience=0, cpt_steps=1, seq_len=64,
+        search={"trials": 2, "lr": [1e-4, 1e-2], "rank": [2, 8]},
+    )  # fmt: skip
+    r = CptLora(s).run(ctx)
+    trials = r.search["trials"]
+    best = trials[r.search["best"]]
+    assert len(trials) == 2 and r.hyperparameters["rank"] == best["params"]["rank"]
+    assert r.params_trainable == best["params"]["rank"] * LORA_PARAMS_PER_RANK
+    # The trials' LoRA starts from the continued-pretrained model, pretrained once.
+    spec = (ctx.out / "search-cpt_lora" / "search.yaml").read_text()
+    assert f"model: {r.artifacts['model']}" in spec and r.artifacts["model"].endswith("/cpt")
+    assert "reused trial" in r.search["final"]
+    # Its cost: the pretraining (the final training reused the best trial) plus the search.
+    cpt = Cost(**r.training_run["final_cost"])
+    assert cpt.flops > 0 and cpt.wall_time_s > 0
+    assert r.training.flops == pytest.approx(cpt.flops + Cost(**r.search["cost"]).flops)

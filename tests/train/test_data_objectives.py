@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -155,3 +156,89 @@ def test_kd_pieces(tiny_lm, other_lm):
         check_same_vocab(tok, Renamed(), 515, 515)
     with pytest.raises(UserError, match="--method sequence"):
         check_same_vocab(tok, AutoTokenizer.from_pretrained(tiny_lm), 515, 49152)
+
+
+class _Rows:
+    """A dataset of n rows, row i holding ``lens[i]`` tokens (what group_by_length reads)."""
+
+    def __init__(self, lens):
+        self.lens = list(lens)
+
+    def __len__(self):
+        return len(self.lens)
+
+    def lengths(self):
+        return self.lens
+
+    def collate(self, idx):
+        return {"rows": [int(i) for i in idx]}
+
+
+def test_group_by_length_batches_similar_rows_and_keeps_the_rest_random():
+    lens = [(i * 37) % 101 + 1 for i in range(66)]  # 66 rows: 16 batches of 4, 2 left over
+    ds = _Rows(lens)
+    plain = BatchStream(ds, per_rank=4, seed=5)
+    grouped = BatchStream(ds, per_rank=4, seed=5, group_by_length=4)  # windows of 16 rows
+    perm = plain._order(0)
+    windows = [set(perm[k : k + 16].tolist()) for k in range(0, 64, 16)]
+    batches = [grouped.rows(i).tolist() for i in range(grouped.per_epoch)]
+    assert sorted(sum(batches, [])) == sorted(perm[:64].tolist())  # every used row once
+    home = []
+    for b in batches:  # each batch lies in one window of the plain permutation...
+        (w,) = [k for k, rows in enumerate(windows) if set(b) <= rows]
+        home.append(w)
+    for w in range(4):  # ...and cuts its window by length: no overlap between its batches
+        spans = sorted(
+            (min(lens[r] for r in b), max(lens[r] for r in b))
+            for b, h in zip(batches, home, strict=True)
+            if h == w
+        )
+        assert len(spans) == 4 and all(a[1] <= b[0] for a, b in pairwise(spans))
+    assert home != sorted(home)  # the batches are shuffled, not window after window
+
+    def padded(stream):
+        return sum(4 * max(lens[r] for r in stream.rows(i)) for i in range(stream.per_epoch))
+
+    assert padded(grouped) < padded(plain)
+    assert [plain.rows(i).tolist() for i in range(16)] == [
+        perm[4 * i : 4 * i + 4].tolist() for i in range(16)
+    ]
+    # Two ranks still see exactly the rows of one; another epoch is another grouping.
+    r0 = BatchStream(ds, per_rank=2, seed=5, rank=0, world=2, group_by_length=4)
+    r1 = BatchStream(ds, per_rank=2, seed=5, rank=1, world=2, group_by_length=4)
+    for i in (0, 3, 17):
+        assert grouped.rows(i).tolist() == r0.rows(i).tolist() + r1.rows(i).tolist()
+    assert grouped.rows(16).tolist() != grouped.rows(0).tolist()
+
+
+def test_fit_batches_by_length_when_asked(tmp_path, tiny_lm):
+    from oficina.train.loop import TrainArgs, fit
+    from oficina.train.objectives import SFT
+
+    tok = _tok(tiny_lm)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    rows = [
+        {"prompt": " ".join(words[: 1 + i % 10]) * (1 + i % 3), "completion": " ok"}
+        for i in range(32)
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_jsonl_dataset(path, tok, 128, "sft")
+    seen = {}
+
+    class Spy(SFT):
+        def __call__(self, model, batch):
+            seen.setdefault(self.key, []).append(batch["input_ids"].numel())
+            return super().__call__(model, batch)
+
+    from transformers import AutoModelForCausalLM
+
+    for key, group in (("plain", 0), ("grouped", 8)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+        spy = Spy()
+        spy.key = key
+        args = TrainArgs(batch_size=4, group_by_length=group, log_every=1, precision="fp32")
+        fit(model, spy, ds, None, args, 8, tmp_path / key)
+    # One epoch (8 batches of 4) both ways: the same tokens, fewer of them padding when grouped.
+    assert len(seen["plain"]) == len(seen["grouped"]) == 8
+    assert sum(seen["grouped"]) < sum(seen["plain"])

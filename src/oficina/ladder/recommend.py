@@ -13,12 +13,15 @@ Pure functions on measured ``RungResult``s, so they are tested on hand-made per-
   Either way every other rung is compared with the pick, the tied ones are listed
   (``tied_with``), and the reasoning says in words why the pick beats each near alternative
   (cost, a real difference, or the target).
+- A trained rung run with several training seeds (``combine_seeds``) enters as its mean over
+  the seeds, item by item; when it is the pick, the reasoning gives its seeds' range and says so
+  if its worst seed misses the target.
 """
 
 from __future__ import annotations
 
 from oficina.evals.metrics import macro_f1_stat, paired_bootstrap
-from oficina.ladder.result import RungResult
+from oficina.ladder.result import RungResult, seed_spread
 
 
 def _items(r: RungResult, metric: str) -> list:
@@ -125,6 +128,19 @@ def recommend(
     comparisons = {r.name: c for r in measured if r is not pick and (c := vs(r, pick))}
     tied = [r for r in measured if r.name in comparisons and comparisons[r.name]["tied"]]
 
+    spread = seed_spread(pick)
+    if spread:
+        worst = min(pick.seeds, key=lambda x: x["quality"])
+        lines.append(
+            f"Its quality is the mean over {spread['n']} training seeds (from {spread['min']:.3f} "
+            f"to {spread['max']:.3f}, sd {spread['sd']:.3f})"
+            + (
+                f"; seed {worst['seed']} alone misses the target: expect a retraining to land "
+                "below it at times."
+                if meeting and spread["min"] < target
+                else "."
+            )
+        )
     if "collapsed" in pick.flags:
         lines.append(f"Beware: '{pick.name}' {pick.flag_text}; a constant answer scores as much.")
     if meeting and pick.ci and pick.ci[0] < target:

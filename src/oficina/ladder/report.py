@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from oficina.evals.plots import png_base64
-from oficina.ladder.result import RungResult
+from oficina.ladder.result import RungResult, seed_spread
 from oficina.workspace import atomic_write_json, atomic_write_text
 
 # ---------------------------------------------------------------------------- plots
@@ -37,7 +37,10 @@ def _scatter(
             continue
         x = x_of(r)
         err = [[r.quality - r.ci[0]], [r.ci[1] - r.quality]] if r.ci else None
-        ax.errorbar([x], [r.quality], yerr=err, fmt="o", capsize=3)
+        line = ax.errorbar([x], [r.quality], yerr=err, fmt="o", capsize=3)
+        if len(r.seeds) > 1:  # each training seed's quality beside the mean
+            qs = [s["quality"] for s in r.seeds]
+            ax.plot([x] * len(qs), qs, "_", ms=10, c=line[0].get_color(), alpha=0.8)
         ax.annotate(r.name, (x, r.quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if frontier:  # the rungs no other rung beats on both quality and cost
         pts = sorted((x_of(r), r.quality) for r in rungs if r.measured)
@@ -125,6 +128,13 @@ def reference_points(baselines: dict | None, metric: str) -> list[tuple[str, dic
     return [("empty answer", baselines["empty"]), (f"always '{said}'", top)]
 
 
+def _spread_text(r: RungResult) -> str:
+    sp = seed_spread(r)
+    if sp is None:
+        return "-"
+    return f"{sp['n']}: {sp['min']:.3f}–{sp['max']:.3f} (sd {sp['sd']:.3f})"
+
+
 def table_rows(
     rungs: list[RungResult],
     baselines: dict | None = None,
@@ -138,6 +148,7 @@ def table_rows(
          "params", "changed params", "labelled data"], "-"
     )  # fmt: skip
     key2, title2 = _second(metric)
+    seeded = any(len(r.seeds) > 1 for r in rungs)  # the thorough profile: a column for them
     for title, b in reference_points(baselines, metric):
         rows.append(
             {
@@ -158,6 +169,7 @@ def table_rows(
                 "status": r.status if r.status == "ok" else f"{r.status}: {r.reason}",
                 "quality": "-" if r.quality is None else f"{r.quality:.3f}",
                 "95% CI": _ci(r.ci),
+                **({"seeds": _spread_text(r)} if seeded else {}),
                 title2: "-" if f1 is None else f"{f1:.3f}",
                 "vs recommended": "recommended"
                 if rec and r.name == rec.get("rung")
@@ -346,6 +358,8 @@ def write(
                 "hyperparameters": r.hyperparameters,
                 "search": r.search,
                 "training_run": r.training_run,
+                "seeds": r.seeds,
+                "seed_spread": seed_spread(r),
                 "total_usd": r.total_usd(requests) if r.measured else None,
                 "training_cost": r.training.model_dump(),
                 "inference_cost": r.inference.model_dump(),

@@ -6,9 +6,12 @@ hand-made results, without a model.
 
 from __future__ import annotations
 
+from statistics import fmean, pstdev
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from oficina.evals.metrics import bootstrap_ci
 
 
 class Cost(BaseModel):
@@ -66,6 +69,10 @@ class RungResult(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict)
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)
     val_curve: list[tuple[int, float]] = Field(default_factory=list)
+    # A trained rung run with several training seeds (the thorough profile): one entry per seed,
+    # {"seed", "quality", "extra_metrics", "training_cost", "steps", "best_step"}; ``quality`` is
+    # then their mean (``combine_seeds``). Empty for a single training.
+    seeds: list[dict[str, Any]] = Field(default_factory=list)
 
     def total_usd(self, requests: int) -> float:
         return self.training.usd + self.inference.usd_per_1k_requests * requests / 1000.0
@@ -73,3 +80,57 @@ class RungResult(BaseModel):
     @property
     def measured(self) -> bool:
         return self.status == "ok" and self.quality is not None
+
+
+def seed_spread(r: RungResult) -> dict[str, float] | None:
+    """min, max and (population) sd of a rung's per-seed qualities; None for one training."""
+    qs = [float(x["quality"]) for x in r.seeds]
+    if len(qs) < 2:
+        return None
+    return {"n": len(qs), "min": min(qs), "max": max(qs), "sd": pstdev(qs)}
+
+
+def combine_seeds(
+    runs: list[tuple[int, RungResult]], *, n_boot: int = 1000, seed: int = 0
+) -> RungResult:
+    """One rung trained once per seed, as one result.
+
+    Its quality is the mean of the seeds' qualities and each test item's score the mean of its
+    scores over the seeds, so the paired bootstrap against another rung resamples the seed-
+    averaged answers (``recommend.compare`` reads ``per_item``); the interval is the bootstrap
+    of those means over the items. Macro-F1 is not a mean over items: its interval is the mean
+    of the seeds' intervals and its comparisons read the first seed's answers. The answers,
+    flags, curves and inference cost shown are the first seed's; the training cost is the
+    first seed's too — deploying the rung trains once; the other seeds are the cost of
+    measuring it, kept per seed in ``seeds``.
+    """
+    first = runs[0][1]
+    if len(runs) == 1:
+        return first
+    results = [r for _, r in runs]
+    r = first.model_copy(deep=True)
+    r.quality = fmean(float(x.quality) for x in results)
+    if first.metric == "macro_f1":
+        cis = [x.ci for x in results if x.ci]
+        r.ci = (fmean(c[0] for c in cis), fmean(c[1] for c in cis)) if cis else None
+    else:
+        r.per_item = [fmean(col) for col in zip(*(x.per_item for x in results), strict=True)]
+        lo, hi = bootstrap_ci(r.per_item, n=n_boot, seed=seed)
+        r.ci = (lo, hi)
+    r.extra_metrics = {k: fmean(x.extra_metrics[k] for x in results) for k in first.extra_metrics}
+    r.extra_ci = {
+        k: (fmean(x.extra_ci[k][0] for x in results), fmean(x.extra_ci[k][1] for x in results))
+        for k in first.extra_ci
+    }
+    r.seeds = [
+        {
+            "seed": s,
+            "quality": x.quality,
+            "extra_metrics": x.extra_metrics,
+            "training_cost": x.training.model_dump(),
+            "steps": x.training_run.get("steps"),
+            "best_step": x.training_run.get("best_step"),
+        }
+        for s, x in runs
+    ]
+    return r

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, field_validator
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
@@ -50,19 +50,25 @@ QUICK = {
     "limit_train": 32,
     "rungs": {name: dict(cls.quick) for name, cls in REGISTRY.items() if cls.quick},
 }
+# Variance over training seeds (issue 14): every trained rung trains once per seed.
+THOROUGH = {"seeds": [0, 1, 2]}
 
 
 class LadderConfig(VerbConfig):
     """Run every adaptation rung on your held-out data and recommend the cheapest that meets the target."""
 
     config_positional = True
-    profiles = {"quick": QUICK}
+    profiles = {"quick": QUICK, "thorough": THOROUGH}
     out: str = Field(
         description="folder for report.html, summary.md, summary.json and the rungs' models"
     )
     quick: bool = Field(
         False,
         description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, bf16 embeddings, 2-4 steps per trained rung; replaces the config file's values, flags still win",
+    )
+    thorough: bool = Field(
+        False,
+        description="thorough profile: every trained rung trains with seeds 0, 1 and 2; its quality is their mean and their spread is reported",
     )
     base_model: str = Field("smollm2-135m-instruct", description="model spec of the base model")
     data: str | None = Field(
@@ -122,10 +128,21 @@ class LadderConfig(VerbConfig):
         100_000, ge=0, description="expected requests over the deployment, for total cost"
     )
     seed: int = Field(0, description="seed for splits, sampling, example selection and training")
+    seeds: list[int] | None = Field(
+        None,
+        description="training seeds of the trained rungs (default: [seed]); with several, each trains once per seed, after one search at --seed",
+    )
     bootstrap: int = Field(
         1000, ge=100, description="bootstrap resamples for the paired comparisons of rungs"
     )
     rungs: Rungs = Field(default_factory=Rungs)  # type: ignore[valid-type]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"each training seed once: {v}")
+        return v
 
 
 def load_task(cfg: LadderConfig) -> tuple[Task, str | None]:
@@ -222,7 +239,8 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "hardware": cfg.hardware,
             "usd_per_hour": cfg.usd_per_hour,
             "requests": cfg.requests,
-            "profile": "quick" if cfg.quick else "full",
+            "profile": "quick" if cfg.quick else "thorough" if cfg.thorough else "full",
+            "seeds": cfg.seeds or [cfg.seed],
             "wall_time_s": round(time.time() - t_start, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
             "cpu_count": os.cpu_count(),

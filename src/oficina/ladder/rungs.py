@@ -28,7 +28,7 @@ from pydantic import Field
 
 from oficina.config import Section
 from oficina.ladder.context import LadderContext
-from oficina.ladder.result import Cost, RungResult
+from oficina.ladder.result import Cost, RungResult, combine_seeds
 from oficina.ladder.search import LoraSearchSettings, SearchSettings, run_search
 from oficina.measure import param_counts, peak_memory
 
@@ -305,6 +305,7 @@ class LoraSettings(LoraBase):
 # adding the MLP quintuples the adapter for no measured gain.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MAX_LEN = 256  # tokens per training example; a long passage loses its start, never the answer
+GROUP_BY_LENGTH = 16  # windows of 16 batches sorted by length (train.data.BatchStream)
 # Settings that say how to train or search, not what was trained with: not hyperparameters.
 NOT_HYPERPARAMETERS = {"enabled", "search"}
 
@@ -388,6 +389,15 @@ class TrainedRung(Rung):
         super().__init__(settings)
         # The best search trial's (summary, model dir) when it is the rung's final model.
         self.reuse: tuple[dict, Path] | None = None
+        self.seed: int | None = None  # the training seed of the training under way
+
+    def training_seed(self, ctx: LadderContext) -> int:
+        return ctx.cfg.seed if self.seed is None else self.seed
+
+    def workdir(self, ctx: LadderContext, name: str) -> Path:
+        """Where a training writes: ``OUT/name``, or ``OUT/name-seedN`` for another seed."""
+        s = self.training_seed(ctx)
+        return ctx.out / (name if s == ctx.cfg.seed else f"{name}-seed{s}")
 
     def settings_used(self) -> dict[str, Any]:
         return self.settings.model_dump(exclude=NOT_HYPERPARAMETERS)
@@ -419,9 +429,12 @@ class TrainedRung(Rung):
             eval_batches=8,
             patience=budget.patience,
             min_delta=budget.min_delta,
-            seed=ctx.cfg.seed,
+            seed=self.training_seed(ctx),
             save_every=10_000,
             log_every=max(1, budget.steps // 20),
+            # Rows of similar length batched together: padding was 17% of the demo's LoRA
+            # tokens, 2% grouped (benchmarks/train.py --what lora-speed measures the gain).
+            group_by_length=GROUP_BY_LENGTH,
             **extra,
         )
 
@@ -450,10 +463,25 @@ class TrainedRung(Rung):
         )
 
     def run(self, ctx: LadderContext) -> RungResult:
+        """Search once, then train and evaluate once per training seed (``ctx.cfg.seeds``,
+        default the ladder's seed); several seeds are one result (``combine_seeds``)."""
         hp, search = self.hyperparameters(ctx)
+        seeds = ctx.cfg.seeds or [ctx.cfg.seed]
+        runs = []
+        for i, seed in enumerate(seeds):
+            self.seed = seed
+            runs.append((seed, self.run_seed(ctx, hp, search if i == 0 else None, first=i == 0)))
+        self.seed = None
+        return combine_seeds(runs, n_boot=ctx.cfg.bootstrap, seed=ctx.cfg.seed)
+
+    def run_seed(
+        self, ctx: LadderContext, hp: dict[str, Any], search: dict | None, first: bool
+    ) -> RungResult:
+        """Train at ``self.seed`` with ``hp`` and measure; the search's cost goes to the first
+        seed's training (what deploying the rung pays), whose model later rungs build on."""
         t = self.train(ctx, hp)
         res = ctx.evaluate(t.engine, self.name)
-        if t.finetuned is not None:
+        if t.finetuned is not None and first:
             ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
         training = t.cost
         if search is not None:  # a team pays for the search too
@@ -470,7 +498,7 @@ class TrainedRung(Rung):
             summary=t.summary,
             params_changed=int(t.summary.get("params_trainable", 0)),
         )
-        r.search = search
+        r.search = search if first else None
         r.training_run = {
             **self.budget(ctx, hp).outcome(t.summary),
             "final_cost": t.cost.model_dump(),
@@ -492,7 +520,8 @@ def add_costs(*costs: Cost) -> Cost:
 
 class RecipeRung(TrainedRung):
     """A trained rung that is one training recipe (a verb and its config): what a search varies.
-    Rungs whose training is more than one recipe (CPT then LoRA) subclass ``TrainedRung``."""
+    A rung whose recipe starts from a model it makes first (CPT before LoRA) makes that model
+    before the search and adds its cost in ``trained``."""
 
     @abstractmethod
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
@@ -504,12 +533,13 @@ class RecipeRung(TrainedRung):
 
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
         """Run the recipe (or take the search's best trial when it was this very training)."""
-        if self.reuse is not None:  # the search's best trial is this training: cost counted there
+        # The search's best trial is this training (same seed too): its cost is counted there.
+        if self.reuse is not None and self.training_seed(ctx) == ctx.cfg.seed:
             s, _ = self.reuse
             return self.trained(ctx, hp, s, Cost())
         from oficina.evals.tune import verb_class
 
-        verb, cfg = self.recipe(ctx, hp, ctx.out / self.name)
+        verb, cfg = self.recipe(ctx, hp, self.workdir(ctx, self.name))
         t0 = time.perf_counter()
         s = verb_class(verb)[1](cfg)
         return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
@@ -589,30 +619,43 @@ class Full(RecipeRung):
 
 
 class CptSettings(LoraBase):
-    # No search: the LoRA after continued pretraining trains on a model that exists only
-    # inside train(); its values are the config's.
     cpt_steps: int = Field(40, ge=1, description="continued-pretraining steps on the domain corpus")
     cpt_lr: float = Field(5e-5, gt=0, description="continued-pretraining learning rate")
     seq_len: int = Field(256, ge=16, description="packed sequence length for continued pretraining")
+    # The LoRA stage's search, as the lora rung's: its trials train on the pretrained model.
+    search: LoraSearchSettings = Field(default_factory=LoraSearchSettings)
 
 
 @register
-class CptLora(TrainedRung):
+class CptLora(RecipeRung):
+    """Continued pretraining on the corpus (a step budget; not searched), then the rung's recipe:
+    LoRA on that model, searched like the ``lora`` rung. The pretraining's cost is the rung's."""
+
     name = "cpt_lora"
     description = "continued pretraining on the domain corpus, then LoRA"
     Settings = CptSettings
-    quick = {"max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128}
+    quick = {
+        "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128,
+        "search": {"trials": 0},
+    }  # fmt: skip
     needs_docs = True
 
-    def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
+    def __init__(self, settings: RungSettings):
+        super().__init__(settings)
+        self.cpts: dict[int, tuple[dict, Cost]] = {}  # training seed -> (CPT summary, its cost)
+
+    def continued(self, ctx: LadderContext, hp: dict[str, Any]) -> tuple[dict, Cost]:
+        """The continued-pretrained model of the current training seed, made once."""
+        seed = self.training_seed(ctx)
+        if seed in self.cpts:
+            return self.cpts[seed]
         from oficina.data.pack import PackConfig
         from oficina.data.pack import run as pack
-        from oficina.infer.engine import Engine
         from oficina.models.sources import resolve
-        from oficina.train.recipes import PretrainConfig, finetune, pretrain
+        from oficina.train.recipes import PretrainConfig, pretrain
 
         t0 = time.perf_counter()
-        pack_dir = ctx.out / "cpt-pack"
+        pack_dir = ctx.out / "cpt-pack"  # the same corpus windows for every seed
         pack(
             PackConfig(
                 input=[ctx.corpus],
@@ -629,18 +672,31 @@ class CptLora(TrainedRung):
                 model=ctx.cfg.base_model,
                 init=ctx.cfg.base_model,
                 data=str(pack_dir),
-                out=str(ctx.out / "cpt"),
+                out=str(self.workdir(ctx, "cpt")),
                 max_steps=steps,
                 seq_len=int(hp["seq_len"]),
                 train=self.train_args(ctx, {**hp, "lr": hp["cpt_lr"]}, cpt_budget),
             )
         )
-        s = finetune(self.lora_config(ctx, cpt["out"], hp, ctx.out / "cpt-lora"))
-        wall = time.perf_counter() - t0
+        self.cpts[seed] = (cpt, ctx.training_cost(time.perf_counter() - t0, cpt))
+        return self.cpts[seed]
+
+    def hyperparameters(self, ctx: LadderContext) -> tuple[dict[str, Any], dict | None]:
+        self.continued(ctx, self.settings_used())  # what the search's trials start from
+        return super().hyperparameters(ctx)
+
+    def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
+        cpt, _ = self.continued(ctx, hp)
+        return "finetune", self.lora_config(ctx, cpt["out"], hp, out)
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        from oficina.infer.engine import Engine
+
+        cpt, cpt_cost = self.continued(ctx, hp)
         return Trained(
             engine=Engine.from_spec(cpt["out"], adapter=s["out"]),
             summary=s,
-            cost=ctx.training_cost(wall, cpt, s),
+            cost=add_costs(cpt_cost, cost),
             detail=f"{cpt['steps']} CPT steps ({cpt['train_tokens']:,} tokens) + {s['steps']} LoRA steps",
             artifacts={"model": cpt["out"], "adapter": s["out"]},
             data={"labelled_examples": len(ctx.train), "corpus_tokens": cpt["train_tokens"]},

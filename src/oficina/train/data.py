@@ -160,6 +160,10 @@ class JsonlDataset:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def lengths(self) -> list[int]:
+        """Tokens of each example: what ``BatchStream(group_by_length=...)`` groups by."""
+        return [len(e.ids) for e in self.examples]
+
     def collate(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         exs = [self.examples[int(i)] for i in idx]
         if self.task == "sft":
@@ -284,9 +288,24 @@ class BatchStream:
     An epoch is a permutation of the dataset seeded by ``seed + epoch``; the global batch is
     ``per_rank * world`` rows and rank ``r`` takes rows ``[r*per_rank, (r+1)*per_rank)``, so
     2 ranks × 2 rows see exactly the rows 1 rank × 4 rows would.
+
+    ``group_by_length=k`` (datasets with ``lengths()``: JSONL examples) cuts each epoch's
+    permutation into windows of ``k`` global batches, sorts each window by length, and shuffles
+    the batches it makes: every batch holds rows of similar length, so padding to the longest
+    wastes little (the demo task's SFT rows in batches of 4: 83% real tokens -> 98% at k=16),
+    while which rows share a window, and the batches' order, stay random. Still a pure function
+    of (seed, i).
     """
 
-    def __init__(self, dataset, per_rank: int, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        dataset,
+        per_rank: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        group_by_length: int = 0,
+    ):
         self.ds, self.per_rank, self.seed, self.rank, self.world = (
             dataset,
             per_rank,
@@ -294,6 +313,9 @@ class BatchStream:
             rank,
             world,
         )
+        lengths = getattr(dataset, "lengths", None)
+        self.lengths = np.asarray(lengths()) if group_by_length > 1 and lengths else None
+        self.group = group_by_length
         self.global_batch = per_rank * world
         if len(dataset) < self.global_batch:
             raise UserError(
@@ -306,8 +328,25 @@ class BatchStream:
     def _order(self, epoch: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != epoch:
             rng = np.random.default_rng(self.seed + epoch)
-            self._perm = (epoch, rng.permutation(len(self.ds)))
+            perm = rng.permutation(len(self.ds))
+            if self.lengths is not None:
+                perm = self._grouped(perm, rng)
+            self._perm = (epoch, perm)
         return self._perm[1]
+
+    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``perm`` with each window of ``group`` global batches sorted by length (longest
+        first, stable), its batches then shuffled; the ragged tail stays at the end (unused)."""
+        gb = self.global_batch
+        used = self.per_epoch * gb
+        window = gb * self.group
+        batches = []
+        for start in range(0, used, window):
+            w = perm[start : min(start + window, used)]
+            w = w[np.argsort(-self.lengths[w], kind="stable")]
+            batches += [w[b : b + gb] for b in range(0, len(w), gb)]
+        order = rng.permutation(len(batches))
+        return np.concatenate([batches[k] for k in order] + [perm[used:]])
 
     def epoch_of(self, i: int) -> float:
         return i / self.per_epoch

@@ -52,6 +52,12 @@ class TrainArgs(Section):
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
     batch_size: int = Field(8, ge=1, description="rows per micro-batch per process")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    group_by_length: int = Field(
+        0,
+        ge=0,
+        description="JSONL data: batch rows of similar length together (sort each window of N "
+        "global batches by length, shuffle the batches; less padding); 0 = off",
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms/biases)")
     beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2")
     max_grad_norm: float = Field(1.0, ge=0, description="clip gradients to this norm (0 = off)")
@@ -391,7 +397,9 @@ def _fit(
     train_model = _compile(wrapped, objective, restore) if args.compile else wrapped
     eval_objective = eval_objective or objective
 
-    stream = BatchStream(train_ds, args.batch_size, args.seed, rank, world)
+    stream = BatchStream(
+        train_ds, args.batch_size, args.seed, rank, world, group_by_length=args.group_by_length
+    )
     val = eval_batches(val_ds, args.batch_size, args.eval_batches) if val_ds is not None else []
 
     state = {

@@ -1,0 +1,109 @@
+"""Does the ladder's recommendation depend on the seed? The same ladder run with two seeds.
+
+    .venv/bin/python benchmarks/ladder_seeds.py [--quick] [--seeds 0 1] [--config examples/ladder.yaml]
+
+Each run is the whole ``oficina ladder`` (``oficina.ladder.run.run_ladder``) on the demo task,
+with ``--seed`` set to each value: the trained rungs' initialisation, data order and searches,
+the random baselines and the bootstrap resamples all change; the task's splits (a task.json's
+files) do not. The claim (issue 14) holds when every run recommends the same rung, or when the
+runs' picks are reported as statistically tied with each other (the other run's pick is in
+``tied_with``). Prints each run's qualities, recommendation and ties, writes
+``ladder_seeds.json`` in ``--out``. Any extra ``--flag value`` pairs go to every ladder run
+(``--rungs.lora.search.trials 2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from _machine import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def verdict(runs: list[dict]) -> tuple[bool, str]:
+    """(the claim holds, why): one pick everywhere, or every pair of picks reported tied."""
+    picks = [r["recommended"] for r in runs]
+    if len(set(picks)) == 1:
+        return True, f"every run recommends {picks[0]}"
+    for a in runs:
+        for b in runs:
+            if a["recommended"] != b["recommended"] and b["recommended"] not in a["tied_with"]:
+                return False, (
+                    f"seed {a['seed']} recommends {a['recommended']}, seed {b['seed']} "
+                    f"{b['recommended']}, and seed {a['seed']}'s run does not report them tied"
+                )
+    return True, "the picks differ but each run reports the other's pick as tied with its own"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "examples/ladder.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--quick", action="store_true", help="the ladder's --quick profile")
+    ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    a, extra = ap.parse_known_args()
+
+    import torch  # noqa: F401 - so machine() names the thread count
+
+    from oficina.config import parse_args
+    from oficina.ladder.run import LadderConfig, run_ladder
+
+    print(machine())
+    work = Path(a.out or tempfile.mkdtemp(prefix="ladder-seeds-"))
+    runs = []
+    for seed in a.seeds:
+        argv = [a.config, *extra, "--out", str(work / f"seed{seed}"), "--seed", str(seed)]
+        cfg = parse_args("ladder", LadderConfig, argv + (["--quick"] if a.quick else []))
+        t0 = time.perf_counter()
+        s = run_ladder(cfg)
+        runs.append(
+            {
+                "seed": seed,
+                "recommended": s["recommended"],
+                "met_target": s["met_target"],
+                "tied_with": s["tied_with"],
+                "quality": {r["name"]: r["quality"] for r in s["rungs"]},
+                "ci": {r["name"]: r["ci"] for r in s["rungs"]},
+                "reasoning": s["reasoning"],
+                "test_items": s["meta"]["test_items"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(
+            f"seed {seed}: recommends {s['recommended']} (tied: {', '.join(s['tied_with']) or '-'}) "
+            f"in {runs[-1]['seconds']:.0f}s",
+            flush=True,
+        )
+    ok, why = verdict(runs)
+    names = list(runs[0]["quality"])
+    print(f"\nthe same ladder ({a.config}{', --quick' if a.quick else ''}) with seeds {a.seeds}")
+    print("rung".ljust(14) + "".join(f"seed {r['seed']}".ljust(22) for r in runs))
+    for n in names:
+        cells = []
+        for r in runs:
+            q, ci = r["quality"].get(n), r["ci"].get(n)
+            mark = " *" if n == r["recommended"] else " =" if n in r["tied_with"] else ""
+            cells.append(
+                ("-" if q is None else f"{q:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""))
+                + mark
+            )
+        print(n.ljust(14) + "".join(c.ljust(22) for c in cells))
+    print("(* recommended, = tied with it)")
+    print(f"verdict: {'holds' if ok else 'FAILS'}: {why}")
+    out = {"config": a.config, "quick": a.quick, "runs": runs, "holds": ok, "why": why}
+    (work / "ladder_seeds.json").write_text(json.dumps(out, indent=2))
+    print(f"-> {work / 'ladder_seeds.json'} · loadavg {open('/proc/loadavg').read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()
