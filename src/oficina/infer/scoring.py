@@ -128,6 +128,11 @@ def _context_pass(model, contexts: list[list[int]], pad_id: int, device, pc, key
     hits = [pc.lookup(key, c) if pc is not None else (0, None) for c in contexts]
     P = max(p for p, _ in hits)
     R = max(len(c) - p for c, (p, _) in zip(contexts, hits, strict=True))
+    if P + R > max(map(len, contexts)):
+        # the prefixes would widen every row's past beyond the longest context (a hit beside a
+        # longer miss): attending over and copying that costs more than the hits save
+        hits = [(0, None)] * len(contexts)
+        P, R = 0, max(map(len, contexts))
     ids = torch.full((len(contexts), R), pad_id, dtype=torch.long)
     mask = torch.zeros((len(contexts), P + R), dtype=torch.long)
     first = next((kv for _, kv in hits if kv is not None), None)
@@ -224,7 +229,7 @@ def score_continuations(
     with torch.inference_mode():
         for b0 in range(0, n, batch_size):
             batch = order[b0 : b0 + batch_size]
-            if pc is not None:
+            if pc is not None and all(shared[i] for i in batch):  # else see _context_pass
                 _prime(model, pc, key, [ctx_ids_all[i][: shared[i]] for i in batch], pad_id, device)
             out, mask = _context_pass(
                 model, [ctx_ids_all[i] for i in batch], pad_id, device, pc, key
