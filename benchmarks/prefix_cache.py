@@ -9,6 +9,17 @@ the examples' blocks. Time to first token = prefill + the first sampled token
 
     .venv/bin/python benchmarks/prefix_cache.py              # 8 prompts, k=4
     .venv/bin/python benchmarks/prefix_cache.py --quick      # 4 prompts
+
+``--rung few_shot[,few_shot_rag]`` measures instead the demo ladder's rungs themselves
+(``examples/ladder.yaml``: SmolLM2, the demo task, 3 shots picked by similarity): each rung's
+``run`` on a real ``LadderContext``, scoring every test item through the scoring kernel, with the
+base engine's prefix cache off and on (a fresh cache of ``OFICINA_PREFIX_CACHE_MB``, as a ladder
+process starts with), in turn within the same run (``--rounds``, the order alternating). Reported:
+the rung's latency per item (what the ladder's inference cost is computed from) and its total
+scoring time, and that predictions are identical. ``--strategy fixed`` gives the rungs the same
+examples for every item (the case a prefix cache is built for).
+
+    .venv/bin/python benchmarks/prefix_cache.py --rung few_shot,few_shot_rag --rounds 2
 """
 
 from __future__ import annotations
@@ -40,7 +51,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="4 prompts instead of 8")
     ap.add_argument("--k", type=int, default=4, help="few-shot examples in the shared prefix")
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--rung", help="demo ladder rungs to time instead: few_shot,few_shot_rag")
+    ap.add_argument("--strategy", help="the rungs' example strategy (default: the config's)")
+    ap.add_argument("--rounds", type=int, default=2, help="off/on pairs per rung (--rung)")
+    ap.add_argument("--limit-test", type=int, help="score only this many test items (--rung)")
     args = ap.parse_args()
+    if args.rung:
+        return rungs(args)
 
     import torch
 
@@ -92,6 +109,78 @@ def main() -> int:
         f"reused {s['hit_tokens'] // max(1, s['hits'])} tokens per hit ({s['hits']} hits), "
         f"cache {s['bytes'] / 2**20:.1f} MB; first-token logprob max |diff| {worst:.2e}"
     )
+    return 0
+
+
+def rungs(args) -> int:
+    """The demo ladder's prompting rungs, prefix cache off vs on (see the module docstring)."""
+    import tempfile
+
+    os.environ["OFICINA_HOME"] = tempfile.mkdtemp(prefix="oficina-bench-")  # runs go there
+    import torch
+
+    from oficina.config import load_yaml
+    from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
+    from oficina.ladder.context import LadderContext
+    from oficina.ladder.run import LadderConfig, load_task
+    from oficina.ladder.rungs import REGISTRY
+    from oficina.workspace import start_run
+
+    os.chdir(ROOT)  # the config's paths are relative to the repository
+    raw = load_yaml("examples/ladder.yaml")
+    raw.update(out=os.environ["OFICINA_HOME"] + "/ladder", limit_test=args.limit_test)
+    cfg = LadderConfig(**raw)
+    task, corpus = load_task(cfg)
+    print(machine(), flush=True)
+    with start_run("ladder", cfg) as run:
+        ctx = LadderContext(cfg, run, task, corpus)
+        eng = ctx.base_engine()
+        eng.model_hash  # noqa: B018 — hashed once here, not inside the first timed rung
+        size = shared_prefix_cache().max_bytes
+        for name in args.rung.split(","):
+            settings = getattr(cfg.rungs, name)
+            if args.strategy:
+                settings = settings.model_copy(update={"strategy": args.strategy})
+            rung = REGISTRY[name](settings)
+            eng.prefix_cache = None
+            rung.run(ctx)  # warm-up: kernels, embeddings of the examples, the retrieval index
+            times: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+            preds, stats = {}, {}
+            for k in range(max(1, args.rounds)):
+                for mode in ("off", "on") if k % 2 == 0 else ("on", "off"):
+                    cache = PrefixCache(size) if mode == "on" else None
+                    eng.prefix_cache = cache
+                    t = time.perf_counter()
+                    r = rung.run(ctx)
+                    wall = time.perf_counter() - t
+                    times[mode].append((r.inference.latency_s_per_item * 1000, wall))
+                    preds.setdefault(mode, r.predictions)
+                    if cache is not None:
+                        stats = cache.stats()
+            eng.prefix_cache = None
+            assert preds["on"] == preds["off"], "the prefix cache changed a prediction"
+            n = len(preds["on"])
+            tokens = r.inference.prompt_tokens_mean * n
+            print(
+                f"{name} ({r.description.split(': ')[-1]}), {n} items, {r.inference.prompt_tokens_mean:.0f} "
+                f"prompt tokens each; {args.model} float32, {torch.get_num_threads()} threads, "
+                f"{len(times['on'])} rounds; predictions identical"
+            )
+            for mode in ("off", "on"):
+                lat = statistics.mean(x for x, _ in times[mode])
+                wall = statistics.mean(w for _, w in times[mode])
+                print(
+                    f"  prefix cache {mode:>3}: {lat:7.0f} ms per item (the ladder's latency), "
+                    f"rung {wall:6.1f} s  rounds: " + ", ".join(f"{x:.0f}" for x, _ in times[mode])
+                )
+            off = statistics.mean(x for x, _ in times["off"])
+            on = statistics.mean(x for x, _ in times["on"])
+            print(
+                f"  {off / on:.2f}x; reused {stats['hit_tokens']} of {tokens:.0f} prompt tokens "
+                f"({stats['hit_tokens'] / tokens:.0%}), cache {stats['bytes'] / 2**20:.0f} of "
+                f"{size / 2**20:.0f} MB, {stats['evictions']} blocks evicted",
+                flush=True,
+            )
     return 0
 
 

@@ -197,3 +197,129 @@ def test_the_size_comes_from_the_environment(monkeypatch):
     monkeypatch.setattr(pc_mod, "_SHARED", None)
     monkeypatch.setenv("OFICINA_PREFIX_CACHE_MB", "0.5")
     assert pc_mod.shared_prefix_cache().max_bytes == 1 << 19
+
+
+# ---------------------------------------------------------------------------- scoring
+# The scoring kernel (oficina.infer.scoring) runs each context after its longest cached prefix
+# and stores its blocks; the numbers must be those of the uncached kernel.
+LABELS = [" yes", " no", " maybe not"]  # one multi-token continuation: the second pass runs too
+ITEMS = [
+    "what does def sq(x): return x * x do?",
+    "what is a lambda?",
+    "is a tuple mutable?",
+    "what does the with statement do?",
+]
+
+
+def _scores(engine, contexts, batch_size: int = 8):
+    conts = [LABELS] * len(contexts)
+    got, n_ctx, _ = engine.score_continuations(contexts, conts, batch_size=batch_size)
+    return [[(s.logprob, s.greedy, s.n_tokens) for s in row] for row in got], n_ctx
+
+
+def _scores_uncached(engine, contexts, batch_size: int = 8):
+    saved, engine.prefix_cache = engine.prefix_cache, None
+    try:
+        return _scores(engine, contexts, batch_size)
+    finally:
+        engine.prefix_cache = saved
+
+
+def _assert_scores(got, ref) -> None:
+    assert [[(g, n) for _, g, n in row] for row in got] == [
+        [(g, n) for _, g, n in row] for row in ref
+    ]
+    for a, b in zip(got, ref, strict=True):
+        assert [lp for lp, _, _ in a] == pytest.approx([lp for lp, _, _ in b], abs=1e-4)
+
+
+def _shared_tokens(ids: list[list[int]], i: int) -> int:
+    """Tokens of context i in whole 8-token blocks that another context starts with too."""
+    best = 0
+    for j, other in enumerate(ids):
+        if j != i:
+            n = 0
+            while n < min(len(ids[i]), len(other)) and ids[i][n] == other[n]:
+                n += 1
+            best = max(best, n)
+    return min(best, len(ids[i]) - 1) // 8 * 8
+
+
+def test_scoring_computes_a_shared_prefix_once_and_scores_as_without_the_cache(cached):
+    cache = cached.prefix_cache
+    contexts = [SHARED + q for q in ITEMS]
+    ref, n_ctx = _scores_uncached(cached, contexts)
+    assert len(cache) == 0  # the uncached kernel stores nothing
+
+    got, _ = _scores(cached, contexts)  # first time: the shared part computed once, then reused
+    _assert_scores(got, ref)
+    ids = [cached.encode(c) for c in contexts]
+    s = cache.stats()
+    # the priming pass stored the shared blocks (one lookup, a miss), then every context found
+    # the blocks it shares with another context: its longest common prefix with any, in blocks
+    assert (s["hits"], s["misses"]) == (len(contexts), 1)
+    assert s["hit_tokens"] == sum(_shared_tokens(ids, i) for i in range(len(ids))) > 0
+    assert s["blocks"] == len({tuple(x[:k]) for x in ids for k in range(8, len(x) + 1, 8)})
+
+    got, _ = _scores(cached, contexts, batch_size=3)  # now whole contexts are cached
+    _assert_scores(got, ref)
+    s2 = cache.stats()
+    assert s2["hits"] - s["hits"] == len(contexts)
+    assert s2["hit_tokens"] - s["hit_tokens"] == sum((n - 1) // 8 * 8 for n in n_ctx)
+
+
+def test_scoring_a_batch_of_hits_of_several_lengths_and_a_miss(cached):
+    # one batch: two contexts cached whole (hits of two lengths) and a short one with nothing
+    # cached (a hit beside a longer miss is run without the cache: it would widen the batch)
+    contexts = [SHARED + ITEMS[0], SHARED + ITEMS[1], "x"]
+    ref, _ = _scores_uncached(cached, contexts)
+    _scores(cached, contexts[:2])  # caches both contexts' blocks
+    s = cached.prefix_cache.stats()
+    got, _ = _scores(cached, contexts)
+    _assert_scores(got, ref)
+    s2 = cached.prefix_cache.stats()
+    # "x" is shorter than a block: no lookup can hit or miss
+    assert (s2["hits"] - s["hits"], s2["misses"] - s["misses"]) == (2, 0)
+
+
+def test_scoring_under_a_tiny_byte_bound_evicts_and_still_scores_as_without(cached, monkeypatch):
+    contexts = [SHARED + q for q in ITEMS] + [q + " " + SHARED for q in ITEMS]
+    ref, _ = _scores_uncached(cached, contexts)
+    tiny = PrefixCache(max_bytes=0, block=8)
+    _scores(cached, contexts[:1])
+    tiny.max_bytes = 3 * next(iter(cached.prefix_cache._blocks.values())).nbytes  # 3 blocks
+    monkeypatch.setattr(cached, "prefix_cache", tiny)
+    for bs in (2, 8):
+        got, _ = _scores(cached, contexts, batch_size=bs)
+        _assert_scores(got, ref)
+    s = tiny.stats()
+    assert s["evictions"] > 0 and s["bytes"] <= tiny.max_bytes and s["hits"] > 0
+
+
+def test_scoring_never_uses_another_models_blocks(cached, tmp_path):
+    from helpers import make_tiny_lm, random_model_seed
+
+    other = Engine.from_spec(str(make_tiny_lm(tmp_path / "other", seed=random_model_seed() + 1)))
+    other.prefix_cache = cached.prefix_cache
+    assert other.model_hash != cached.model_hash
+    contexts = [SHARED + q for q in ITEMS]
+    _scores(cached, contexts)  # the tiny engine's blocks of these very contexts
+    s = cached.prefix_cache.stats()
+    ref, _ = _scores_uncached(other, contexts)
+    got, _ = _scores(other, contexts)
+    _assert_scores(got, ref)
+    s2 = cached.prefix_cache.stats()
+    # the other model primed its own shared prefix (a miss) and hit only that, not the whole
+    # contexts the tiny engine stored
+    ids = [other.encode(c) for c in contexts]
+    assert s2["misses"] - s["misses"] == 1
+    assert s2["hit_tokens"] - s["hit_tokens"] == sum(_shared_tokens(ids, i) for i in range(4))
+
+
+def test_generation_reuses_the_blocks_scoring_stored(cached):
+    prompt = SHARED + QUESTIONS[0]
+    ref = _uncached(cached, prompt, _params())
+    _scores(cached, [prompt])
+    _assert_same(cached.generate([prompt], _params())[0], ref)
+    n = len(cached.encode(prompt))
+    assert cached.prefix_cache.stats()["hit_tokens"] == (n - 1) // 8 * 8

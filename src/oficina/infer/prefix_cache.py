@@ -8,7 +8,9 @@ identity and every token id up to the end of that block, so a block is found onl
 whole prefix before it matches, and a new prompt reuses the longest run of cached blocks it
 starts with. ``DecodeBatch`` (``oficina.infer.engine``) looks up a prompt when it takes a slot,
 copies the blocks into the slot (``SlotCache.write_prefix``) and prefills only the rest; when a
-prompt's prefill ends it stores the full blocks not cached yet (``SlotCache.read``).
+prompt's prefill ends it stores the full blocks not cached yet (``SlotCache.read``). The scoring
+kernel (``oficina.infer.scoring``: eval and the ladder's label log-likelihoods) does the same
+with its contexts, so scoring and generation reuse each other's blocks.
 
 Memory is bounded in bytes with least-recently-used eviction. A lookup touches the blocks it
 uses last-first, so a prefix's first block is always more recent than the blocks after it and
@@ -98,6 +100,19 @@ class PrefixCache:
             self.hit_tokens += p
         kv = torch.cat([kv for _, kv in found], dim=3) if len(found) > 1 else found[0][1]
         return p, kv
+
+    def cached_tokens(self, namespace: str, ids: Sequence[int]) -> int:
+        """How many leading tokens of ``ids`` (whole blocks) are cached; counts and recency
+        are left as they are (a check, not a use)."""
+        if not self.enabled:
+            return 0
+        with self._lock:
+            n = 0
+            for k in self._chain(namespace, ids, len(ids) // self.block):
+                if k not in self._blocks:
+                    break
+                n += self.block
+        return n
 
     def store(
         self, namespace: str, ids: Sequence[int], read: Callable[[int, int], torch.Tensor]
