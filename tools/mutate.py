@@ -94,7 +94,7 @@ MODULES: dict[str, tuple[str, list[str], list[str] | None]] = {
 
 # Modules whose every mutant reruns whole training or eval runs: a seeded sample of their mutants
 # by default (an hour each otherwise on 2 cores); --sample overrides.
-DEFAULT_SAMPLE = {"objectives": 20, "evaluate": 4, "recipes": 4}
+DEFAULT_SAMPLE = {"objectives": 30, "evaluate": 30, "recipes": 30}
 
 MUTMUT = [sys.executable, "-m", "mutmut"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
@@ -184,6 +184,22 @@ def run_module(name: str, children: int, sample: int | None, rerun: bool = True)
                            cwd=work, env=env, capture_output=True)  # fmt: skip
         keys = sorted(k for k in _statuses(work) if _matches(k, globs))
         names = sorted(random.Random(0).sample(keys, min(sample, len(keys))))
+    selection = [t for t in MODULES[name][1] if not t.startswith("tests/") or (work / t).exists()]
+    if sample and rerun:
+        # Each sampled mutant in a fresh interpreter, not in mutmut's forked runner: its forks
+        # of a process that has run torch sat at 0% CPU until mutmut's timeout (seen with ps on
+        # 2026-11-29: every child of the recipes and objectives runs asleep), so a sample took
+        # hours and its "timeouts" said nothing. The whole selection runs (-x: the first failure
+        # ends it); a mutant no selected test calls survives, as mutmut's "no tests" does.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(children) as pool:
+            verdicts = dict(
+                zip(
+                    names, pool.map(lambda k: _recheck(work, env, k, selection), names), strict=True
+                )
+            )
+        return _score(name, verdicts, {}, True)
     if rerun:
         with open(work / "mutmut.log", "w") as log:  # its spinner is one long line per second
             subprocess.run([*MUTMUT, "run", "--max-children", str(children), *names],
@@ -192,11 +208,14 @@ def run_module(name: str, children: int, sample: int | None, rerun: bool = True)
     if sample:
         status = {k: status[k] for k in names if k in status}
     tested = {k: v for k, v in status.items() if v not in ("skipped", "not checked")}
-    selection = [t for t in MODULES[name][1] if not t.startswith("tests/") or (work / t).exists()]
     rechecked = {}
     for k in sorted(k for k, v in tested.items() if v == "timeout"):
         rechecked[k] = _recheck(work, env, k, selection)
         tested[k] = {"killed": "killed", "survived": "survived", "timeout": "timeout"}[rechecked[k]]
+    return _score(name, tested, rechecked, bool(sample))
+
+
+def _score(name: str, tested: dict[str, str], rechecked: dict[str, str], sampled: bool) -> dict:
     killed = [k for k, v in tested.items() if v in ("killed", "timeout")]
     survivors = sorted(k for k, v in tested.items() if k not in killed)
     return {
@@ -205,7 +224,7 @@ def run_module(name: str, children: int, sample: int | None, rerun: bool = True)
         "killed": len(killed),
         "tested": len(tested),
         "score": round(100 * len(killed) / max(len(tested), 1), 1),
-        "sampled": bool(sample),
+        "sampled": sampled,
         "timeouts_rechecked": rechecked,
         "survivors": {k: tested[k] for k in survivors},
     }

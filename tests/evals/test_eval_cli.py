@@ -70,6 +70,9 @@ def test_default_demo_task_writes_metrics_and_predictions(tiny_lm, capsys):
     assert row["status"] == "completed"
     summary = json.loads(row["summary"])
     assert summary["accuracy"] == m["accuracy"]["value"] and "perplexity_ci_hi" in summary
+    assert summary["items"] == 5 and summary["params"] == out["model"]["params"]
+    for k in ("latency_s_per_item", "prompt_tokens_mean", "prompt_tokens_per_s", "peak_rss_mb"):
+        assert summary[k] == pytest.approx(inf[k]), k
 
 
 def test_human_readable_output(tiny_lm, small_task, capsys):

@@ -147,3 +147,18 @@ def test_a_head_adapter_on_a_generation_task_and_in_the_engine_is_one_line(
     assert code == 2 and len(err) == 1 and "scores classification tasks" in err[0], err
     with pytest.raises(UserError, match="classification-head adapter"):  # generate/serve/batch
         Engine.from_spec(str(tiny_lm), adapter=str(head_run["adapter"]))
+
+
+@pytest.mark.parametrize(
+    "head", [{"num_labels": 1}, {"num_labels": 3, "problem_type": "regression"}]
+)
+def test_a_regression_head_is_refused_before_any_loading(tmp_path, head):
+    """One output, or a declared regression: either makes a regression head (no labels to
+    score), refused from head_config.json alone."""
+    from oficina.errors import UserError
+    from oficina.evals.evaluate import load_head
+
+    (tmp_path / "head_config.json").write_text(json.dumps(head))
+    with pytest.raises(UserError) as e:
+        load_head("no-such-model", tmp_path, "float32", None)
+    assert str(e.value) == f"{tmp_path} is a regression head: eval scores classification heads only"
