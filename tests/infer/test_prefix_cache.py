@@ -189,8 +189,9 @@ def test_a_zero_sized_cache_is_off():
 def test_a_bad_size_in_the_environment_names_the_variable(monkeypatch, raw):
     monkeypatch.setattr(pc_mod, "_SHARED", None)
     monkeypatch.setenv("OFICINA_PREFIX_CACHE_MB", raw)
-    with pytest.raises(UserError, match="OFICINA_PREFIX_CACHE_MB"):
+    with pytest.raises(UserError, match="OFICINA_PREFIX_CACHE_MB") as e:
         pc_mod.shared_prefix_cache()
+    assert e.value.exit_code == 2  # a configuration error, as the CLI's other ones
 
 
 def test_the_size_comes_from_the_environment(monkeypatch):

@@ -77,6 +77,8 @@ def test_finetune_and_merge_record_inputs_outputs_and_the_whole_config(tiny_lm, 
         ("output", "model"): str((tmp_path / "merged").resolve()),
     }
     assert Path(m["base"]).resolve() == tiny_lm.resolve()
+    assert m["params_trainable"] == 0 and m["peak_memory_mb"] == round(m["peak_memory_mb"], 1)
+    assert s["tokens_per_s"] == round(s["tokens_per_s"], 1) > 0
     assert json.loads(r["summary"])["base"] == m["base"]
 
 
@@ -94,20 +96,51 @@ def test_merge_names_the_adapter_folder_its_config_breaks(tiny_lm, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_regression_head_is_saved_as_regression(tiny_lm, tmp_path):
-    data = _rows(tmp_path, label=lambda i: float(i) / 4)
+@pytest.mark.parametrize(
+    ("task", "label", "want"),
+    [
+        ("regression", lambda i: float(i) / 4, (1, "regression")),
+        (
+            "classification",
+            lambda i: "data" if i % 2 else "code",
+            (2, "single_label_classification"),
+        ),
+    ],
+)
+def test_a_head_keeps_its_problem_type_and_training_length(tiny_lm, tmp_path, task, label, want):
+    from oficina.train.recipes import head_max_len
+
+    data = _rows(tmp_path, label=label)
     finetune(
         FinetuneConfig(
             model=str(tiny_lm),
             data=str(data),
-            task="regression",
-            out=str(tmp_path / "reg"),
+            task=task,
+            out=str(tmp_path / "head"),
+            max_len=24,
             max_steps=2,
             train=_fast(),
         )  # fmt: skip
     )
-    head = json.loads((tmp_path / "reg" / "head_config.json").read_text())
-    assert (head["num_labels"], head["problem_type"]) == (1, "regression")
+    head = json.loads((tmp_path / "head" / "head_config.json").read_text())
+    assert (head["num_labels"], head["problem_type"]) == want
+    assert head_max_len(tmp_path / "head") == 24 and head_max_len(tmp_path) is None
+
+
+def test_distill_on_jsonl_rows_holds_out_a_tenth_for_validation(tiny_lm, tmp_path):
+    data = _rows(tmp_path)
+    s = distill(
+        DistillConfig(
+            teacher=str(tiny_lm),
+            data=str(data),
+            template=TEMPLATE,
+            keep_layers=1,
+            max_steps=2,
+            out=str(tmp_path / "kd"),
+            train=_fast(),
+        )  # fmt: skip
+    )
+    assert s["best_val_loss"] is not None and s["val_curve"]
 
 
 def test_distill_passes_the_hooks_honours_seq_len_and_records_its_model(tiny_lm, shards, tmp_path):
@@ -152,3 +185,6 @@ def test_pretrain_records_where_it_started(start, tiny_lm, shards, tmp_path):
         ("output", "model"): str((tmp_path / "pt").resolve()),
     }
     assert s["best_val_loss"] is not None  # the shards' val.bin was read
+    if start == "preset":  # positions for any window up to 2048, more for a longer one
+        conf = json.loads((tmp_path / "pt" / "config.json").read_text())
+        assert conf["max_position_embeddings"] == 2048

@@ -91,7 +91,9 @@ def check_lm_adapter(folder: Path) -> Path:
 
     Its LoRA weights were trained to feed a head the engine never runs, so generating or scoring
     labels with the language model under them gives a number that means nothing (measured: the
-    demo task's tuned LoRA classifier, 0.352 through its head, scored 0.242 through ``eval``).
+    demo task's tuned LoRA classifier, 0.352 through its head, scored 0.242 when ``eval`` ran it
+    through the language model). ``oficina eval --adapter`` now runs such an adapter through its
+    head instead (``evals.evaluate.load_head``); generate, serve and batch refuse it here.
     """
     import json
 
@@ -102,8 +104,8 @@ def check_lm_adapter(folder: Path) -> Path:
     if task_type == "SEQ_CLS":
         raise UserError(
             f"{folder} is a classification-head adapter (PEFT task_type SEQ_CLS): the generation "
-            "engine (eval, generate, serve, batch) runs language-model adapters only; train one "
-            "with a prompt template (SFT) to use it here",
+            "engine (generate, serve, batch) runs language-model adapters only (oficina eval "
+            "runs its head); train one with a prompt template (SFT) to use it here",
             exit_code=2,
         )
     return folder

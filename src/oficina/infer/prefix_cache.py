@@ -179,7 +179,8 @@ def shared_prefix_cache() -> PrefixCache:
             if not (mb >= 0):
                 raise UserError(
                     f"OFICINA_PREFIX_CACHE_MB must be a number of megabytes >= 0 (0 turns the "
-                    f"prefix cache off), got {raw!r}"
+                    f"prefix cache off), got {raw!r}",
+                    exit_code=2,  # a setting, like every other configuration error
                 )
             _SHARED = PrefixCache(int(mb * (1 << 20)))
         return _SHARED
