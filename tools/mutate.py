@@ -7,7 +7,9 @@
 Each module runs in its own scratch copy of the project (``.mutate/<name>/``: src, tests,
 examples and a pyproject.toml whose ``[tool.mutmut]`` names that one file and its targeted
 tests), because mutmut reads one config per directory and a per-module test selection keeps a run in minutes.
-mutmut then runs, for each mutant, only the selected tests that call the mutated function.
+mutmut then runs, for each mutant, only the selected tests that call the mutated function; the
+sampled modules (training and evaluation runs) skip mutmut's forked runner and run each sampled
+mutant's whole selection in a fresh interpreter (see RECHECK_S for why).
 Prints one line per module: killed / tested = score, and the survivors' names; with
 ``--json FILE`` the same as JSON. Slow (minutes to an hour): ``make mutate``, never in CI.
 """
