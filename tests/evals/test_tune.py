@@ -236,7 +236,8 @@ def clf_rows(tmp_path) -> Path:
     return f
 
 
-def test_cv_scores_each_trial_as_the_mean_over_stratified_folds(tiny_lm, clf_rows, tmp_path):
+def _full_finetune_search(tmp_path, tiny_lm, data, max_steps: int, train: dict) -> Path:
+    """A full fine-tune of the tiny model on labelled rows with a learning-rate space."""
     cfg = tmp_path / "ft.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -244,15 +245,21 @@ def test_cv_scores_each_trial_as_the_mean_over_stratified_folds(tiny_lm, clf_row
                 "verb": "finetune",
                 "model": str(tiny_lm),
                 "method": "full",
-                "data": str(clf_rows),
+                "data": str(data),
                 "max_len": 16,
-                "max_steps": 6,
+                "max_steps": max_steps,
                 "out": str(tmp_path / "model"),
-                "train": {"eval_every": 3, "batch_size": 4, "precision": "fp32", "lr": 1e-3},
+                "train": train,
                 "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
             }
         )
     )
+    return cfg
+
+
+def test_cv_scores_each_trial_as_the_mean_over_stratified_folds(tiny_lm, clf_rows, tmp_path):
+    train = {"eval_every": 3, "batch_size": 4, "precision": "fp32", "lr": 1e-3}
+    cfg = _full_finetune_search(tmp_path, tiny_lm, clf_rows, 6, train)
     from oficina.workspace import get_run
 
     def fold_runs(r: dict) -> list[tuple[dict, list[dict]]]:
@@ -438,29 +445,9 @@ def test_each_fold_is_scored_on_all_its_rows_and_its_kept_model_gives_that_score
     rows = [{"text": f"{words[lab]} {i}", "label": lab} for lab in labels for i in range(9)]
     data = tmp_path / "train.jsonl"  # grouped by label, like the demo's topic order
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tmp_path / "ft.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "verb": "finetune",
-                "model": str(tiny_lm),
-                "method": "full",
-                "data": str(data),
-                "max_len": 16,
-                "max_steps": 4,
-                "out": str(tmp_path / "model"),
-                # one batch of 4 of a fold's 9 validation rows, unless tune raises it
-                "train": {
-                    "eval_every": 2,
-                    "eval_batches": 1,
-                    "batch_size": 4,
-                    "precision": "fp32",
-                    "lr": 1e-3,
-                },  # fmt: skip
-                "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
-            }
-        )
-    )
+    # one batch of 4 of a fold's 9 validation rows, unless tune raises it
+    train = {"eval_every": 2, "eval_batches": 1, "batch_size": 4, "precision": "fp32", "lr": 1e-3}
+    cfg = _full_finetune_search(tmp_path, tiny_lm, data, 4, train)
     out = tmp_path / "acc"
     code = main(["tune", str(cfg), "--cv", "3", "--metric", "accuracy", "--trials", "1",
                  "--pruner", "off", "--keep-models", "--out", str(out)])  # fmt: skip
