@@ -9,7 +9,9 @@ files) do not. The claim (issue 14) holds when every run recommends the same run
 runs' picks are reported as statistically tied with each other (the other run's pick is in
 ``tied_with``). Prints each run's qualities, recommendation and ties, writes
 ``ladder_seeds.json`` in ``--out``. Any extra ``--flag value`` pairs go to every ladder run
-(``--rungs.lora.search.trials 2``).
+(``--rungs.lora.search.trials 2``). ``--reuse DIR`` takes a finished run of the same config (say
+``make demo``'s ``out/ladder``) as the run of its seed instead of running it again: a full
+ladder is ~20 minutes here.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--quick", action="store_true", help="the ladder's --quick profile")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        help="finished ladder folders (same config and profile): each stands for its seed's run",
+    )
     a, extra = ap.parse_known_args()
 
     import torch  # noqa: F401 - so machine() names the thread count
@@ -60,12 +68,26 @@ def main() -> None:
 
     print(machine())
     work = Path(a.out or tempfile.mkdtemp(prefix="ladder-seeds-"))
+    reused = {}
+    for d in a.reuse:
+        s = json.loads((Path(d) / "summary.json").read_text())
+        profile = "quick" if a.quick else "full"
+        if s["meta"]["profile"] != profile or len(s["meta"]["seeds"]) != 1:
+            raise SystemExit(
+                f"{d}: a {s['meta']['profile']} run, not one {profile} run of one seed"
+            )
+        reused[int(s["meta"]["seeds"][0])] = (s, s["meta"]["wall_time_s"], d)
     runs = []
     for seed in a.seeds:
         argv = [a.config, *extra, "--out", str(work / f"seed{seed}"), "--seed", str(seed)]
         cfg = parse_args("ladder", LadderConfig, argv + (["--quick"] if a.quick else []))
         t0 = time.perf_counter()
-        s = run_ladder(cfg)
+        if seed in reused:
+            s, seconds, d = reused[seed]
+            print(f"seed {seed}: the finished run in {d}")
+        else:
+            s = run_ladder(cfg)
+            seconds = time.perf_counter() - t0
         runs.append(
             {
                 "seed": seed,
@@ -76,7 +98,7 @@ def main() -> None:
                 "ci": {r["name"]: r["ci"] for r in s["rungs"]},
                 "reasoning": s["reasoning"],
                 "test_items": s["meta"]["test_items"],
-                "seconds": round(time.perf_counter() - t0, 1),
+                "seconds": round(seconds, 1),
             }
         )
         print(
