@@ -14,7 +14,10 @@ holds when the interval contains 0: training longer does not buy measurable qual
 budget does not starve the rung.
 
 ``--limit-train`` / ``--limit-test`` / ``--trials`` / ``--max-epochs`` cut the run down on a busy
-machine (the figures then say so).
+machine (the figures then say so). ``--reuse DIR`` takes the ``lora`` rung of a finished ladder
+run of the same config (``make demo``'s ``out/ladder``): its chosen values, steps, search and
+saved adapter (scored again on the test items, so both sides are answered here); only the
+longer training runs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,30 @@ from _machine import machine  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def reused_lora(folder: Path, ctx):
+    """The lora rung of the finished ladder run in ``folder``, its adapter scored again on
+    ``ctx``'s test items (summary.json keeps answers, not the per-item scores a paired
+    comparison needs)."""
+    from oficina.infer.engine import Engine
+    from oficina.ladder.result import Cost, RungResult
+
+    s = json.loads((folder / "summary.json").read_text())
+    r = next(x for x in s["rungs"] if x["name"] == "lora")
+    if r["status"] != "ok":
+        raise SystemExit(f"{folder}: its lora rung did not run ({r['status']})")
+    adapter = Path(r["artifacts"]["adapter"])
+    if not adapter.is_absolute() and not adapter.exists():
+        adapter = folder.resolve().parent.parent / adapter  # relative to where that ladder ran
+    eng = Engine.from_spec(ctx.cfg.base_model, adapter=str(adapter))
+    res = ctx.evaluate(eng, "lora")
+    out = ctx.measured("lora", r["description"], eng, res, hyperparameters=r["hyperparameters"])
+    if abs(out.quality - r["quality"]) > 1e-9:
+        print(f"note: scored again {out.quality:.3f}, that run said {r['quality']:.3f}")
+    out.search, out.training_run = r["search"], r["training_run"]
+    out.training = Cost(**r["training_cost"])
+    return RungResult.model_validate(out.model_dump())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "examples/ladder.yaml"))
@@ -45,6 +72,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=float, default=None, help="the rung's epoch budget")
     ap.add_argument("--search-epochs", type=float, default=None, help="each trial's epochs")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--reuse", default=None, help="a finished ladder folder: its lora rung")
     a = ap.parse_args()
 
     import torch  # noqa: F401 - so machine() names the thread count
@@ -81,8 +109,12 @@ def main() -> None:
     with start_run("ladder", cfg) as run:
         ctx = LadderContext(cfg, run, task, corpus)
         t0 = time.perf_counter()
-        ladder = Lora(Lora.Settings(**lora)).run(ctx)
-        t_ladder = time.perf_counter() - t0
+        if a.reuse:
+            ladder = reused_lora(Path(a.reuse), ctx)
+            t_ladder = float(ladder.training.wall_time_s)
+        else:
+            ladder = Lora(Lora.Settings(**lora)).run(ctx)
+            t_ladder = time.perf_counter() - t0
         steps = int(ladder.training_run["steps"])
         longer = {
             **ladder.hyperparameters,
