@@ -234,3 +234,51 @@ def test_report_shows_baselines_flags_and_confusion(tmp_path):
     page = paths["html"].read_text()
     assert "What each rung answered" in page and "gold \\ predicted" in page
     assert page.count('<table class="cm">') == 2
+
+
+def test_search_trials_table_and_validation_loss_against_cumulative_flops(tmp_path):
+    from oficina.ladder.report import flops_curves
+
+    lora = rung("lora", 0.7, 0.2)
+    lora.search = {
+        "trials": [
+            {"number": 0, "params": {"lr": 1e-3, "rank": 8}, "state": "COMPLETE", "value": 0.5,
+             "steps": 4, "seconds": 10.0, "flops": 400.0, "curve": [[2, 0.9], [4, 0.5]]},
+            {"number": 1, "params": {"lr": 3e-3, "rank": 4}, "state": "PRUNED", "value": None,
+             "steps": 2, "seconds": 5.0, "flops": 100.0, "curve": [[2, 1.2]]},
+        ],
+        "best": 0,
+        "final": "reused trial #0's model",
+    }  # fmt: skip
+    lora.val_curve = [(2, 0.9), (4, 0.5)]
+    lora.training_run = {"steps": 4, "final_cost": Cost().model_dump()}
+    full = rung("full", 0.6, 0.3)  # searched, then trained again at the best values
+    full.search = {
+        "trials": [{"number": 0, "params": {"lr": 1e-5}, "state": "COMPLETE", "value": 0.8,
+                    "steps": 2, "seconds": 3.0, "flops": 50.0, "curve": [[1, 1.0], [2, 0.8]]}],
+        "best": 0,
+        "final": "retrained at trial #0's values",
+    }  # fmt: skip
+    full.val_curve = [(3, 0.7), (6, 0.6)]
+    full.training_run = {"steps": 6, "final_cost": Cost(flops=600.0).model_dump()}
+
+    # Trials follow each other on the x axis: trial 1 starts where trial 0's 400 FLOPs ended.
+    assert flops_curves(lora) == [
+        ("#0 lr 0.001", [200.0, 400.0], [0.9, 0.5], True),
+        ("#1 lr 0.003", [500.0], [1.2], False),
+    ]
+    # The final training comes after the search's 50 FLOPs, at 100 FLOPs a step.
+    assert flops_curves(full)[-1] == ("final", [350.0, 650.0], [0.7, 0.6], True)
+    assert flops_curves(full)[0][3] is False  # retrained: the trial is not the model
+    assert flops_curves(rung("zero_shot", 0.3)) == []
+
+    rs = [rung("zero_shot", 0.3), lora, full]
+    paths = write(tmp_path, rs, recommend(rs, 0.6, 1000), {"target": 0.6, "test_items": 10})
+    md = paths["markdown"].read_text()
+    assert "| rung | trial | lr | rank | state | val loss | steps | time | chosen |" in md
+    assert "| lora | 0 | 0.001 | 8 | COMPLETE | 0.5000 | 4 | 10.0s | yes |" in md
+    assert "| lora | 1 | 0.003 | 4 | PRUNED | - | 2 | 5.0s |  |" in md
+    assert "| full | 0 | 1e-05 |  | COMPLETE | 0.8000 | 2 | 3.0s | yes |" in md
+    page = paths["html"].read_text()
+    assert "<h2>Search trials</h2>" in page and "<td>PRUNED</td>" in page
+    assert 'alt="Validation loss vs training FLOPs"' in page

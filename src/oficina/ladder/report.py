@@ -86,6 +86,85 @@ def _curves(rungs: list[RungResult]) -> str | None:
     return png_base64(fig)
 
 
+def flops_curves(r: RungResult) -> list[tuple[str, list[float], list[float], bool]]:
+    """A trained rung's validation losses against the training FLOPs spent to reach them:
+    (label, FLOPs, losses, is the rung's model) per search trial, the trials one after the
+    other (a trial starts where the last ended: the x axis is what the search has spent), then
+    the final training when it was trained again. FLOPs per step are a training's FLOPs over
+    its steps."""
+    out: list[tuple[str, list[float], list[float], bool]] = []
+    spent = 0.0
+    search = r.search or {}
+    for t in search.get("trials", []):
+        curve, steps, flops = t.get("curve") or [], int(t.get("steps") or 0), t.get("flops", 0.0)
+        if curve and steps and flops:
+            per = float(flops) / steps
+            xs = [spent + per * float(step) for step, _ in curve]
+            lr = (t.get("params") or {}).get("lr")
+            label = f"#{t['number']}" + (f" lr {lr:.2g}" if isinstance(lr, float) else "")
+            reused = search.get("best") == t["number"] and "reused" in str(search.get("final"))
+            out.append((label, xs, [float(v) for _, v in curve], reused))
+        spent += float(flops or 0.0)
+    final = (r.training_run or {}).get("final_cost") or {}
+    steps = int((r.training_run or {}).get("steps") or 0)
+    if r.val_curve and steps and final.get("flops"):  # trained again (or never searched)
+        per = float(final["flops"]) / steps
+        out.append(
+            ("final", [spent + per * s for s, _ in r.val_curve], [v for _, v in r.val_curve], True)
+        )
+    return out
+
+
+def _flops_plot(rungs: list[RungResult]) -> str | None:
+    """One panel per trained rung: its validation loss against cumulative training FLOPs."""
+    panels = [(r, c) for r in rungs if r.measured for c in [flops_curves(r)] if c]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.6, 3.6), squeeze=False)
+    for ax, (r, curves) in zip(axes[0], panels, strict=True):
+        for label, xs, ys, chosen in curves:
+            ax.plot(xs, ys, "-o", ms=2.5, lw=2.2 if chosen else 0.9, alpha=1 if chosen else 0.55,
+                    label=label + (" (model)" if chosen else ""))  # fmt: skip
+        ax.set_title(r.name, fontsize=9)
+        ax.set_xlabel("training FLOPs, search included", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss")
+    fig.suptitle(
+        "validation loss vs training compute (each search trial, then the model)", fontsize=9
+    )
+    fig.tight_layout()
+    return png_base64(fig)
+
+
+def trials_rows(rungs: list[RungResult]) -> list[dict]:
+    """Every search trial of every trained rung: what it tried and what it got."""
+    rows = []
+    for r in rungs:
+        search = r.search or {}
+        for t in search.get("trials", []):
+            params = t.get("params") or {}
+            rows.append(
+                {
+                    "rung": r.name,
+                    "trial": t["number"],
+                    **{k: _short(v) for k, v in params.items()},
+                    "state": t.get("state", ""),
+                    "val loss": "-" if t.get("value") is None else f"{t['value']:.4f}",
+                    "steps": t.get("steps", ""),
+                    "time": _fmt_s(float(t.get("seconds") or 0.0)),
+                    "chosen": "yes" if search.get("best") == t["number"] else "",
+                }
+            )
+    return rows
+
+
 # ---------------------------------------------------------------------------- writers
 
 
@@ -399,6 +478,13 @@ def write(
     settings = settings_lines(rungs)
     if settings:
         md += ["## What each rung ran with", ""] + [f"- {x}" for x in settings] + [""]
+    trials = trials_rows(rungs)
+    trial_cols = list(dict.fromkeys(k for t in trials for k in t))
+    if trials:
+        md += ["## Search trials", "", "| " + " | ".join(trial_cols) + " |"]
+        md += ["|" + "---|" * len(trial_cols)]
+        md += ["| " + " | ".join(str(t.get(c, "")) for c in trial_cols) + " |" for t in trials]
+        md += [""]
     if claim_lines:
         md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
@@ -450,6 +536,9 @@ def write(
     curves = _curves(rungs)
     if curves:
         plots.append(("Loss curves", curves))
+    by_flops = _flops_plot(rungs)
+    if by_flops:
+        plots.append(("Validation loss vs training FLOPs", by_flops))
     e = html.escape
     table_html = "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
     for r in rows:
@@ -464,6 +553,18 @@ def write(
         )
         table_html += f"<tr{cls}>" + "".join(f"<td>{e(str(r[c]))}</td>" for c in cols) + "</tr>"
     table_html += "</table>"
+    trials_html = ""
+    if trials:
+        trials_html = (
+            "<h2>Search trials</h2><table><tr>"
+            + "".join(f"<th>{e(c)}</th>" for c in trial_cols)
+            + "</tr>"
+            + "".join(
+                "<tr>" + "".join(f"<td>{e(str(t.get(c, '')))}</td>" for c in trial_cols) + "</tr>"
+                for t in trials
+            )
+            + "</table>"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Oficina ladder — {e(str(meta.get("task", "")))}</title>
 <style>
@@ -485,6 +586,7 @@ profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
 <p style="font-size:13px">{e(SELECTION_RULE)}</p>
 <h2>Rungs</h2>{table_html}
 <h2>What each rung ran with</h2><ul>{"".join(f"<li>{e(x)}</li>" for x in settings)}</ul>
+{trials_html}
 {_answers_html(rungs, meta.get("labels") or [])}
 <h2>Plots</h2><div class="plots">{"".join(f'<img alt="{e(t)}" title="{e(t)}" src="data:image/png;base64,{b}">' for t, b in plots)}</div>
 <h2>The seeds' claims, measured</h2><ul>{"".join(f"<li>{e(c)}</li>" for c in claim_lines)}</ul>
