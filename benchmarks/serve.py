@@ -14,6 +14,12 @@ export ``oficina quantize --method gguf --gguf-type f32`` writes), with the same
 llama-cpp-python's own Python server (``python -m llama_cpp.server``) is not the peer: it holds
 one llama context behind a lock, so it serves one request at a time.
 
+``--baseline REV`` adds "today's" server of issue 16 as a row of the same run: ``oficina serve``
+from the source of commit REV (a detached ``git worktree`` in a temporary folder, run with this
+venv; ``08b2092^1`` is main just before the step-level engine merged: static batching, each
+prompt prefilled on its own), with the same flags where it has them. The TTFT goal is then
+checked against it too.
+
 Every client streams chat completions back to back (greedy, ``ignore_eos`` so each answer is
 exactly ``--max-tokens`` tokens on every server). Reported per server and level: request and
 output-token throughput, time to first token (TTFT) p50/p95, time per output token after the
@@ -113,11 +119,33 @@ def oficina_exe() -> Path:
     return Path(sys.executable).with_name("oficina")
 
 
-def oficina_serve_flags() -> str:
+def source_env(src: Path | None) -> dict:
+    """The environment that runs `oficina` from the checkout whose ``src`` folder is ``src``
+    (None: this one)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return env
+
+
+def oficina_serve_flags(src: Path | None = None) -> str:
     """`oficina serve --help`, to learn which flags this checkout has."""
     return subprocess.run(
-        [str(oficina_exe()), "serve", "--help"], capture_output=True, text=True, check=True
+        [str(oficina_exe()), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=source_env(src),
     ).stdout
+
+
+def baseline_checkout(rev: str, into: Path) -> Path:
+    """A detached worktree of ``rev`` of this repository in ``into``; its ``src`` folder."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(into), rev], check=True
+    )
+    return into / "src"
 
 
 def runnable_args(args: list[str], help_text: str) -> list[str] | None:
@@ -137,9 +165,9 @@ def runnable_args(args: list[str], help_text: str) -> list[str] | None:
     return out
 
 
-def start_oficina(extra: list[str], home: Path) -> ServerProcess:
+def start_oficina(extra: list[str], home: Path, src: Path | None = None) -> ServerProcess:
     port = free_port()
-    env = {**os.environ, "OFICINA_HOME": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**source_env(src), "OFICINA_HOME": str(home)}
     cmd = [
         str(oficina_exe()), "serve", MODEL, "--port", str(port), "--max-concurrent", "256",
         "--embeddings", "none", "--log-level", "warning", *extra,
@@ -288,6 +316,11 @@ def main() -> int:
     )
     ap.add_argument("--only", nargs="+", help="run only the servers whose label contains one")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp server peer")
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also serve with the static batching of commit REV (e.g. 08b2092^1: issue 16's today)",
+    )
     args = ap.parse_args()
     per_client = {
         n: (2 if n == 1 else 1) if args.quick else (4 if n == 1 else 2) for n in args.clients
@@ -315,6 +348,11 @@ def main() -> int:
                 print(f"skipped: {label} ({' '.join(extra)}): this oficina serve lacks the flag")
                 continue
             plans.append(Plan(label, lambda a=argv: start_oficina(a, home), MODEL))
+        baseline = f"oficina static @ {args.baseline}" if args.baseline else None
+        if baseline:
+            src = baseline_checkout(args.baseline, home / "baseline")
+            argv = runnable_args(SERVERS[0][1], oficina_serve_flags(src))
+            plans.insert(0, Plan(baseline, lambda a=argv: start_oficina(a, home, src), MODEL))
         if not args.no_llama and wanted(LLAMA_LABEL):
             exe = llama_server_exe()
             if exe is None:
@@ -322,8 +360,24 @@ def main() -> int:
             else:
                 gguf = export_f32_gguf(home)
                 plans.append(Plan(LLAMA_LABEL, lambda: start_llama(exe, gguf), MODEL))
-        for plan in plans:
-            rows += measure(plan, args.clients, per_client, args.max_tokens)
+        try:
+            for plan in plans:
+                rows += measure(plan, args.clients, per_client, args.max_tokens)
+        finally:
+            if baseline:
+                root = Path(__file__).resolve().parents[1]
+                subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(root),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(home / "baseline"),
+                    ],
+                    check=False,
+                )
 
     head = (
         f"{'server':<34} {'clients':>7} {'reqs':>5} {'req/s':>7} {'out tok/s':>9} "
@@ -358,6 +412,16 @@ def main() -> int:
             f"{static32['ttft_p95']:.2f}s (goal < half: {'met' if faster else 'NOT met'}); "
             f"throughput {cont32['tok_per_s']:.1f} vs {static32['tok_per_s']:.1f} tok/s "
             f"(goal >=: {'met' if more else 'NOT met'})"
+        )
+    old32 = find(rows, baseline, 32) if baseline else None
+    if old32 and cont32:
+        faster = cont32["ttft_p95"] < old32["ttft_p95"] / 2
+        ok &= faster
+        print(
+            f"at 32 clients: continuous TTFT p95 {cont32['ttft_p95']:.2f}s vs {baseline} "
+            f"{old32['ttft_p95']:.2f}s = {cont32['ttft_p95'] / old32['ttft_p95']:.2f}x "
+            f"(goal < 0.5x: {'met' if faster else 'NOT met'}); throughput "
+            f"{cont32['tok_per_s']:.1f} vs {old32['tok_per_s']:.1f} tok/s"
         )
     for n in args.clients:
         peer, best = find(rows, LLAMA_LABEL, n), None
