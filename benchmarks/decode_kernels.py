@@ -10,6 +10,8 @@ per shape and the time of one whole step's matmuls (each shape's time x how ofte
 it), with the weight bytes that step reads and the bandwidth that implies. Candidates:
 
 * ``f32 linear`` — ``F.linear`` in float32 (MKL's sgemv: what the eager engine runs);
+* ``f32 column-major`` — the same call on the weight stored column-major (a contiguous
+  ``W.T``): MKL then runs the GEMV as scaled additions of columns (``oficina.infer.layout``);
 * ``f32 mkl packed`` — MKL's prepacked sgemm (``torch.ops.mkl._mkl_linear``), what inductor
   uses for float32 linears with ``freezing=True`` and a static batch;
 * ``f32 onednn packed`` — oneDNN's prepacked linear (``mkldnn._linear_pointwise``), what
@@ -74,6 +76,10 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
     def f32_linear(w):
         return lambda x: F.linear(x, w)
 
+    def f32_colmajor(w):
+        wc = w.t().contiguous().t()  # same [N, K] values, column-major (oficina.infer.layout)
+        return lambda x: F.linear(x, wc)
+
     def f32_mkl(w):
         packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 1)
         return lambda x: torch.ops.mkl._mkl_linear(x, packed, w, None, 1)
@@ -133,6 +139,7 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
 
     return {
         "f32 linear": f32_linear,
+        "f32 column-major": f32_colmajor,
         "f32 mkl packed": f32_mkl,
         "f32 onednn packed": f32_onednn,
         "bf16 linear": bf16_linear,
@@ -154,7 +161,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="decode steps' matmuls per measurement")
     ap.add_argument("--only", nargs="*", help="candidate names (default: all)")
+    ap.add_argument(
+        "--model",
+        metavar="INT8_DIR",
+        help="instead: the dynamic int8 kernel's effect on a model (perplexity, greedy tokens)",
+    )
+    ap.add_argument("--texts", type=int, default=40, help="--model: demo validation texts")
+    ap.add_argument("--tokens", type=int, default=32, help="--model: greedy tokens per prompt")
     args = ap.parse_args()
+    if args.model:
+        return model_checks(args.model, args.texts, args.tokens)
     torch.manual_seed(0)
     print(f"machine: {machine()}")
     cands = candidates()
@@ -218,6 +234,71 @@ def main() -> None:
         )
     print("step ms: one decode step's matmuls (each shape x its count); vs f32: the first row's")
     print("step time over this row's; rel err: vs float64 (float rows) or the dequantized weights")
+
+
+def model_checks(path: str, n_texts: int, n_tokens: int) -> None:
+    """What quantizing activations (the one-row dynamic kernel) does to an int8 model.
+
+    * perplexity of the demo validation texts (the engine's definition, as ``oficina quantize``
+      reports it) with every int8 layer computing ``fake_quant_rows`` — the dynamic kernel's
+      numbers, each row quantized alone — vs the int8 directory as it scores (float
+      activations: prompts take the dequantize + GEMM path), and vs its float32 source;
+    * greedy tokens of the chat prompts of ``benchmarks/generate.py`` decoded with the dynamic
+      kernel vs the weight-only one: identical completions, and tokens before the first
+      difference.
+    """
+    import json
+    from pathlib import Path
+
+    from generate import PROMPTS
+
+    from oficina.infer import int8
+    from oficina.infer.engine import Engine, SamplingParams
+
+    texts_file = Path(__file__).resolve().parents[1] / "examples/demo/task/validation.jsonl"
+    rows = [json.loads(x) for x in texts_file.read_text().splitlines() if x.strip()]
+    texts = [r["text"] for r in rows if r.get("text")][:n_texts]
+    eng = Engine.from_spec(path)
+    eng.prefix_cache = None  # each variant computes its own prompts
+    source = json.loads((Path(path) / int8.RECIPE).read_text()).get("source")
+    ppl = {}
+    if source:
+        ppl["float32 source"] = Engine.from_spec(source).perplexity(texts, 1024)
+    ppl["int8, float activations"] = eng.perplexity(texts, 1024)
+
+    def per_row_quantized(self, x):
+        w = self.weight.float() * self.weight_scale[:, None]
+        y = F.linear(int8.fake_quant_rows(x.float()), w)
+        return (y if self.bias is None else y + self.bias).to(x.dtype)
+
+    plain = int8.Int8Linear.forward
+    int8.Int8Linear.forward = per_row_quantized
+    try:
+        ppl["int8, activations int8 per row"] = eng.perplexity(texts, 1024)
+    finally:
+        int8.Int8Linear.forward = plain
+    prompts = [eng.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    p = SamplingParams(max_new_tokens=n_tokens, ignore_eos=True)
+    got = {}
+    for kernel in ("dynamic", "weight-only"):
+        int8.DECODE_KERNEL = kernel
+        got[kernel] = [eng.generate([x], p)[0].token_ids for x in prompts]  # one row: M = 1
+    int8.DECODE_KERNEL = "dynamic"
+    same = sum(a == b for a, b in zip(got["dynamic"], got["weight-only"], strict=True))
+    prefix = []
+    for a, b in zip(got["dynamic"], got["weight-only"], strict=True):
+        k = next((i for i, (u, v) in enumerate(zip(a, b, strict=False)) if u != v), len(a))
+        prefix.append(k)
+    print(f"model: {path} (dynamic kernel available: {int8.dynamic_available()})")
+    base = ppl.get("float32 source")
+    print(f"perplexity, first {len(texts)} demo validation texts, 1024-token windows:")
+    for name, v in ppl.items():
+        print(f"  {name:<34}{v:9.3f}" + (f"  {v / base - 1:+.2%}" if base else ""))
+    print(
+        f"greedy, {len(prompts)} chat prompts x {n_tokens} tokens, dynamic vs weight-only "
+        f"kernel: {same}/{len(prompts)} completions identical; tokens before the first "
+        f"difference: {prefix}"
+    )
 
 
 if __name__ == "__main__":
