@@ -244,8 +244,8 @@ def model_checks(path: str, n_texts: int, n_tokens: int) -> None:
       numbers, each row quantized alone — vs the int8 directory as it scores (float
       activations: prompts take the dequantize + GEMM path), and vs its float32 source;
     * greedy tokens of the chat prompts of ``benchmarks/generate.py`` decoded with the dynamic
-      kernel vs the weight-only one: identical completions, and tokens before the first
-      difference.
+      kernel vs the weight-only one, and each vs the float32 source: identical completions,
+      and where the first difference is.
     """
     import json
     from pathlib import Path
@@ -262,8 +262,9 @@ def model_checks(path: str, n_texts: int, n_tokens: int) -> None:
     eng.prefix_cache = None  # each variant computes its own prompts
     source = json.loads((Path(path) / int8.RECIPE).read_text()).get("source")
     ppl = {}
-    if source:
-        ppl["float32 source"] = Engine.from_spec(source).perplexity(texts, 1024)
+    f32 = Engine.from_spec(source) if source else None
+    if f32 is not None:
+        ppl["float32 source"] = f32.perplexity(texts, 1024)
     ppl["int8, float activations"] = eng.perplexity(texts, 1024)
 
     def per_row_quantized(self, x):
@@ -284,21 +285,28 @@ def model_checks(path: str, n_texts: int, n_tokens: int) -> None:
         int8.DECODE_KERNEL = kernel
         got[kernel] = [eng.generate([x], p)[0].token_ids for x in prompts]  # one row: M = 1
     int8.DECODE_KERNEL = "dynamic"
-    same = sum(a == b for a, b in zip(got["dynamic"], got["weight-only"], strict=True))
-    prefix = []
-    for a, b in zip(got["dynamic"], got["weight-only"], strict=True):
-        k = next((i for i, (u, v) in enumerate(zip(a, b, strict=False)) if u != v), len(a))
-        prefix.append(k)
+    if f32 is not None:
+        got["float32"] = [f32.generate([x], p)[0].token_ids for x in prompts]
+
+    def agreement(a: str, b: str) -> str:
+        pairs = list(zip(got[a], got[b], strict=True))
+        same = sum(x == y for x, y in pairs)
+        first = [
+            next((i for i, (u, v) in enumerate(zip(x, y, strict=False)) if u != v), "-")
+            for x, y in pairs
+        ]
+        return f"{same}/{len(pairs)} identical, first difference at token {first}"
+
     print(f"model: {path} (dynamic kernel available: {int8.dynamic_available()})")
     base = ppl.get("float32 source")
     print(f"perplexity, first {len(texts)} demo validation texts, 1024-token windows:")
     for name, v in ppl.items():
         print(f"  {name:<34}{v:9.3f}" + (f"  {v / base - 1:+.2%}" if base else ""))
-    print(
-        f"greedy, {len(prompts)} chat prompts x {n_tokens} tokens, dynamic vs weight-only "
-        f"kernel: {same}/{len(prompts)} completions identical; tokens before the first "
-        f"difference: {prefix}"
-    )
+    print(f"greedy, {len(prompts)} chat prompts x {n_tokens} tokens, batch 1:")
+    print(f"  dynamic vs weight-only kernel: {agreement('dynamic', 'weight-only')}")
+    if f32 is not None:
+        for k in ("weight-only", "dynamic"):
+            print(f"  {k} vs float32: {agreement(k, 'float32')}")
 
 
 if __name__ == "__main__":
