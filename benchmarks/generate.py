@@ -5,9 +5,12 @@
 Prints one table of tokens/s (one prompt, greedy, EOS ignored so every peer makes exactly the
 same number of tokens; prefill of the short prompt included) for:
   * Oficina float32 and bfloat16 (``Engine.generate``, the path every verb uses), next to
-    plain ``transformers`` ``model.generate`` on the very same model object;
+    plain ``transformers`` ``model.generate`` on the very same model object (so float32
+    ``generate`` also reads the column-major weights of ``oficina.infer.layout``), and
+    ``generate`` on the float32 model loaded the usual way (row-major, as transformers has it);
   * Oficina int8, when ``--int8 DIR`` names an ``oficina quantize --method int8`` output
-    (``Engine.from_spec`` on it: whatever kernel that recipe uses);
+    (``Engine.from_spec`` on it: batch 1 runs the dynamic int8 kernel of
+    ``oficina.infer.int8``), and the same on the weight-only kernel (``DECODE_KERNEL``);
   * llama.cpp (llama-cpp-python) on ``oficina quantize --method gguf`` exports, f32 and q8_0,
     same token ids, as many threads as torch uses;
   * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
@@ -54,6 +57,16 @@ def oficina_rate(eng, prompts: list[str], n: int) -> float:
     return sum(c.completion_tokens for c in out) / (time.perf_counter() - t0)
 
 
+def int8_woq_rate(eng, prompts: list[str], n: int) -> float:
+    from oficina.infer import int8
+
+    int8.DECODE_KERNEL = "weight-only"
+    try:
+        return oficina_rate(eng, prompts, n)
+    finally:
+        int8.DECODE_KERNEL = "dynamic"
+
+
 def hf_rate(eng, prompt: str, n: int) -> float:
     import torch
 
@@ -85,13 +98,14 @@ def main() -> None:
     import torch
 
     from oficina.infer.engine import Engine
-    from oficina.models.sources import resolve
+    from oficina.models.sources import load_causal_lm, resolve
 
     resolve("smollm2-135m-instruct")  # converted once into the cache; timed is the cached load
     t0 = time.perf_counter()
     f32 = Engine.from_spec("smollm2-135m-instruct")
     load_s = time.perf_counter() - t0
     engines = {"float32": f32, "bfloat16": Engine.from_spec("smollm2-135m-instruct", "bfloat16")}
+    plain = Engine(load_causal_lm("smollm2-135m-instruct")[0], f32.tokenizer)  # row-major
     if args.int8:
         engines["int8"] = Engine.from_spec(args.int8)
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
@@ -104,8 +118,13 @@ def main() -> None:
     runs = []
     for name, eng in engines.items():
         runs.append((f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n)))
+        if name == "int8":  # the same directory on the kernel batch-1 int8 ran before issue 16
+            runs.append(
+                ("Oficina int8, weight-only kernel", lambda e=eng: int8_woq_rate(e, one, n))
+            )
         if name in ("float32", "bfloat16"):
             runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
+    runs.append(("transformers generate float32, row-major", lambda: hf_rate(plain, one[0], n)))
     runs.append(("Oficina float32 batch 8 (aggregate)", lambda: oficina_rate(f32, prompts, n)))
     from oficina.infer.gguf_export import llama_cpp_version
 

@@ -18,6 +18,8 @@ from oficina.infer.int8 import (
     WEIGHTS,
     Int8Embedding,
     Int8Linear,
+    dynamic_available,
+    fake_quant_rows,
     int8_modules,
     quantize_int8,
     quantize_weight,
@@ -80,10 +82,104 @@ def test_int8_linear_follows_new_weights_loaded_in_place():
         assert torch.equal(a(x), b(x))
         a.weight_scale = b.weight_scale.clone()  # replaced
         assert torch.equal(a(x), b(x))
+        # each tensor written in place, no load_state_dict: the one-row kernel's packed copy
+        # follows too
+        for write in (
+            lambda: a.bias.add_(1.0),
+            lambda: a.weight.copy_(Int8Linear.from_linear(_linear(2)).weight),
+            lambda: a.weight_scale.mul_(0.5),
+        ):
+            write()
+            want = Int8Linear(a.in_features, a.out_features)
+            want.load_state_dict(a.state_dict())  # a fresh layer with a's tensors
+            assert torch.allclose(a(x), want(x), atol=1e-6)
 
 
-def test_int8_linear_compiles_whole_and_agrees_with_eager():
-    # The engine may compile its decode step: the layer must trace without a graph break.
+def _dequantized(q: Int8Linear) -> torch.Tensor:
+    return q.weight.float() * q.weight_scale[:, None]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_row_dynamic_kernel_equals_its_reference(seed, bias):
+    """A one-row call (batch-1 decoding) runs fbgemm with activations quantized per call:
+    it computes exactly ``fake_quant_rows(x) @ dequantized W.T + b`` (float rounding aside)."""
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch (fallback tested below)")
+    lin = _linear(seed)
+    if not bias:
+        lin.bias = None
+    q = Int8Linear.from_linear(lin)
+    torch.manual_seed(seed)
+    x = torch.randn(1, 1, q.in_features)
+    x[..., 5] *= 30  # an outlier channel, as the residual stream has: it sets the row's scale
+    with torch.no_grad():
+        got = q(x)
+        b = 0 if q.bias is None else q.bias
+        want = torch.nn.functional.linear(fake_quant_rows(x), _dequantized(q)) + b
+        exact = torch.nn.functional.linear(x, _dequantized(q)) + b
+    assert got.shape == (1, 1, q.out_features)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale
+    # and it is not the weight-only kernel: quantizing activations costs visible precision
+    assert (got - exact).abs().max() > 1e-4 * scale
+    # two rows take the weight-only kernel, each row alone (no activation quantization)
+    x2 = torch.cat([x, torch.randn_like(x)], 1)
+    with torch.no_grad():
+        rows = q(x2)
+    woq = torch._weight_int8pack_mm(x2[0].bfloat16(), q.weight, q.weight_scale.bfloat16())
+    assert torch.equal(rows[0], woq.float() + b)
+
+
+def test_dynamic_kernel_falls_back_to_weight_only_when_missing(monkeypatch):
+    """A torch without fbgemm's dynamic linear (or that removes it: torch 2.13 deprecates the
+    quantized tensors its packing takes) runs one-row calls on the weight-only kernel."""
+    from oficina.infer import int8
+
+    def missing(*a, **kw):
+        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack")
+
+    monkeypatch.setattr(int8, "_DYNAMIC_OK", None)
+    monkeypatch.setattr(int8, "_pack_dynamic", missing)
+    q = Int8Linear.from_linear(_linear(4))
+    x = torch.randn(1, q.in_features)
+    with torch.no_grad():
+        got = q(x)
+    assert not int8.dynamic_available()
+    woq = torch._weight_int8pack_mm(x.bfloat16(), q.weight, q.weight_scale.bfloat16()).float()
+    assert torch.equal(got, woq + q.bias)
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "weight-only")  # the benchmarks' switch
+    monkeypatch.setattr(int8, "_DYNAMIC_OK", True)
+    with torch.no_grad():
+        assert torch.equal(q(x), got)
+
+
+def test_int8_model_decode_step_equals_its_reference(tiny_lm, tmp_path, monkeypatch):
+    """A whole one-token forward of an int8 model with the dynamic kernel equals the same model
+    with every int8 layer computed by the reference formula."""
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    q = _quantize_dir(tiny_lm, tmp_path / "int8")
+    ids = torch.tensor([[7]])
+    with torch.no_grad():
+        got = q(ids).logits
+
+        def reference(self, x):
+            b = 0 if self.bias is None else self.bias
+            return torch.nn.functional.linear(fake_quant_rows(x), _dequantized(self)) + b
+
+        monkeypatch.setattr(Int8Linear, "forward", reference)
+        want = q(ids).logits
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max())
+
+
+def test_int8_linear_compiles_whole_and_agrees_with_eager(monkeypatch):
+    # The engine may compile its decode step: the layer must trace without a graph break. The
+    # compiled step runs the weight-only kernel for one row too (fbgemm's packed weight is an
+    # opaque object), so eager is compared on that kernel.
+    from oficina.infer import int8
+
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "weight-only")
     q = Int8Linear.from_linear(_linear(3))
     compiled = torch.compile(q, fullgraph=True, dynamic=False)
     for rows in (1, SMALL_M + 4):  # both branches

@@ -50,6 +50,7 @@ from oficina.errors import UserError
 from oficina.infer import scoring
 from oficina.infer.int8 import RECIPE, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
+from oficina.infer.layout import relayout_for_decode
 from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
@@ -304,7 +305,9 @@ class Engine:
         """Load a model spec (see ``oficina.models.sources``), optionally a PEFT LoRA adapter.
 
         A directory written by ``oficina quantize --method int8`` (int8 weights + a recipe) is
-        loaded by ``oficina.infer.int8.load_int8``.
+        loaded by ``oficina.infer.int8.load_int8``. Float32 weights with more outputs than
+        inputs are stored column-major for faster batch-1 decoding
+        (``oficina.infer.layout``).
         """
         from transformers.utils import logging as hf_logging
 
@@ -319,6 +322,7 @@ class Engine:
                 "the float model first, then quantize that"
             )
         model, tok = load_int8(path, dtype) if int8 else load_causal_lm(spec, dtype=dtype)
+        relayout_for_decode(model)  # float32 only: tall weights column-major (faster GEMV)
         adapter_path = None
         if adapter:
             from peft import PeftModel

@@ -1,4 +1,4 @@
-"""Weight-only int8: per-output-channel int8 weights with float scales, activations stay float.
+"""Int8 weights: per-output-channel int8 with float scales; one-row calls also quantize activations.
 
 ``oficina quantize --method int8`` writes an *int8 directory*: the source's config and tokenizer
 files, ``oficina-int8.safetensors`` (int8 weights, their float32 scales, and every tensor that
@@ -11,18 +11,33 @@ model.safetensors".
 
 The scheme: row ``n`` of a Linear weight ``W[N, K]`` is stored as ``q[n] = round(W[n] / s[n])``
 in int8 with ``s[n] = max|W[n]| / 127`` (symmetric, per output channel); ``y = (x @ q.T) * s``.
-``Int8Linear.forward`` runs it two ways, picked by how many rows ``x`` has (measured on SmolLM2's
-shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13):
+``Int8Linear.forward`` runs it three ways, picked by how many rows ``x`` has (measured on
+SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/decode_kernels.py``):
 
-* up to ``SMALL_M`` rows (decoding): ``torch._weight_int8pack_mm`` — torch's CPU weight-only
-  int8 kernel (the one gpt-fast and torchao use), fed bf16 activations: its float32 variant is
-  a reference loop ~12x slower than a float32 GEMV, the bf16 one reads a quarter of the float32
-  bytes and is ~1.5-2.5x faster than it. The matmul input is therefore rounded to bf16 (about
-  0.3% relative error on a product, under the int8 rounding's ~0.7%); the result comes back in
-  the activation dtype.
+* one row (batch-1 decoding, ``DECODE_KERNEL = "dynamic"``): fbgemm's dynamic int8 linear
+  (``quantized::linear_dynamic`` on a weight packed once, lazily): the row is quantized to
+  uint8 over its own range at each call and multiplied by the int8 weights with integer dot
+  products (VNNI), as llama.cpp's q8_0 does with blocks of 32. A decode step's matmuls took
+  ~0.6x the time of the weight-only kernel's (20 vs 33 ms in one run). The numbers are
+  ``fake_quant_rows``'s: activation rounding adds ~1-3% relative error to a product (more when
+  one channel dwarfs the others); its effect on the model is measured by
+  ``benchmarks/decode_kernels.py --model`` (perplexity, greedy agreement). fbgemm's packing
+  takes a quantized tensor, which torch 2.13 deprecates; where the op is missing the call falls
+  back to the weight-only kernel (``dynamic_available``). A compiled decode step
+  (``Engine.compile_decode``) runs the weight-only kernel: the packed weight is an opaque object.
+* 2..``SMALL_M`` rows (batched decoding; and any one row with ``DECODE_KERNEL =
+  "weight-only"``): ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
+  gpt-fast and torchao use), fed bf16 activations: its float32 variant is a reference loop ~12x
+  slower than a float32 GEMV, the bf16 one reads a quarter of the float32 bytes and is ~1.5-2.5x
+  faster than it. The matmul input is rounded to bf16 (about 0.3% relative error on a product,
+  under the int8 rounding's ~0.7%); the result comes back in the activation dtype. Each row is
+  computed alone (no activation scale is shared across rows), so rows sharing a batch do not
+  change each other's numbers — which is why the dynamic kernel (one scale for all rows of a
+  call) is used for one row only. A row decoded alone and the same row decoded in a batch run
+  different kernels, so their int8 texts can differ.
 * more rows (prefill, scoring): that kernel is a GEMV at heart and slows down past ~16 rows, so
   the weight is dequantized to the activation dtype and a plain GEMM runs: float32 prompts are
-  computed in float32 from the int8 weights.
+  computed in float32 from the int8 weights (perplexity is measured on this path).
 
 For a model whose lm_head shares the input embedding (tied, as SmolLM2), quantizing lm_head
 quantizes the embedding too, with the same tensors (row ``v`` of the table is token ``v``'s
@@ -33,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +74,7 @@ SKIP: tuple[str, ...] = ()
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``w[N, K]`` -> (int8 ``q[N, K]``, float32 ``scale[N]``) with ``w ≈ q * scale[:, None]``."""
-    w = w.detach().float()
+    w = w.detach().float().contiguous()  # q row-major whatever w's layout (infer.layout)
     amax = w.abs().amax(dim=1)
     # An all-zero row has no range: any scale reproduces it; 1 avoids dividing by zero.
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
@@ -91,12 +107,14 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
     def _sync_scale(self) -> None:
-        """The kernel's bf16 copy of the scales, kept as a (non-persistent) buffer: converted
-        once rather than at each of the ~200 calls per decoded token, and a real tensor, which
-        torch.compile's lowering of the kernel requires (a converted one fails to compile)."""
+        """The kernels' derived copies of the tensors: the bf16 scales (a non-persistent buffer:
+        converted once rather than at each of the ~200 calls per decoded token, and a real
+        tensor, which torch.compile's lowering of the kernel requires) and fbgemm's packed
+        weight (built at the next one-row call). Redone when a tensor is replaced or written."""
         s = self.weight_scale
         self.weight_scale_bf16 = s.to(torch.bfloat16)
-        self._synced = (s, s._version)
+        self._packed = None
+        self._synced = _versions(self)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -105,9 +123,13 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if not torch.compiler.is_compiling():
-            s = self.weight_scale  # replaced (re-tied, assigned) or written in place since?
-            if self._synced[0] is not s or self._synced[1] != s._version:
+            if self._synced != _versions(self):  # replaced or written in place since?
                 self._sync_scale()
+            if x2.shape[0] == 1 and DECODE_KERNEL == "dynamic" and dynamic_available():
+                if self._packed is None:
+                    self._packed = _pack_dynamic(self.weight, self.weight_scale, self.bias)
+                y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, REDUCE_RANGE)
+                return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x2.shape[0] <= SMALL_M:
             y = torch._weight_int8pack_mm(
                 x2.to(torch.bfloat16).contiguous(), self.weight, self.weight_scale_bf16
@@ -117,6 +139,80 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _versions(m: Int8Linear) -> tuple:
+    return tuple((id(t), t._version) for t in (m.weight, m.weight_scale, m.bias) if t is not None)
+
+
+# ------------------------------------------------------------- the one-row (decode) kernel
+
+# What a one-row call runs: "dynamic" (fbgemm, activations quantized to int8 at each call) or
+# "weight-only" (``torch._weight_int8pack_mm``, the kernel of every 2..SMALL_M-row call).
+# Benchmarks and tests switch it; "dynamic" falls back to weight-only where fbgemm is missing.
+DECODE_KERNEL = "dynamic"
+
+
+def _has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+# fbgemm multiplies uint8 activations by int8 weights; without VNNI its AVX2/AVX-512 kernel sums
+# pairs of products in int16, which saturates unless activations use 7 bits (torch.ao's
+# ``reduce_range``). With VNNI (vpdpbusd sums in int32) the full 8 bits are safe.
+REDUCE_RANGE = not _has_vnni()
+_DYNAMIC_OK: bool | None = None
+
+
+def _pack_dynamic(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """fbgemm's packed form of int8 ``q[N, K]`` with per-row ``scale`` (and a float bias)."""
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates creating quantized tensors (the packing's input); the packed
+        # weight and the linear_dynamic op are what run. Its removal is caught by the fallback.
+        warnings.simplefilter("ignore")
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "fbgemm"  # packing picks the backend; restored below
+        try:
+            qw = torch._make_per_channel_quantized_tensor(
+                q.contiguous(), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
+            b = None if bias is None else bias.detach().float()
+            return torch.ops.quantized.linear_prepack(qw, b)
+        finally:
+            torch.backends.quantized.engine = before
+
+
+def dynamic_available() -> bool:
+    """fbgemm's dynamic int8 linear runs in this torch (checked once, on a small layer)."""
+    global _DYNAMIC_OK
+    if _DYNAMIC_OK is None:
+        try:
+            packed = _pack_dynamic(torch.ones(8, 16, dtype=torch.int8), torch.ones(8), None)
+            y = torch.ops.quantized.linear_dynamic(torch.ones(1, 16), packed, REDUCE_RANGE)
+            _DYNAMIC_OK = bool(torch.allclose(y, torch.full((1, 8), 16.0), rtol=0.02))
+        except (RuntimeError, AttributeError, NotImplementedError, AssertionError):
+            _DYNAMIC_OK = False
+    return _DYNAMIC_OK
+
+
+def fake_quant_rows(x: torch.Tensor, reduce_range: bool = REDUCE_RANGE) -> torch.Tensor:
+    """``x[M, K]`` (float32) as the dynamic kernel sees each row alone: quantized to uint8
+    with an affine scale and zero point over the row's range (0 included), then dequantized.
+
+    ``F.linear(fake_quant_rows(x), q * scale[:, None]) + bias`` is what the kernel computes
+    for a one-row ``x`` (integer products, exact; float rounding aside): the reference the
+    tests and the perplexity measurement of ``benchmarks/decode_kernels.py`` use.
+    """
+    qmax = 127.0 if reduce_range else 255.0
+    lo = x.amin(-1, keepdim=True).clamp_max(0)
+    hi = x.amax(-1, keepdim=True).clamp_min(0)
+    s = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+    zp = torch.round(-lo / s).clamp(0, qmax)
+    return (torch.clamp(torch.round(x / s) + zp, 0, qmax) - zp) * s
 
 
 class Int8Embedding(nn.Module):
@@ -258,8 +354,8 @@ def save_int8(model: nn.Module, out: str | Path, source: str = "") -> None:
             "modules": info["modules"],
             "tied_embedding": info["tied"],
             "scheme": "per-output-channel symmetric int8, scale = max|row| / 127 (float32)",
-            "kernel": "torch._weight_int8pack_mm (bf16 activations) for <= 16 rows, "
-            "else dequantize + linear in the activation dtype",
+            "kernel": "1 row: fbgemm dynamic int8 (the row quantized to uint8); <= 16 rows: "
+            "torch._weight_int8pack_mm (bf16 activations); else dequantize + linear",
             "source": source,
         },
     )
