@@ -281,10 +281,11 @@ def model_checks(path: str, n_texts: int, n_tokens: int) -> None:
     prompts = [eng.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     p = SamplingParams(max_new_tokens=n_tokens, ignore_eos=True)
     got = {}
+    before = int8.DECODE_KERNEL
     for kernel in ("dynamic", "weight-only"):
         int8.DECODE_KERNEL = kernel
         got[kernel] = [eng.generate([x], p)[0].token_ids for x in prompts]  # one row: M = 1
-    int8.DECODE_KERNEL = "dynamic"
+    int8.DECODE_KERNEL = before
     if f32 is not None:
         got["float32"] = [f32.generate([x], p)[0].token_ids for x in prompts]
 

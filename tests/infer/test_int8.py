@@ -101,11 +101,15 @@ def _dequantized(q: Int8Linear) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("bias", [True, False])
-def test_one_row_dynamic_kernel_equals_its_reference(seed, bias):
-    """A one-row call (batch-1 decoding) runs fbgemm with activations quantized per call:
-    it computes exactly ``fake_quant_rows(x) @ dequantized W.T + b`` (float rounding aside)."""
+def test_one_row_dynamic_kernel_equals_its_reference(seed, bias, monkeypatch):
+    """A one-row call (batch-1 decoding) with the opt-in dynamic kernel runs fbgemm with
+    activations quantized per call: it computes exactly ``fake_quant_rows(x) @ dequantized W.T
+    + b`` (float rounding aside)."""
     if not dynamic_available():
         pytest.skip("fbgemm's dynamic int8 linear is not in this torch (fallback tested below)")
+    from oficina.infer import int8
+
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
     lin = _linear(seed)
     if not bias:
         lin.bias = None
@@ -139,6 +143,7 @@ def test_dynamic_kernel_falls_back_to_weight_only_when_missing(monkeypatch):
     def missing(*a, **kw):
         raise RuntimeError("Didn't find engine for operation quantized::linear_prepack")
 
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")  # OFICINA_INT8_DECODE=dynamic
     monkeypatch.setattr(int8, "_DYNAMIC_OK", None)
     monkeypatch.setattr(int8, "_pack_dynamic", missing)
     q = Int8Linear.from_linear(_linear(4))
@@ -159,6 +164,9 @@ def test_int8_model_decode_step_equals_its_reference(tiny_lm, tmp_path, monkeypa
     with every int8 layer computed by the reference formula."""
     if not dynamic_available():
         pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    from oficina.infer import int8
+
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")  # opt-in: OFICINA_INT8_DECODE
     q = _quantize_dir(tiny_lm, tmp_path / "int8")
     ids = torch.tensor([[7]])
     with torch.no_grad():
@@ -171,6 +179,31 @@ def test_int8_model_decode_step_equals_its_reference(tiny_lm, tmp_path, monkeypa
         monkeypatch.setattr(Int8Linear, "forward", reference)
         want = q(ids).logits
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max())
+
+
+def test_int8_one_row_runs_the_weight_only_kernel_by_default():
+    """Without OFICINA_INT8_DECODE a one-row call runs the weight-only kernel, bit for bit."""
+    from oficina.infer import int8
+
+    assert int8.DECODE_KERNEL == "weight-only"
+    q = Int8Linear.from_linear(_linear(5))
+    x = torch.randn(1, q.in_features)
+    with torch.no_grad():
+        woq = torch._weight_int8pack_mm(x.bfloat16(), q.weight, q.weight_scale.bfloat16())
+        assert torch.equal(q(x), woq.float() + q.bias)
+
+
+def test_int8_decode_setting_is_checked():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", "import oficina.infer.int8"],
+        env={**__import__("os").environ, "OFICINA_INT8_DECODE": "fast"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "OFICINA_INT8_DECODE='fast'" in r.stderr
 
 
 def test_int8_linear_compiles_whole_and_agrees_with_eager(monkeypatch):

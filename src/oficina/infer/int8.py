@@ -14,7 +14,7 @@ in int8 with ``s[n] = max|W[n]| / 127`` (symmetric, per output channel); ``y = (
 ``Int8Linear.forward`` runs it three ways, picked by how many rows ``x`` has (measured on
 SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/decode_kernels.py``):
 
-* one row (batch-1 decoding, ``DECODE_KERNEL = "dynamic"``): fbgemm's dynamic int8 linear
+* one row, when opted in (batch-1 decoding, ``OFICINA_INT8_DECODE=dynamic``): fbgemm's dynamic int8 linear
   (``quantized::linear_dynamic`` on a weight packed once, lazily): the row is quantized to
   uint8 over its own range at each call and multiplied by the int8 weights with integer dot
   products (VNNI), as llama.cpp's q8_0 does with blocks of 32. A decode step's matmuls took
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,17 @@ def _versions(m: Int8Linear) -> tuple:
 
 # ------------------------------------------------------------- the one-row (decode) kernel
 
-# What a one-row call runs: "dynamic" (fbgemm, activations quantized to int8 at each call) or
-# "weight-only" (``torch._weight_int8pack_mm``, the kernel of every 2..SMALL_M-row call).
-# Benchmarks and tests switch it; "dynamic" falls back to weight-only where fbgemm is missing.
-DECODE_KERNEL = "dynamic"
+# What a one-row call runs: "weight-only" (``torch._weight_int8pack_mm``, the kernel of every
+# 2..SMALL_M-row call) or "dynamic" (fbgemm, activations quantized to int8 at each call; falls
+# back to weight-only where fbgemm is missing). Weight-only is the default: the dynamic kernel's
+# matmuls are ~1.5x faster, but end to end it decoded only 1.06x faster (17.2 vs 16.2 tok/s,
+# benchmarks/generate.py, load ~7), cost perplexity +1.92% against +0.36%, and makes a request's
+# int8 text depend on whether it shared a batch. ``OFICINA_INT8_DECODE=dynamic`` opts in.
+DECODE_KERNEL = os.environ.get("OFICINA_INT8_DECODE", "weight-only")
+if DECODE_KERNEL not in ("weight-only", "dynamic"):
+    raise UserError(
+        f"OFICINA_INT8_DECODE={DECODE_KERNEL!r}: use 'weight-only' (the default) or 'dynamic'"
+    )
 
 
 def _has_vnni() -> bool:
