@@ -4,7 +4,9 @@ evaluation on the test split, the costs, and the rungs measured so far.
 Two kinds of task: ``classification`` (rows ``{text, label}``, a label scored by its
 log-likelihood: accuracy, macro-F1) and ``generation`` (rows ``{text: question, answer}``, a
 greedy answer scored against the reference: exact match, token F1). Both prompt with a template
-over ``{text}``, so a rung that only prompts serves both.
+over ``{text}``, so a rung that only prompts serves both; a rung that trains reads
+``training_files``: the labelled rows rendered by the template, or, for generation, SFT rows
+(that prompt, the reference answer as the completion).
 
 A rung gets this context in ``run(context)`` and returns a ``RungResult``; ``evaluate`` scores a
 model on the test items and ``measured`` turns that score into the result every rung reports

@@ -12,7 +12,9 @@ the config's values, or those a budgeted ``oficina tune`` search on the training
 (``search.trials > 0``: ``oficina.ladder.search``; its cost is added to the rung's). Then
 ``train(context, hp)`` runs the rung's ``recipe`` (or reuses the best trial's model when it was
 trained on the same data with the same budget) and returns the model with the recipe's summary,
-curves included; the shared part evaluates and measures it.
+curves included; the shared part evaluates and measures it. They run on both kinds of task:
+``training_files(context)`` is what they train on (SFT rows on a generation task) and
+``evaluate(context, engine)`` how they are asked (``lora_rag``: with retrieved passages).
 """
 
 from __future__ import annotations
