@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -190,7 +191,7 @@ class Retrieval:
             for i, h in enumerate(hits, 1)
         )
 
-    def rows(self, rows: list[dict], extra=None) -> list[dict]:
+    def rows(self, rows: list[dict], extra: Callable[[dict], dict] | None = None) -> list[dict]:
         """``rows`` with their passages as ``context`` (and ``extra(row)``'s fields)."""
         return [{**r, **(extra(r) if extra else {}), "context": self.passages(r)} for r in rows]
 
