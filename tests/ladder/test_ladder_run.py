@@ -21,6 +21,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1", "--rungs.few_shot_rag.shots", "1",
         "--rungs.lora.max-steps", "2", "--rungs.full.max-steps", "2", "--rungs.cpt_lora.max_steps", "2",
         "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.max-steps", "2", "--rungs.distill.keep_layers", "1",
+        "--rungs.lora_rag.enabled", "true", "--rungs.lora_rag.max_steps", "2",
         "--target", "0.0", "--requests", "0",
     ]  # fmt: skip
     assert main(argv) == 0
@@ -34,6 +35,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "lora",
         "full",
         "cpt_lora",
+        "lora_rag",
         "distill",
         "quantize",
     ]

@@ -78,8 +78,8 @@ def check_measured(r, ctx) -> None:
 
 def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
     assert list(REGISTRY) == [
-        "zero_shot", "few_shot", "rag", "few_shot_rag", "lora", "full", "cpt_lora", "distill",
-        "quantize",
+        "zero_shot", "few_shot", "rag", "few_shot_rag", "lora", "full", "cpt_lora", "lora_rag",
+        "distill", "quantize",
     ]  # fmt: skip
     assert list(Rungs.model_fields) == list(REGISTRY)
     cfg = LadderConfig(out="x")
@@ -207,17 +207,22 @@ def test_quantize_the_base_when_nothing_was_trained(ctx):
     assert r.extra_metrics["weights_mb"] < r.extra_metrics["float_weights_mb"]
 
 
-def test_question_answer_data_runs_the_prompting_rungs(tiny_lm, tmp_path):
-    """A generation task: answers generated and scored by exact match and token F1; the rungs
-    that train skip it, saying so; the baselines are the empty and the most frequent answer."""
+def test_question_answer_data_runs_the_prompting_and_trained_rungs(tiny_lm, tmp_path, monkeypatch):
+    """A generation task: answers generated and scored by exact match and token F1, by the
+    prompting rungs and the trained ones (tests/ladder/test_ladder_generation.py: what they
+    train on); a rung declaring other kinds is skipped, saying so; the baselines are the empty
+    and the most frequent answer."""
     rows = [{"question": f"Which topic is this: {t[:80]}?", "answer": "the reference"}
             for t in TEXTS[:20]]  # fmt: skip
     rows += [{"question": f"What does {k} cover?", "answer": k} for k in list(topics)[30:40]]
     data = write_jsonl(tmp_path / "qa.jsonl", rows)
     out = tmp_path / "qa"
+    monkeypatch.setattr(Full, "kinds", ("classification",))
     argv = [
         "ladder", "--data", str(data), "--out", str(out), "--base-model", str(tiny_lm),
         "--rungs.few_shot.strategy", "fixed", "--rungs.few_shot.shots", "2",
+        "--rungs.lora.max-steps", "2", "--rungs.lora.batch-size", "4",
+        "--rungs.lora.search.trials", "0", "--rungs.distill.enabled", "false",
         "--target", "0", "--requests", "0",
     ]  # fmt: skip
     assert main(argv) == 0
@@ -225,10 +230,11 @@ def test_question_answer_data_runs_the_prompting_rungs(tiny_lm, tmp_path):
     assert s["task"]["kind"] == "generation" and "labels" not in s["task"]
     assert s["meta"]["metric"] == "exact_match"
     by = {r["name"]: r for r in s["rungs"]}
-    for name in ("lora", "full", "distill"):
-        assert by[name]["status"] == "skipped" and "generation" in by[name]["reason"]
+    assert by["full"]["status"] == "skipped"
+    assert by["full"]["reason"] == "not run on generation tasks yet"
+    assert "from lora" in by["quantize"]["description"]  # the fine-tuned model, quantized
     test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
-    for name in ("zero_shot", "few_shot", "quantize"):
+    for name in ("zero_shot", "few_shot", "lora", "quantize"):
         r = by[name]
         assert r["status"] == "ok" and len(r["predictions"]) == len(test) == 6
         assert {"exact_match", "token_f1", "rouge_l"} <= set(r["extra_metrics"])
@@ -277,12 +283,13 @@ def test_training_files_follow_the_limit(tmp_path, task_files, tiny_lm):
         cfg = LadderConfig(out=str(tmp_path / "o"), data=str(data), limit_train=limit)
         task, corpus = load_task(cfg)
         with start_run("ladder", cfg) as run:
-            train, val = LadderContext(cfg, run, task, corpus).training_files()
-        rows = [json.loads(x) for x in train.read_text().splitlines()]
+            files = LadderContext(cfg, run, task, corpus).training_files()
+        rows = [json.loads(x) for x in files.train.read_text().splitlines()]
         assert [r["id"] for r in rows] == [r["id"] for r in task.train] and len(rows) == (
             limit or 21
         )
-        assert val == task.path.parent / "validation.jsonl"
+        assert files.val == task.path.parent / "validation.jsonl"
+        assert (files.template, files.labels) == (task.template, LABELS)  # {text, label} rows
 
 
 def test_trained_rungs_batch_rows_of_similar_length(ctx, tmp_path):

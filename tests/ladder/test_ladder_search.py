@@ -107,7 +107,7 @@ def test_quick_searches_nothing_and_the_demo_searches(repo_root):
     demo = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x"})
     quick = load(LadderConfig, repo_root / "examples/ladder.yaml", {"out": "x", "quick": True})
     searched = [n for n, cls in REGISTRY.items() if "search" in cls.Settings.model_fields]
-    assert searched == ["lora", "full", "cpt_lora", "distill"]
+    assert searched == ["lora", "full", "cpt_lora", "lora_rag", "distill"]
     assert all(getattr(quick.rungs, n).search.trials == 0 for n in searched)
     assert demo.rungs.lora.search.trials > 0 and demo.rungs.full.search.trials > 0
     assert demo.rungs.cpt_lora.search.trials > 0

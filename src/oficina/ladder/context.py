@@ -4,7 +4,9 @@ evaluation on the test split, the costs, and the rungs measured so far.
 Two kinds of task: ``classification`` (rows ``{text, label}``, a label scored by its
 log-likelihood: accuracy, macro-F1) and ``generation`` (rows ``{text: question, answer}``, a
 greedy answer scored against the reference: exact match, token F1). Both prompt with a template
-over ``{text}``, so a rung that only prompts serves both.
+over ``{text}``, so a rung that only prompts serves both; a rung that trains reads
+``training_files``: the labelled rows rendered by the template, or, for generation, SFT rows
+(that prompt, the reference answer as the completion).
 
 A rung gets this context in ``run(context)`` and returns a ``RungResult``; ``evaluate`` scores a
 model on the test items and ``measured`` turns that score into the result every rung reports
@@ -14,6 +16,7 @@ model on the test items and ``measured`` turns that score into the result every 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,21 @@ from oficina.jsonl import read_jsonl
 from oficina.ladder.result import Cost, InferenceCost, RungResult
 from oficina.measure import param_counts, peak_memory, usd
 from oficina.workspace import atomic_write_text
+
+
+@dataclass
+class TrainingFiles:
+    """The JSONL a training recipe reads, and how it renders them: ``template`` and ``labels``
+    for ``{text, label}`` rows, None for ``{prompt, completion}`` rows (already rendered)."""
+
+    train: Path
+    val: Path
+    template: str | None
+    labels: list[str] | None
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def check_template(template: str) -> str:
@@ -201,18 +219,52 @@ class LadderContext:
     def base_params(self) -> int:
         return param_counts(self.base_engine().model)[0]
 
-    def training_files(self) -> tuple[Path, Path]:
-        """(train, validation) JSONL for a training recipe: the task's own files, or, when a
-        limit cut the training rows, those rows written into the output (rewritten each time:
-        a rerun may have another limit or task)."""
+    def training_files(
+        self,
+        template: str | None = None,
+        extra: Callable[[dict], dict] | None = None,
+        name: str = "sft",
+    ) -> TrainingFiles:
+        """What a trained rung's recipe reads: the training and validation rows, and the
+        template and labels that render them.
+
+        Classification: ``{text, label}`` rows rendered by ``template`` (default the task's),
+        the loss on " " + label — the task's own files, or the rows written into ``OUT/data``
+        when a limit cut the training split or ``extra(row)`` adds fields (retrieved passages)
+        that the template names. Generation: SFT rows ``{prompt, completion}`` written into
+        ``OUT/data/<name>-{train,validation}.jsonl``: the prompt is the template rendered with
+        the row as ``evaluate`` renders it, the completion " " + its (first) reference answer,
+        the loss on the completion only. Rewritten each time: a rerun may have another limit."""
+        from oficina.evals.tasks import render_prompt
+
+        tpl = template or self.template
         d = self.task.path.parent
+        data = self.out / "data"
+        if self.kind == "generation":
+
+            def sft(r: dict) -> dict:
+                answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
+                row = {**r, **(extra(r) if extra else {})}
+                return {
+                    "id": r.get("id"),
+                    "prompt": render_prompt(tpl, row),
+                    "completion": " " + str(answer),
+                }
+
+            train, val = data / f"{name}-train.jsonl", data / f"{name}-validation.jsonl"
+            _write_rows(train, [sft(r) for r in self.train])
+            _write_rows(val, [sft(r) for r in self.val])
+            return TrainingFiles(train, val, None, None)
+        if extra is not None:
+            train, val = data / f"{name}-train.jsonl", data / f"{name}-validation.jsonl"
+            _write_rows(train, [{**r, **extra(r)} for r in self.train])
+            _write_rows(val, [{**r, **extra(r)} for r in self.val])
+            return TrainingFiles(train, val, tpl, self.labels)
         train, val = d / "train.jsonl", d / "validation.jsonl"
         if len(self.train) != self.task.split_sizes["train"]:
-            train = self.out / "data" / "train-limited.jsonl"
-            atomic_write_text(
-                train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.train)
-            )
-        return train, val
+            train = data / "train-limited.jsonl"
+            _write_rows(train, self.train)
+        return TrainingFiles(train, val, tpl, self.labels)
 
     # -- evaluation shared by every rung ----------------------------------------
     def evaluate(

@@ -12,7 +12,9 @@ the config's values, or those a budgeted ``oficina tune`` search on the training
 (``search.trials > 0``: ``oficina.ladder.search``; its cost is added to the rung's). Then
 ``train(context, hp)`` runs the rung's ``recipe`` (or reuses the best trial's model when it was
 trained on the same data with the same budget) and returns the model with the recipe's summary,
-curves included; the shared part evaluates and measures it.
+curves included; the shared part evaluates and measures it. They run on both kinds of task:
+``training_files(context)`` is what they train on (SFT rows on a generation task) and
+``evaluate(context, engine)`` how they are asked (``lora_rag``: with retrieved passages).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -27,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from oficina.config import Section
-from oficina.ladder.context import LadderContext
+from oficina.ladder.context import LadderContext, TrainingFiles
 from oficina.ladder.result import Cost, RungResult, combine_seeds
 from oficina.ladder.search import LoraSearchSettings, SearchSettings, run_search
 from oficina.measure import param_counts, peak_memory
@@ -147,6 +150,10 @@ class RagSettings(RungSettings):
     )
 
 
+# Retrieved passages go before the task's template: the rag rungs' prompts and lora_rag's.
+PASSAGES = "Reference passages:\n{context}\n\n"
+
+
 class Retrieval:
     """The domain documents, indexed (incrementally: a second rung or a rerun re-embeds
     nothing), and the passages for a row. ``cost`` is what building the index cost the first
@@ -177,11 +184,16 @@ class Retrieval:
         self.titles = {d.doc_id: d.meta.get("title", d.doc_id) for d in docs}
 
     def passages(self, row: dict) -> str:
+        """The ``k`` passages retrieved for ``row``'s text, numbered, each with its topic."""
         hits = self.index.search(row["text"], k=self.k, mode=self.mode)
         return "\n".join(
             f"[{i}] (topic: {self.titles.get(h.doc_id, h.doc_id)}) {' '.join(h.text.split())[: self.chars]}"
             for i, h in enumerate(hits, 1)
         )
+
+    def rows(self, rows: list[dict], extra: Callable[[dict], dict] | None = None) -> list[dict]:
+        """``rows`` with their passages as ``context`` (and ``extra(row)``'s fields)."""
+        return [{**r, **(extra(r) if extra else {}), "context": self.passages(r)} for r in rows]
 
     def data(self) -> dict:
         return {"corpus_documents": self.n_docs, "chunks": self.index.count()}
@@ -208,8 +220,8 @@ class Rag(Rung):
         """Evaluate the test rows with their retrieved passages (and ``extra(row)`` fields that
         ``prefix`` uses) before the task; building the index is the rung's one-off cost."""
         retrieval = Retrieval(ctx, self.settings)
-        rows = [{**r, **extra(r), "context": retrieval.passages(r)} for r in ctx.test]
-        template = prefix + "Reference passages:\n{context}\n\n" + ctx.template
+        rows = retrieval.rows(ctx.test, extra)
+        template = prefix + PASSAGES + ctx.template
         eng = ctx.base_engine()
         res = ctx.evaluate(eng, self.name, template=template, rows=rows)
         data = {"labelled_examples": labelled, **retrieval.data()}
@@ -383,7 +395,7 @@ class Budget:
 
 class TrainedRung(Rung):
     Settings = TrainSettings
-    kinds = ("classification",)  # generation tasks: not trained by the ladder yet
+    max_len: ClassVar[int] = MAX_LEN  # tokens per training example
 
     def __init__(self, settings: RungSettings):
         super().__init__(settings)
@@ -438,6 +450,14 @@ class TrainedRung(Rung):
             **extra,
         )
 
+    def training_files(self, ctx: LadderContext) -> TrainingFiles:
+        """What the rung trains on: the task's rows (SFT rows on a generation task)."""
+        return ctx.training_files()
+
+    def evaluate(self, ctx: LadderContext, engine) -> dict:
+        """The trained model scored on the test items, prompted as it was trained."""
+        return ctx.evaluate(engine, self.name)
+
     @abstractmethod
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
         """Train with the hyperparameters ``hp``; the model, its summary and curves."""
@@ -446,18 +466,18 @@ class TrainedRung(Rung):
         """LoRA on the labelled set from ``base``."""
         from oficina.train.recipes import FinetuneConfig, LoraArgs
 
-        tr, va = ctx.training_files()
+        d = self.training_files(ctx)
         budget = self.budget(ctx, hp)
         return FinetuneConfig(
             model=base,
             method="lora",
-            data=str(tr),
-            val_data=str(va),
-            template=ctx.template,
-            labels=ctx.labels,
+            data=str(d.train),
+            val_data=str(d.val),
+            template=d.template,
+            labels=d.labels,
             out=str(out),
             max_steps=budget.steps,
-            max_len=MAX_LEN,
+            max_len=self.max_len,
             lora=LoraArgs(r=int(hp["rank"]), alpha=int(hp["alpha"]), target_modules=LORA_TARGETS),
             train=self.train_args(ctx, hp, budget, weight_decay=0.0),
         )
@@ -480,7 +500,7 @@ class TrainedRung(Rung):
         """Train at ``self.seed`` with ``hp`` and measure; the search's cost goes to the first
         seed's training (what deploying the rung pays), whose model later rungs build on."""
         t = self.train(ctx, hp)
-        res = ctx.evaluate(t.engine, self.name)
+        res = self.evaluate(ctx, t.engine)
         if t.finetuned is not None and first:
             ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
         training = t.cost
@@ -589,18 +609,18 @@ class Full(RecipeRung):
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
         from oficina.train.recipes import FinetuneConfig
 
-        tr, va = ctx.training_files()
+        d = self.training_files(ctx)
         budget = self.budget(ctx, hp)
         return "finetune", FinetuneConfig(
             model=ctx.cfg.base_model,
             method="full",
-            data=str(tr),
-            val_data=str(va),
-            template=ctx.template,
-            labels=ctx.labels,
+            data=str(d.train),
+            val_data=str(d.val),
+            template=d.template,
+            labels=d.labels,
             out=str(out),
             max_steps=budget.steps,
-            max_len=MAX_LEN,
+            max_len=self.max_len,
             train=self.train_args(ctx, hp, budget),
         )
 
@@ -709,6 +729,72 @@ class CptLora(RecipeRung):
         )
 
 
+class LoraRagSettings(RagSettings, LoraSettings):
+    """LoRA's settings (its search too) and the retrieval's (rag's)."""
+
+
+@register
+class LoraRag(Lora):
+    """Retrieval-augmented fine-tuning (as RAFT, Zhang et al. 2024, and Balaguer et al. 2024):
+    LoRA trained on prompts that carry the passages retrieved for each training row (rag's
+    retrieval and prompt shape), then asked with the passages retrieved for each test item.
+    Searched like ``lora`` (its own ``search:``); building the index is part of its training
+    cost, as it is rag's one-off cost."""
+
+    name = "lora_rag"
+    description = "LoRA trained with retrieved passages in its prompts, then asked with them"
+    Settings = LoraRagSettings
+    quick = {**Lora.quick, "k": 2, "precision": "bf16"}
+    needs_docs = True
+    # Room for the passages: at rag's defaults (3 x 300 characters) a prompt is ~300 tokens,
+    # and a cut prompt would train on passages the evaluation shows whole.
+    max_len = 1024
+
+    def __init__(self, settings: RungSettings):
+        super().__init__(settings)
+        self._retrieval: Retrieval | None = None
+        self._files: TrainingFiles | None = None
+
+    def retrieval(self, ctx: LadderContext) -> Retrieval:
+        if self._retrieval is None:
+            self._retrieval = Retrieval(ctx, self.settings)
+        return self._retrieval
+
+    def training_files(self, ctx: LadderContext) -> TrainingFiles:
+        # Retrieved once: every search trial and every seed trains on the same rows.
+        if self._files is None:
+            r = self.retrieval(ctx)
+            self._files = ctx.training_files(
+                template=PASSAGES + ctx.template,
+                extra=lambda row: {"context": r.passages(row)},
+                name=self.name,
+            )
+        return self._files
+
+    def evaluate(self, ctx: LadderContext, engine) -> dict:
+        rows = self.retrieval(ctx).rows(ctx.test)
+        return ctx.evaluate(engine, self.name, template=PASSAGES + ctx.template, rows=rows)
+
+    def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
+        r = self.retrieval(ctx)
+        t = super().trained(ctx, hp, s, cost)
+        t.cost = add_costs(r.cost, t.cost)
+        t.detail = f"{t.detail}, {r.k} {r.mode} passages"
+        t.data.update(r.data())
+        t.artifacts["index"] = str(r.dir)
+        # Its adapter answers with passages in the prompt: not a teacher or a quantization
+        # source for rungs that ask without them.
+        t.finetuned = None
+        return t
+
+    def run(self, ctx: LadderContext) -> RungResult:
+        try:
+            return super().run(ctx)
+        finally:
+            if self._retrieval is not None:
+                self._retrieval.close()
+
+
 def as_plain_model(ctx: LadderContext, base: str, adapter: str | None, name: str) -> str:
     """A model directory with the adapter (if any) folded in: what distillation and quantization take."""
     if adapter is None:
@@ -747,7 +833,7 @@ class Distill(RecipeRung):
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
         from oficina.train.recipes import DistillConfig
 
-        tr, va = ctx.training_files()
+        d = self.training_files(ctx)
         _, base, adapter = ctx.best_finetuned()
         self.teacher = as_plain_model(ctx, base, adapter, name="teacher")
         budget = self.budget(ctx, hp)
@@ -755,12 +841,12 @@ class Distill(RecipeRung):
             teacher=self.teacher,
             student=self.teacher,
             keep_layers=int(hp["keep_layers"]),
-            data=str(tr),
-            val_data=str(va),
-            template=ctx.template,
+            data=str(d.train),
+            val_data=str(d.val),
+            template=d.template,
             out=str(out),
             max_steps=budget.steps,
-            max_len=MAX_LEN,
+            max_len=self.max_len,
             temperature=float(hp["temperature"]),
             alpha=float(hp["alpha"]),
             train=self.train_args(ctx, hp, budget),
