@@ -174,3 +174,26 @@ def test_lora_finetune_loss_curve_matches_float32_storage_and_the_adapter_loads(
     assert len(got) == len(want) == 6
     assert got == pytest.approx(want, rel=LOSS_RTOL)
     assert fast["best_val_loss"] == pytest.approx(ref["best_val_loss"], rel=LOSS_RTOL)
+
+
+def test_lora_bf16_run_stopped_and_resumed_matches_an_uninterrupted_run_bitwise(tiny_lm, tmp_path):
+    """The run stops after step 3 (a hook's stop, checkpoint kept) and resumes to step 6: the
+    base is cast again from the same float32 weights, so the curve is the uninterrupted one."""
+    rows = _rows(tmp_path)
+
+    def run(out, hooks=None, resume=False):
+        cfg = FinetuneConfig(
+            model=str(tiny_lm), data=str(rows), template=TEMPLATE, out=str(out), max_steps=6,
+            lora={"r": 4, "alpha": 8, "dropout": 0.1}, resume=resume,
+            train=TrainArgs(lr=2e-2, batch_size=4, eval_every=3, warmup_steps=1, precision="bf16",
+                            deterministic=True, keep_checkpoints=hooks is not None, log_every=1),
+        )  # fmt: skip
+        return finetune(cfg, hooks=hooks)
+
+    whole = run(tmp_path / "whole")
+    stop_at_3 = FitHooks(on_eval=lambda step, metrics: step == 3)
+    first = run(tmp_path / "split", hooks=stop_at_3)
+    assert first["steps"] == 3 and first["stopped"] == "on_eval"
+    resumed = run(tmp_path / "split", resume=True)
+    assert resumed["steps"] == 6
+    assert resumed["loss_curve"] == whole["loss_curve"]
