@@ -604,8 +604,11 @@ def bench_frozen_cast(work: Path, steps: int) -> None:
     ds = load_jsonl_dataset(task, tok, 256, "sft", TEMPLATE, LABELS)
     torch.manual_seed(0)
     model = _apply_lora(model, LoraArgs(), "CAUSAL_LM").train()
-    # a tiny lr: the weights barely move, so both settings see (nearly) the same model
-    opt = make_optimizer(model, TrainArgs(lr=1e-7, weight_decay=0.0))
+    # AdamW runs its full step at lr 0: the weights stay put, so both settings see the same
+    # model (even a 1e-7 lr moves a bf16 loss by ~1e-3: roundings flip through 30 layers)
+    opt = make_optimizer(model, TrainArgs(weight_decay=0.0))
+    for g in opt.param_groups:
+        g["lr"] = 0.0
     stream = BatchStream(ds, 4, seed=0, group_by_length=16)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -618,7 +621,7 @@ def bench_frozen_cast(work: Path, steps: int) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out = time.process_time() - c, time.perf_counter() - w, float(loss)
+        out = time.process_time() - c, time.perf_counter() - w, float(loss.detach())
         if frozen:
             frozen.restore()
         return out
