@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py [--quick] [--compile]        # speed (default)
     .venv/bin/python benchmarks/train.py --what pretrain|lora|distill|all [--quick]
     .venv/bin/python benchmarks/train.py --what lora-speed|full-speed [--steps N]
+    .venv/bin/python benchmarks/train.py --what frozen-cast [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -20,6 +21,9 @@
            (+ PEFT for LoRA) on SmolLM2 and the demo task's rows: same rows in the same order,
            batch, max_len, optimizer, schedule, bf16; real (non-pad) tokens/s; then each side
            with its length grouping (``bench_finetune_speed``).
+* frozen-cast  one LoRA step at the ladder's shape with the frozen weights stored in bf16
+           (what ``fit`` does under bf16) and in float32, alternating in one process, same
+           batches: CPU and wall seconds per step, and the largest loss difference.
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
@@ -407,6 +411,9 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
     the same work. Then each side's own way to waste less on padding, each from the same
     training rows, each with its own sampler: Oficina's ``--train.group_by_length 16`` (what the ladder
     trains with) and the Trainer's ``train_sampling_strategy="group_by_length"`` (its LengthGroupedSampler).
+    The two samplers draw different rows (over a few steps the Trainer's, longest batch first,
+    gives far longer rows, and longer rows run at more tokens/s on either side), so the last
+    setup feeds the Trainer Oficina's grouped batches: grouped against grouped on the same rows.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -479,7 +486,7 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
             Counting.tokens += sum(len(f["input_ids"]) - 1 for f in features)
             return super().__call__(features, return_tensors)
 
-    def hf(n_steps: int, grouped: bool = False) -> tuple[float, float, int]:
+    def hf(n_steps: int, grouped: bool = False, group: int = 0) -> tuple[float, float, int]:
         model.load_state_dict(init)
         torch.manual_seed(seed)  # Oficina's recipe seeds before it adds LoRA: the same A init
         m = model
@@ -492,7 +499,7 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
                 ),
             )  # fmt: skip
         m.train()
-        stream = BatchStream(ds, bs, seed=seed)
+        stream = BatchStream(ds, bs, seed=seed, group_by_length=group)
         order = [int(r) for i in range(n_steps) for r in stream.rows(i)]
         # Oficina's collate feeds len-1 inputs (targets pre-shifted); HF shifts inside: the same
         # targets, one more input token a row. Count Oficina's way on both sides.
@@ -546,6 +553,7 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
         (f"{name_h}, same rows, same order", lambda: hf(steps)),
         (f"{name_o} + group_by_length 16 (the ladder's)", lambda: ours(steps, 16)),
         (f"{name_h} + train_sampling_strategy group_by_length", lambda: hf(steps, grouped=True)),
+        (f"{name_h} fed the rows of Oficina's group_by_length 16", lambda: hf(steps, group=16)),
     ]
     name_h = setups[1][0]
     for trial in range(trials):
@@ -566,6 +574,80 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
             for n, (t, lo, k) in best.items()
         ],
     )
+    ours_g, own_g, same_g = (best[n][0] for n, _ in setups[2:])
+    print(
+        f"grouped vs grouped: Oficina / Trainer fed the same grouped rows {ours_g / same_g:.2f}x; "
+        f"/ Trainer's own LengthGroupedSampler (other rows) {ours_g / own_g:.2f}x"
+    )
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
+
+
+def bench_frozen_cast(work: Path, steps: int) -> None:
+    """The bf16 storage of frozen weights (``train/frozen.py``) on and off, one LoRA step each
+    in turn on the same batches, in one process: the ladder's shape (SmolLM2, the demo task's
+    SFT rows, batch 4, max_len 256, ``group_by_length`` 16, bf16 autocast, LoRA r 8 on the
+    attention projections). Process CPU seconds per step (less moved than wall time by the
+    other jobs of a shared machine) and wall seconds; the losses of the two must be equal."""
+    from oficina.demo_domain import LABELS, TEMPLATE
+    from oficina.models.sources import load_causal_lm
+    from oficina.train.data import BatchStream, load_jsonl_dataset
+    from oficina.train.frozen import FrozenCast
+    from oficina.train.loop import TrainArgs, make_optimizer
+    from oficina.train.memory import keep_freed_memory
+    from oficina.train.objectives import SFT
+    from oficina.train.recipes import LoraArgs, _apply_lora
+
+    undo_memory = keep_freed_memory()  # as fit runs
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    tok.pad_token = tok.pad_token or tok.eos_token
+    task = ROOT / "examples/demo/task/train.jsonl"
+    ds = load_jsonl_dataset(task, tok, 256, "sft", TEMPLATE, LABELS)
+    torch.manual_seed(0)
+    model = _apply_lora(model, LoraArgs(), "CAUSAL_LM").train()
+    # AdamW runs its full step at lr 0: the weights stay put, so both settings see the same
+    # model (even a 1e-7 lr moves a bf16 loss by ~1e-3: roundings flip through 30 layers)
+    opt = make_optimizer(model, TrainArgs(weight_decay=0.0))
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    stream = BatchStream(ds, 4, seed=0, group_by_length=16)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(i: int, cast: bool) -> tuple[float, float, float]:
+        frozen = FrozenCast(model, torch.bfloat16) if cast else None
+        c, w = time.process_time(), time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16):
+            loss, _ = SFT()(model, stream.batch(i))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out = time.process_time() - c, time.perf_counter() - w, float(loss.detach())
+        if frozen:
+            frozen.restore()
+        return out
+
+    step(0, False), step(0, True)  # warm-up
+    res: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    for i in range(1, steps + 1):
+        # the same batch for both, in alternating order
+        for cast in (True, False) if i % 2 else (False, True):
+            torch.manual_seed(i)  # the same LoRA dropout masks
+            res[cast].append(step(i, cast))
+    undo_memory and undo_memory()
+    cpu = {k: sum(r[0] for r in v) / steps for k, v in res.items()}
+    wall = {k: sum(r[1] for r in v) / steps for k, v in res.items()}
+    same = max(abs(a[2] - b[2]) for a, b in zip(res[True], res[False], strict=True))
+    table(
+        f"frozen weights stored in bf16 vs float32 (autocast casts them every forward): LoRA on "
+        f"SmolLM2, the demo task's rows, batch 4, {steps} steps each, alternating in one process; "
+        f"largest loss difference {same:.2g}",
+        ["frozen linear weights", "CPU s/step", "wall s/step"],
+        [
+            ["bf16 (fit's default under bf16)", f"{cpu[True]:.2f}", f"{wall[True]:.2f}"],
+            ["float32 (before)", f"{cpu[False]:.2f}", f"{wall[False]:.2f}"],
+            ["ratio", f"{cpu[False] / cpu[True]:.2f}x", f"{wall[False] / wall[True]:.2f}x"],
+        ],
+    )
     print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
 
 
@@ -574,7 +656,16 @@ def main() -> int:
     ap.add_argument(
         "--what",
         default="speed",
-        choices=["speed", "pretrain", "lora", "distill", "lora-speed", "full-speed", "all"],
+        choices=[
+            "speed",
+            "pretrain",
+            "lora",
+            "distill",
+            "lora-speed",
+            "full-speed",
+            "frozen-cast",
+            "all",
+        ],  # fmt: skip
     )
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -609,6 +700,8 @@ def main() -> int:
             bench_distill(work, a.steps or (40 if q else 120))
         elif w in ("lora-speed", "full-speed"):
             bench_finetune_speed(work, w.split("-")[0], a.steps or (8 if q else 30))
+        elif w == "frozen-cast":
+            bench_frozen_cast(work, a.steps or (4 if q else 10))
         print(f"[{w}: {time.perf_counter() - t:.0f}s]")
     return 0
 

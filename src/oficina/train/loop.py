@@ -3,7 +3,8 @@ distillation all run through ``fit``; what differs is the objective object and t
 
 What it does, step by step: AdamW (fused on CPU; no weight decay on norms and biases) with
 linear warm-up then cosine decay to ``min_lr_ratio * lr``; ``grad_accum`` micro-batches per
-step; bf16 autocast (the fast path on CPUs with AMX) or fp32; gradient clipping; a NaN/inf
+step; bf16 autocast (the fast path on CPUs with AMX; frozen linear weights stored in bf16 for
+the run, ``train/frozen.py``) or fp32; gradient clipping; a NaN/inf
 loss or gradient stops the step *before* the optimizer touches the weights; validation every
 ``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
 without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
@@ -40,6 +41,7 @@ from oficina.errors import UserError
 from oficina.measure import param_counts
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
+from oficina.train.frozen import FrozenCast
 from oficina.train.fused_ce import COMPILE_KERNEL, causal_lm_parts, compile_decoder
 from oficina.train.memory import keep_freed_memory
 
@@ -392,6 +394,14 @@ def _fit(
     if trainable == 0:
         raise UserError("the model has no trainable parameters")
     wrapped = _wrap(model, args.parallel, world)
+    # bf16: frozen linear weights stored in bf16 for the run, as autocast would cast them on
+    # every forward (the same operands; see train/frozen.py). After wrapping, so DDP broadcasts
+    # float32; not under FSDP, whose shards hold one dtype per group.
+    frozen = (
+        FrozenCast(unwrap(model), torch.bfloat16) if args.precision == "bf16" and not fsdp else None
+    )
+    if frozen is not None:
+        restore.append(frozen.restore)
     opt = make_optimizer(model, args, fsdp=fsdp)
     sched = make_scheduler(opt, args, max_steps)
     train_model = _compile(wrapped, objective, restore) if args.compile else wrapped
@@ -523,7 +533,10 @@ def _fit(
                 state["ref_val"], state["bad_evals"] = v, 0
             else:
                 state["bad_evals"] += 1
-            extra = hooks.eval_metrics(train_model, val) if hooks.eval_metrics else {}
+            extra = {}
+            if hooks.eval_metrics:  # the caller's code may run the model without autocast
+                with frozen.originals() if frozen else contextlib.nullcontext():
+                    extra = hooks.eval_metrics(train_model, val)
             extra = {f"val_{k}": x for k, x in extra.items()}
             if rank == 0:
                 run.log(
