@@ -113,7 +113,8 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         page.goto((out / "report.html").as_uri())
         assert page.locator("tr.pick td").first.inner_text() == "zero_shot"
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(widths) == 4 and all(w > 100 for w in widths)  # the plots decoded
+        # the plots decoded: 3 scatters, the loss curves, validation loss vs training FLOPs
+        assert len(widths) == 5 and all(w > 100 for w in widths)
         shot = Path(tmp_path / "ladder-report.png")
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
