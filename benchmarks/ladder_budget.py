@@ -39,12 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def reused_lora(folder: Path, ctx):
-    """The lora rung of the finished ladder run in ``folder``, its adapter scored again on
-    ``ctx``'s test items (summary.json keeps answers, not the per-item scores a paired
-    comparison needs)."""
+    """The lora rung of the ladder run in ``folder``: from its summary.json, its adapter scored
+    again on ``ctx``'s test items (summary.json keeps answers, not the per-item scores a paired
+    comparison needs); from the partial.json of a ladder still running, as it was measured."""
     from oficina.infer.engine import Engine
     from oficina.ladder.result import Cost, RungResult
 
+    if not (folder / "summary.json").is_file() and (folder / "partial.json").is_file():
+        # A ladder still running keeps its finished rungs whole (per-item scores too).
+        done = json.loads((folder / "partial.json").read_text())
+        return RungResult.model_validate(next(x for x in done if x["name"] == "lora"))
     s = json.loads((folder / "summary.json").read_text())
     r = next(x for x in s["rungs"] if x["name"] == "lora")
     if r["status"] != "ok":
