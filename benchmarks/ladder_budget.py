@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--reuse", default=None, help="a finished ladder folder: its lora rung")
     a = ap.parse_args()
+    if a.reuse and not any((Path(a.reuse) / f).is_file() for f in ("summary.json", "partial.json")):
+        ap.error(f"--reuse {a.reuse}: no summary.json or partial.json there (a ladder's --out)")
 
     import torch  # noqa: F401 - so machine() names the thread count
 

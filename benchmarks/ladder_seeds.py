@@ -60,6 +60,9 @@ def main() -> None:
         help="finished ladder folders (same config and profile): each stands for its seed's run",
     )
     a, extra = ap.parse_known_args()
+    for d in a.reuse:
+        if not (Path(d) / "summary.json").is_file():
+            ap.error(f"--reuse {d}: no summary.json there (a finished ladder's --out)")
 
     import torch  # noqa: F401 - so machine() names the thread count
 

@@ -142,9 +142,13 @@ def oficina_serve_flags(src: Path | None = None) -> str:
 def baseline_checkout(rev: str, into: Path) -> Path:
     """A detached worktree of ``rev`` of this repository in ``into``; its ``src`` folder."""
     root = Path(__file__).resolve().parents[1]
-    subprocess.run(
-        ["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(into), rev], check=True
+    r = subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(into), rev],
+        capture_output=True,
+        text=True,
     )
+    if r.returncode:
+        raise SystemExit(f"--baseline {rev}: git could not check it out ({r.stderr.strip()})")
     return into / "src"
 
 
