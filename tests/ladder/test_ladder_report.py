@@ -248,6 +248,7 @@ def test_search_trials_table_and_validation_loss_against_cumulative_flops(tmp_pa
              "steps": 2, "seconds": 5.0, "flops": 100.0, "curve": [[2, 1.2]]},
         ],
         "best": 0,
+        "reused": True,
         "final": "reused trial #0's model",
     }  # fmt: skip
     lora.val_curve = [(2, 0.9), (4, 0.5)]
@@ -257,6 +258,7 @@ def test_search_trials_table_and_validation_loss_against_cumulative_flops(tmp_pa
         "trials": [{"number": 0, "params": {"lr": 1e-5}, "state": "COMPLETE", "value": 0.8,
                     "steps": 2, "seconds": 3.0, "flops": 50.0, "curve": [[1, 1.0], [2, 0.8]]}],
         "best": 0,
+        "reused": False,
         "final": "retrained at trial #0's values",
     }  # fmt: skip
     full.val_curve = [(3, 0.7), (6, 0.6)]

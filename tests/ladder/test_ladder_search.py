@@ -42,6 +42,7 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx):  # noqa: F811
     assert r.params_trainable == best["params"]["rank"] * LORA_PARAMS_PER_RANK
     # Same data, same budget: the best trial's model is the rung's; nothing is trained again.
     assert f"reused trial #{best['number']}'s model" in search["final"]
+    assert search["reused"] is True
     assert f"trials/{best['number']:04d}/model" in r.artifacts["adapter"]
     assert r.training_run["final_cost"] == Cost().model_dump()
     # The search's cost is the sum of its trials' FLOPs, and it is the rung's training cost.

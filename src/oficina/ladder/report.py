@@ -102,7 +102,7 @@ def flops_curves(r: RungResult) -> list[tuple[str, list[float], list[float], boo
             xs = [spent + per * float(step) for step, _ in curve]
             lr = (t.get("params") or {}).get("lr")
             label = f"#{t['number']}" + (f" lr {lr:.2g}" if isinstance(lr, float) else "")
-            reused = search.get("best") == t["number"] and "reused" in str(search.get("final"))
+            reused = bool(search.get("reused")) and search.get("best") == t["number"]
             out.append((label, xs, [float(v) for _, v in curve], reused))
         spent += float(flops or 0.0)
     final = (r.training_run or {}).get("final_cost") or {}

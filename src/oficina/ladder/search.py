@@ -201,6 +201,7 @@ def run_search(
     for d in (out / "trials").glob("*"):  # the other trials' models are not needed
         if not (keep is not None and d.name == f"{keep:04d}"):
             shutil.rmtree(d, ignore_errors=True)
+    record["reused"] = same  # the best trial's model is the rung's model
     if same:
         s = summaries[best["number"]]
         rung.reuse = (s, Path(s["out"]))
