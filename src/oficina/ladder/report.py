@@ -143,6 +143,14 @@ def _flops_plot(rungs: list[RungResult]) -> str | None:
     return png_base64(fig)
 
 
+def md_table(rows: list[dict], cols: list[str]) -> list[str]:
+    """Markdown table lines: a header, then one line per row (a missing cell is empty)."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return [line(cols), "|" + "---|" * len(cols)] + [
+        line(str(r.get(c, "")) for c in cols) for r in rows
+    ]
+
+
 def trials_rows(rungs: list[RungResult]) -> list[dict]:
     """Every search trial of every trained rung: what it tried and what it got."""
     rows = []
@@ -469,8 +477,7 @@ def write(
         f"Base model `{meta.get('base_model')}`, target {meta.get('metric', 'accuracy')} ≥ {meta.get('target')}, "
         f"{_items_text(meta)}, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h."
     )
-    md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += [""] + md_table(rows, cols)
     flagged = [r for r in rungs if r.flags]
     if flagged:
         md += [""] + [f"- ⚠ **{r.name}** ({', '.join(r.flags)}): {r.flag_text}" for r in flagged]
@@ -481,10 +488,7 @@ def write(
     trials = trials_rows(rungs)
     trial_cols = list(dict.fromkeys(k for t in trials for k in t))
     if trials:
-        md += ["## Search trials", "", "| " + " | ".join(trial_cols) + " |"]
-        md += ["|" + "---|" * len(trial_cols)]
-        md += ["| " + " | ".join(str(t.get(c, "")) for c in trial_cols) + " |" for t in trials]
-        md += [""]
+        md += ["## Search trials", ""] + md_table(trials, trial_cols) + [""]
     if claim_lines:
         md += ["## The seeds' claims, measured", ""] + [f"- {c}" for c in claim_lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
