@@ -42,7 +42,6 @@ def reused_lora(folder: Path, ctx):
     """The lora rung of the ladder run in ``folder``: from its summary.json, its adapter scored
     again on ``ctx``'s test items (summary.json keeps answers, not the per-item scores a paired
     comparison needs); from the partial.json of a ladder still running, as it was measured."""
-    from oficina.infer.engine import Engine
     from oficina.ladder.result import Cost, RungResult
 
     if not (folder / "summary.json").is_file() and (folder / "partial.json").is_file():
@@ -56,7 +55,7 @@ def reused_lora(folder: Path, ctx):
     adapter = Path(r["artifacts"]["adapter"])
     if not adapter.is_absolute() and not adapter.exists():
         adapter = folder.resolve().parent.parent / adapter  # relative to where that ladder ran
-    eng = Engine.from_spec(ctx.cfg.base_model, adapter=str(adapter))
+    eng = ctx.engine(ctx.cfg.base_model, adapter=str(adapter))
     res = ctx.evaluate(eng, "lora")
     out = ctx.measured("lora", r["description"], eng, res, hyperparameters=r["hyperparameters"])
     if abs(out.quality - r["quality"]) > 1e-9:

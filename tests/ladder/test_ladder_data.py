@@ -165,3 +165,34 @@ def test_the_qa_demo_config_is_a_generation_task_answered_by_the_reference(
     from oficina.ladder.rungs import REGISTRY
 
     assert all(getattr(cfg.rungs, name).enabled for name in REGISTRY)
+
+
+def test_a_limit_keeps_each_labels_share_not_the_files_first_rows():
+    """The demo's files are in topic order: the first 160 training rows held 4 of 93 'built-in
+    type' passages. A limit is a seeded sample per label, in file order."""
+    from oficina.ladder.data import sample_rows
+
+    rows = labelled({"a": 60, "b": 30, "c": 9, "d": 1})  # grouped by label, as the demo's
+    got = sample_rows(rows, 20, seed=0)
+    # shares 12, 6, 1.8, 0.2: largest remainders give c 2; d keeps one, taken from a
+    assert Counter(r["label"] for r in got) == {"a": 11, "b": 6, "c": 2, "d": 1}
+    assert got == sorted(got, key=rows.index)  # file order kept
+    assert sample_rows(rows, 20, seed=0) == got and sample_rows(rows, 20, seed=1) != got
+    assert sample_rows(rows, None, 0) == rows and sample_rows(rows, 500, 0) == rows
+    # Rows without labels (a generation task): a plain seeded sample.
+    qa = [{"text": f"q{i}", "answer": "x"} for i in range(50)]
+    assert len(sample_rows(qa, 7, 0)) == 7 and sample_rows(qa, 7, 0) != qa[:7]
+
+
+def test_the_ladder_limits_sample_every_split(tmp_path):
+    from oficina.ladder.context import Task
+
+    d = tmp_path / "task"
+    d.mkdir()
+    for split, k in (("train", 40), ("validation", 20), ("test", 20)):
+        write_rows(d / f"{split}.jsonl", labelled({"x": k, "y": k}, text=split))
+    (d / "task.json").write_text(json.dumps({"labels": ["x", "y"], "template": "{text}"}))
+    t = Task.load(d / "task.json", limit_train=10, limit_validation=6, limit_test=4, seed=0)
+    for rows, n in ((t.train, 10), (t.validation, 6), (t.test, 4)):
+        assert Counter(r["label"] for r in rows) == {"x": n // 2, "y": n // 2}
+    assert t.split_sizes == {"train": 80, "validation": 40, "test": 40}

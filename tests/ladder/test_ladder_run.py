@@ -73,10 +73,15 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         assert ("collapsed" in r["flags"]) >= one_label
     # The interface other checks rely on (issue 14): the task, what each rung ran with, ties.
     assert s["task"]["kind"] == "classification" and s["task"]["labels"] == s["meta"]["labels"]
-    assert s["task"]["splits"] == {"train": 433, "validation": 91, "test": 96}
+    assert s["task"]["splits"] == {"train": 652, "validation": 120, "test": 155}
+    # --quick validates on 16 rows; the 8 training rows are a stratified sample: every label
+    # (the file's first 8 rows are one topic's).
+    assert s["task"]["used"] == {"train": 8, "validation": 16, "test": 6}
+    trained_on = [json.loads(x) for x in (out / "data/train-limited.jsonl").open()]
+    assert {r["label"] for r in trained_on} == set(s["task"]["labels"])
     assert (
         s["task"]["used"]["test"] == 6
-        and "6 of 96 held-out items" in (out / "summary.md").read_text()
+        and "6 of 155 held-out items" in (out / "summary.md").read_text()
     )
     for r in by.values():
         assert {

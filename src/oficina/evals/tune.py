@@ -463,14 +463,17 @@ class Search:
     fingerprint: str
 
 
-def _pruner(name: str, eval_every: int):
+def _pruner(name: str, eval_every: int, trials: int):
     """Reports come at training steps eval_every, 2·eval_every, ...: the pruners' resource."""
     import optuna
 
     if name == "median":
-        # Compare from the second evaluation on, once 3 trials have finished: the first
-        # evaluation of a warming-up model says little.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=eval_every)
+        # Compare from the second evaluation on (optuna judges at step >= n_warmup_steps; the
+        # first evaluation of a warming-up model says little), once a third of the trials (1 to
+        # 3) have finished: with optuna's default of 5, and our earlier 3, a ladder's 3-trial
+        # search never pruned anything.
+        startup = max(1, min(3, trials // 3))
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=eval_every + 1)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every)
     if name == "hyperband":
@@ -586,7 +589,7 @@ def _open_study(s: Search):
         direction=s.direction,
         load_if_exists=True,
         sampler=_sampler(s, seed),
-        pruner=_pruner(s.cfg.pruner, s.base.train.eval_every),
+        pruner=_pruner(s.cfg.pruner, s.base.train.eval_every, s.cfg.trials),
     )
     if "fingerprint" not in study.user_attrs:
         study.set_user_attr("fingerprint", s.fingerprint)

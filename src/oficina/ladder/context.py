@@ -28,6 +28,7 @@ from oficina.evals.metrics import (
     prediction_flags,
 )
 from oficina.jsonl import read_jsonl
+from oficina.ladder.data import sample_rows
 from oficina.ladder.result import Cost, InferenceCost, RungResult
 from oficina.measure import param_counts, peak_memory, usd
 from oficina.workspace import atomic_write_text
@@ -93,9 +94,15 @@ class Task:
         task_file: str | Path,
         *,
         limit_train: int | None = None,
+        limit_validation: int | None = None,
         limit_test: int | None = None,
         template: str | None = None,
+        seed: int = 0,
     ) -> Task:
+        """The task file and its three splits; a limit keeps a seeded sample of a split that
+        keeps each label's share (``ladder.data.sample_rows``), not the file's first rows: the
+        demo's files are in topic order, and its first 160 training rows held 4 'built-in type'
+        passages of 93 (the test split has 25)."""
         p = Path(task_file)
         if not p.is_file():
             raise NotFound(f"task file not found: {p}")
@@ -119,9 +126,9 @@ class Task:
             kind=kind,
             labels=[str(x) for x in info.get("labels", [])],
             template=template,
-            train=splits["train"][:limit_train],
-            validation=splits["validation"],
-            test=splits["test"][:limit_test],
+            train=sample_rows(splits["train"], limit_train, seed),
+            validation=sample_rows(splits["validation"], limit_validation, seed),
+            test=sample_rows(splits["test"], limit_test, seed),
             split_sizes={k: len(v) for k, v in splits.items()},
             info=info,
         )
@@ -209,11 +216,16 @@ class LadderContext:
         )
 
     # -- the base model and the training files ---------------------------------
+    def engine(self, spec: str, adapter: str | None = None):
+        """A model to evaluate (and price) a rung with, in the ladder's ``dtype``: every rung
+        alike, so no rung's cost or quality differs by its precision alone."""
+        from oficina.infer.engine import Engine
+
+        return Engine.from_spec(spec, dtype=self.cfg.dtype, adapter=adapter)
+
     def base_engine(self):
         if self._base_engine is None:
-            from oficina.infer.engine import Engine
-
-            self._base_engine = Engine.from_spec(self.cfg.base_model)
+            self._base_engine = self.engine(self.cfg.base_model)
         return self._base_engine
 
     def base_params(self) -> int:
@@ -264,6 +276,9 @@ class LadderContext:
         if len(self.train) != self.task.split_sizes["train"]:
             train = data / "train-limited.jsonl"
             _write_rows(train, self.train)
+        if len(self.val) != self.task.split_sizes["validation"]:
+            val = data / "validation-limited.jsonl"
+            _write_rows(val, self.val)
         return TrainingFiles(train, val, tpl, self.labels)
 
     # -- evaluation shared by every rung ----------------------------------------

@@ -156,6 +156,29 @@ def stratified_split(rows: list[dict], seed: int) -> dict[str, list[dict]]:
     return splits
 
 
+def sample_rows(rows: list[dict], n: int | None, seed: int, key: str = "label") -> list[dict]:
+    """``n`` of ``rows`` drawn without replacement (seeded), in their file order: per ``key``
+    value in proportion to its share (largest remainder; every value keeps one row while ``n``
+    allows), so a limit on a file sorted by topic is not its first topics. Rows without ``key``
+    (a generation task) are one group: a plain seeded sample. ``n`` None or ≥ len: all rows."""
+    if n is None or n >= len(rows):
+        return rows
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get(key, "")), []).append(i)
+    share = {g: n * len(ix) / len(rows) for g, ix in groups.items()}
+    take = {g: int(q) for g, q in share.items()}
+    for g in sorted(groups, key=lambda g: (take[g] - share[g], g))[: n - sum(take.values())]:
+        take[g] += 1
+    if n >= len(groups):
+        for g in (g for g in sorted(groups) if take[g] == 0):
+            take[g] = 1
+            take[max(take, key=lambda h: (take[h], h))] -= 1
+    rng = random.Random(seed)
+    chosen = sorted(i for g in sorted(groups) for i in rng.sample(groups[g], take[g]))
+    return [rows[i] for i in chosen]
+
+
 def prepare_task(
     data: str | Path,
     out_dir: str | Path,

@@ -438,7 +438,8 @@ class TrainedRung(Rung):
             batch_size=int(hp["batch_size"]),
             warmup_steps=max(1, budget.steps // 10),
             eval_every=budget.eval_every,
-            eval_batches=8,
+            # Every validation scores all the (limited) validation rows, as the search's do.
+            eval_batches=max(1, math.ceil(len(ctx.val) / int(hp["batch_size"]))),
             patience=budget.patience,
             min_delta=budget.min_delta,
             seed=self.training_seed(ctx),
@@ -576,10 +577,9 @@ class Lora(RecipeRung):
         return "finetune", self.lora_config(ctx, ctx.cfg.base_model, hp, out)
 
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
-        from oficina.infer.engine import Engine
 
         return Trained(
-            engine=Engine.from_spec(ctx.cfg.base_model, adapter=s["out"]),
+            engine=ctx.engine(ctx.cfg.base_model, adapter=s["out"]),
             summary=s,
             cost=cost,
             detail=f"rank {hp['rank']}, {s['steps']} steps",
@@ -625,10 +625,9 @@ class Full(RecipeRung):
         )
 
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
-        from oficina.infer.engine import Engine
 
         return Trained(
-            engine=Engine.from_spec(s["out"]),
+            engine=ctx.engine(s["out"]),
             summary=s,
             cost=cost,
             detail=f"{s['steps']} steps",
@@ -710,11 +709,10 @@ class CptLora(RecipeRung):
         return "finetune", self.lora_config(ctx, cpt["out"], hp, out)
 
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
-        from oficina.infer.engine import Engine
 
         cpt, cpt_cost = self.continued(ctx, hp)
         return Trained(
-            engine=Engine.from_spec(cpt["out"], adapter=s["out"]),
+            engine=ctx.engine(cpt["out"], adapter=s["out"]),
             summary=s,
             cost=add_costs(cpt_cost, cost),
             detail=f"{cpt['steps']} CPT steps ({cpt['train_tokens']:,} tokens) + {s['steps']} LoRA steps",
@@ -853,10 +851,9 @@ class Distill(RecipeRung):
         )
 
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
-        from oficina.infer.engine import Engine
 
         return Trained(
-            engine=Engine.from_spec(s["out"]),
+            engine=ctx.engine(s["out"]),
             summary=s,
             cost=cost,
             detail=f"{hp['keep_layers']} layers, T={hp['temperature']}, alpha={hp['alpha']}",
