@@ -356,7 +356,9 @@ async def level(url: str, model: str, clients: int, load: Load) -> dict:
             await asyncio.gather(*(closed(w) for w in range(clients)))
         else:
             await asyncio.gather(*(arrive(req) for req in requests))
-        wall = time.perf_counter() - t0
+        # throughput over the time requests were being served: from the first one sent (a ramp
+        # or the first Poisson gap would otherwise count as idle time) to the last answer
+        wall = time.perf_counter() - t0 - min(r["at"] for r in requests)
     ttft = sorted(r["ttft"] for r in results)
     tpot = [r["tpot"] for r in results if r["tpot"] is not None]
     out_tokens = sum(r["tokens"] for r in results)
