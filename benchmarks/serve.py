@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/serve.py            # every server in SERVERS at 1, 8, 32 clients
     .venv/bin/python benchmarks/serve.py --quick    # fewer requests per client
     .venv/bin/python benchmarks/serve.py --only "llama.cpp" --clients 8
+    # arrivals spread over time (see below): an open loop at 1 request/s, a closed loop with a ramp
+    .venv/bin/python benchmarks/serve.py --clients 32 --arrival-rate 1 --max-tokens 8-56
+    .venv/bin/python benchmarks/serve.py --clients 32 --requests-per-client 3 --ramp 10 --max-tokens 8-56
 
 The servers are real processes on loopback, measured one after another in the same run:
 ``oficina serve smollm2-135m-instruct`` in each variant of the ``SERVERS`` table (a label and
