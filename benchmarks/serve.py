@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/serve.py            # every server in SERVERS at 1, 8, 32 clients
     .venv/bin/python benchmarks/serve.py --quick    # fewer requests per client
     .venv/bin/python benchmarks/serve.py --only "llama.cpp" --clients 8
+    # arrivals spread over time (see below): an open loop at 1 request/s, a closed loop with a ramp
+    .venv/bin/python benchmarks/serve.py --clients 32 --arrival-rate 1 --max-tokens 8-56
+    .venv/bin/python benchmarks/serve.py --clients 32 --requests-per-client 3 --ramp 10 --max-tokens 8-56
 
 The servers are real processes on loopback, measured one after another in the same run:
 ``oficina serve smollm2-135m-instruct`` in each variant of the ``SERVERS`` table (a label and
@@ -20,13 +23,31 @@ venv; ``08b2092^1`` is main just before the step-level engine merged: static bat
 prompt prefilled on its own), with the same flags where it has them. The TTFT goal is then
 checked against it too.
 
-Every client streams chat completions back to back (greedy, ``ignore_eos`` so each answer is
-exactly ``--max-tokens`` tokens on every server). Reported per server and level: request and
-output-token throughput, time to first token (TTFT) p50/p95, time per output token after the
-first (TPOT) p50, and the load average when the level started (the machine is shared). Claims
-checked: static batching gives at least 3x the request throughput of one-at-a-time at 8
-clients; when a continuous-batching row ran, issue 16's goal — TTFT p95 at 32 clients under half
-of static batching's, throughput at least static batching's.
+Every request streams a chat completion (greedy, ``ignore_eos`` so each answer is exactly its
+``max_tokens`` tokens on every server). How the requests of a level with N clients arrive (the
+same requests, lengths and times for every server: drawn from ``--seed``):
+
+  * burst (``--requests-per-client 1``, what ``--quick`` does above 1 client): N requests sent
+    at once. Every scheduler must then prefill all N prompts before the last first token, so
+    the burst's prefill compute bounds every server's TTFT p95 alike;
+  * closed loop (``--requests-per-client K`` > 1, the default without ``--quick``): each client
+    sends K requests back to back, the next as soon as the last answer ends. With
+    ``--max-tokens LO-HI`` each request asks for a length drawn uniformly from LO..HI, so the
+    clients drift apart as real ones do: under static batching a request sent while a batch
+    runs waits for the whole batch, continuous batching admits it at the next decode step.
+    ``--ramp S`` starts each client at a time drawn from 0..S seconds, as users arrive, instead
+    of all at once (whose first requests would be a burst);
+  * open loop (``--arrival-rate R``): N x K requests arrive at Poisson times, R a second on
+    average, whether or not earlier answers have ended; at most N are in flight (a request
+    arriving when all N clients are busy waits for one, and that wait counts in its TTFT, which
+    is measured from its arrival).
+
+Reported per server and level: request and output-token throughput, time to first token (TTFT)
+p50/p95, time per output token after the first (TPOT) p50, and the load average when the level
+started (the machine is shared). Claims checked: static batching gives at least 3x the request
+throughput of one-at-a-time at 8 clients; when a continuous-batching row ran, issue 16's goal —
+TTFT p95 at 32 clients under half of static batching's, throughput at least static batching's
+(in an open loop that the servers keep up with, throughput is the arrival rate for all of them).
 """
 
 from __future__ import annotations
@@ -35,6 +56,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import socket
 import statistics
@@ -249,8 +271,60 @@ async def one_request(
     }
 
 
-async def level(url: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
-    """`clients` concurrent clients, each sending `per_client` streaming requests back to back."""
+@dataclass(frozen=True)
+class Load:
+    """How a level's requests arrive; see the module docstring."""
+
+    per_client: dict[int, int]  # clients -> requests each client sends
+    max_tokens: tuple[int, int]  # each request's max_tokens is drawn uniformly from lo..hi
+    rate: float | None = None  # open loop: Poisson arrivals, req/s in all; None: closed loop
+    seed: int = 0
+    ramp: float = 0.0  # closed loop: each client starts at a time drawn from 0..ramp seconds
+
+    def describe(self, clients: int) -> str:
+        k = self.per_client[clients]
+        lo, hi = self.max_tokens
+        tokens = f"{hi} tokens" if lo == hi else f"{lo}-{hi} tokens (uniform, seeded)"
+        if self.rate is not None:
+            return (
+                f"open loop: {clients * k} requests arriving at Poisson times, {self.rate:g} "
+                f"req/s, at most {clients} in flight; {tokens}"
+            )
+        start = f", clients starting over {self.ramp:g} s (seeded)" if self.ramp else ""
+        if k == 1 and not self.ramp:
+            return f"burst: {clients} requests sent at once; {tokens}"
+        return f"closed loop: {clients} clients x {k} requests back to back{start}; {tokens}"
+
+
+def plan_requests(load: Load, clients: int) -> list[dict]:
+    """The requests of a level: prompt, max_tokens and ``at``, when it is sent in seconds from
+    the start (open loop: its arrival; closed loop: client w's requests are w*K..w*K+K-1, the
+    first sent at its client's start, the others 0: when the answer before ends). Drawn from
+    ``load.seed`` and ``clients`` only, so every server of a run gets the same ones."""
+    rng = random.Random(f"{load.seed}:{clients}")
+    starts = random.Random(f"{load.seed}:{clients}:start")  # the lengths stay those without
+    lo, hi = load.max_tokens
+    k = load.per_client[clients]
+    at, out = 0.0, []
+    for i in range(clients * k):
+        if load.rate is not None:
+            at += rng.expovariate(load.rate)
+        elif load.ramp:
+            at = starts.uniform(0, load.ramp) if i % k == 0 else 0.0
+        topic = TOPICS[i % len(TOPICS)]
+        out.append(
+            {
+                "prompt": f"Write a short story about {topic}.",
+                "max_tokens": rng.randint(lo, hi),
+                "at": at,
+            }
+        )
+    return out
+
+
+async def level(url: str, model: str, clients: int, load: Load) -> dict:
+    """One level: ``clients`` concurrent clients sending the requests of ``plan_requests``."""
+    requests = plan_requests(load, clients)
     results: list[dict] = []
     # A fresh connection per request (well under a millisecond on loopback, the same for every
     # server): llama-server's HTTP library drops a reused connection now and then under load,
@@ -258,15 +332,36 @@ async def level(url: str, model: str, clients: int, per_client: int, max_tokens:
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
 
-        async def worker(w: int) -> None:
-            for k in range(per_client):
-                topic = TOPICS[(w * per_client + k) % len(TOPICS)]
-                prompt = f"Write a short story about {topic}."
-                results.append(await one_request(client, url, model, prompt, max_tokens))
+        async def send(req: dict) -> None:
+            r = await one_request(client, url, model, req["prompt"], req["max_tokens"])
+            results.append(r)
+
+        async def closed(w: int) -> None:  # client w's requests, back to back
+            k = load.per_client[clients]
+            await asyncio.sleep(requests[w * k]["at"])  # the client's start (ramp)
+            for req in requests[w * k : (w + 1) * k]:
+                await send(req)
+
+        free = asyncio.Semaphore(clients)
+
+        async def arrive(req: dict) -> None:  # open loop: sent at its time, when a client is free
+            await asyncio.sleep(max(0.0, t0 + req["at"] - time.perf_counter()))
+            arrived = time.perf_counter()
+            async with free:
+                waited = time.perf_counter() - arrived
+                r = await one_request(client, url, model, req["prompt"], req["max_tokens"])
+            r["ttft"] += waited
+            r["latency"] += waited
+            results.append(r)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(clients)))
-        wall = time.perf_counter() - t0
+        if load.rate is None:
+            await asyncio.gather(*(closed(w) for w in range(clients)))
+        else:
+            await asyncio.gather(*(arrive(req) for req in requests))
+        # throughput over the time requests were being served: from the first one sent (a ramp
+        # or the first Poisson gap would otherwise count as idle time) to the last answer
+        wall = time.perf_counter() - t0 - min(r["at"] for r in requests)
     ttft = sorted(r["ttft"] for r in results)
     tpot = [r["tpot"] for r in results if r["tpot"] is not None]
     out_tokens = sum(r["tokens"] for r in results)
@@ -290,16 +385,17 @@ class Plan:
     model: str  # the "model" field the server expects
 
 
-def measure(plan: Plan, levels, per_client: dict, max_tokens: int) -> list[dict]:
+def measure(plan: Plan, levels, load: Load) -> list[dict]:
     server = plan.start()
     rows = []
+    warm_up = Load({1: 1}, (4, 4))
     try:
         server.wait()
-        asyncio.run(level(server.url, plan.model, 1, 1, 4))  # warm-up (first-call allocations)
+        asyncio.run(level(server.url, plan.model, 1, warm_up))  # first-call allocations
         for n in levels:
-            load = loadavg()
-            res = asyncio.run(level(server.url, plan.model, n, per_client[n], max_tokens))
-            res.update(server=plan.label, load=load)
+            avg = loadavg()
+            res = asyncio.run(level(server.url, plan.model, n, load))
+            res.update(server=plan.label, load=avg)
             rows.append(res)
             print(f"  done: {plan.label}, {n} clients ({res['wall_s']:.1f}s)", flush=True)
     finally:
@@ -311,13 +407,67 @@ def find(rows: list[dict], label: str, clients: int) -> dict | None:
     return next((r for r in rows if r["server"] == label and r["clients"] == clients), None)
 
 
+def token_range(text: str) -> tuple[int, int]:
+    """``--max-tokens``: N (every answer N tokens) or LO-HI (each request's drawn from LO..HI)."""
+    lo, _, hi = text.partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or LO-HI, e.g. 32 or 8-56") from None
+    if not 1 <= lo_n <= hi_n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= LO <= HI")
+    return lo_n, hi_n
+
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = 0
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a number > 0")
+        return v
+
+    return parse
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests per client")
-    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    ap.add_argument(
+        "--max-tokens",
+        type=token_range,
+        default=(32, 32),
+        metavar="N|LO-HI",
+        help="tokens per answer: N, or LO-HI for lengths drawn uniformly from LO..HI (seeded)",
+    )
     ap.add_argument(
         "--clients", type=int, nargs="+", default=list(LEVELS), help="concurrency levels"
     )
+    ap.add_argument(
+        "--requests-per-client",
+        type=positive(int),
+        metavar="K",
+        help="requests each client sends (closed loop: back to back; 1 = a burst); default "
+        "4 at 1 client and 2 above (--quick: 2 and 1)",
+    )
+    ap.add_argument(
+        "--arrival-rate",
+        type=positive(float),
+        metavar="R",
+        help="open loop: clients x K requests arrive at Poisson times, R a second, at most "
+        "'clients' in flight",
+    )
+    ap.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="closed loop: each client starts at a time drawn uniformly from 0..S seconds "
+        "(seeded; default 0: all at once)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="draws the lengths and arrival times")
     ap.add_argument("--only", nargs="+", help="run only the servers whose label contains one")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp server peer")
     ap.add_argument(
@@ -326,15 +476,20 @@ def main() -> int:
         help="also serve with the static batching of commit REV (e.g. 08b2092^1: issue 16's today)",
     )
     args = ap.parse_args()
+    k = args.requests_per_client
     per_client = {
-        n: (2 if n == 1 else 1) if args.quick else (4 if n == 1 else 2) for n in args.clients
+        n: k or ((2 if n == 1 else 1) if args.quick else (4 if n == 1 else 2)) for n in args.clients
     }
+    if args.ramp < 0 or (args.ramp and args.arrival_rate):
+        ap.error("--ramp takes seconds >= 0, and only without --arrival-rate (a closed loop's)")
+    load = Load(per_client, args.max_tokens, args.arrival_rate, args.seed, args.ramp)
     print(f"machine: {machine()}")
     print(
         f"model: {MODEL} (float32 in Oficina, f32 GGUF in llama.cpp), greedy, ignore_eos, "
-        f"max_tokens={args.max_tokens}, streaming chat completions; requests per client: "
-        f"{per_client}\n"
+        "streaming chat completions"
     )
+    arrivals = "\n".join(f"arrivals at {n} clients: {load.describe(n)}" for n in args.clients)
+    print(arrivals + "\n")
 
     def wanted(label: str) -> bool:
         return not args.only or any(s.lower() in label.lower() for s in args.only)
@@ -366,7 +521,7 @@ def main() -> int:
                 plans.append(Plan(LLAMA_LABEL, lambda: start_llama(exe, gguf), MODEL))
         try:
             for plan in plans:
-                rows += measure(plan, args.clients, per_client, args.max_tokens)
+                rows += measure(plan, args.clients, load)
         finally:
             if baseline:
                 root = Path(__file__).resolve().parents[1]
@@ -387,7 +542,8 @@ def main() -> int:
         f"{'server':<34} {'clients':>7} {'reqs':>5} {'req/s':>7} {'out tok/s':>9} "
         f"{'TTFT p50':>9} {'TTFT p95':>9} {'TPOT p50':>9} {'load':>5}"
     )
-    print("\n" + head)
+    print("\n" + arrivals)
+    print(head)
     print("-" * len(head))
     for r in rows:
         print(
