@@ -300,3 +300,17 @@ def test_trained_rungs_batch_rows_of_similar_length(ctx, tmp_path):
         hp, _ = rung.hyperparameters(ctx)
         _, cfg = rung.recipe(ctx, hp, tmp_path / cls.name)
         assert cfg.train.group_by_length == GROUP_BY_LENGTH > 1
+
+
+def test_a_best_checkpoint_at_the_budget_counts_as_cut_off_only_if_it_still_fell():
+    from oficina.ladder.rungs import Budget
+
+    b = Budget.of(160, {"batch_size": 4, "max_epochs": 4, "evals_per_epoch": 2, "patience": 2,
+                        "min_delta": 0.01})  # fmt: skip
+    assert (b.steps, b.eval_every) == (160, 20)
+    flat = [(120, 0.3619), (140, 0.3828), (160, 0.3609)]  # the demo's LoRA: 0.3% at the end
+    falling = [(120, 0.40), (140, 0.39), (160, 0.36)]
+    assert not b.cut_by_budget(160, flat) and b.cut_by_budget(160, falling)
+    assert not b.cut_by_budget(120, falling)  # best before the last evaluation
+    assert b.outcome({"best_step": 160, "steps": 160, "val_curve": falling})["best_at_budget"]
+    assert not b.outcome({"best_step": 160, "steps": 160, "val_curve": flat})["best_at_budget"]

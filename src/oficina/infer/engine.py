@@ -40,6 +40,7 @@ import collections
 import math
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,7 +333,11 @@ class Engine:
             # PEFT reads adapter_model.safetensors first and falls back to a pickle: the gate
             # makes sure the first exists and is sound, so the fallback never happens.
             adapter_path = check_lm_adapter(check_adapter_dir(adapter))
-            with load_errors(adapter_path, "adapter"):
+            with load_errors(adapter_path, "adapter"), warnings.catch_warnings():
+                # peft reads transformers 5's deprecated alias: theirs, not the user's.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
                 model = PeftModel.from_pretrained(model, str(adapter_path))
             model.eval()
             adapter_path = adapter_path.resolve()

@@ -388,9 +388,21 @@ class Budget:
             "stopped": stopped,
             "best_step": best,
             "best_epoch": None if best is None else round(best / self.steps_per_epoch, 2),
-            # The curve flattened when its best checkpoint came before the last evaluation.
-            "best_at_budget": best is not None and best >= self.steps,
+            "best_at_budget": self.cut_by_budget(best, s.get("val_curve") or []),
         }
+
+    def cut_by_budget(self, best: int | None, curve: list) -> bool:
+        """Whether the budget, not the curve, chose the best checkpoint: it is the last
+        evaluation, and that evaluation still fell by ``min_delta`` or more from the best before
+        it. A last fall smaller than that is the step early stopping counts as no progress
+        (LoRA on the demo: 0.3619 at step 120, 0.3609 at 160 — flat, not cut off)."""
+        if best is None or best < self.steps:
+            return False
+        earlier = [float(v) for step, v in curve if int(step) < best]
+        if not earlier or not curve:
+            return True
+        before, last = min(earlier), float(curve[-1][1])
+        return before - last >= self.min_delta * before
 
 
 class TrainedRung(Rung):
