@@ -4,8 +4,8 @@
 
 Each run is the whole ``oficina ladder`` (``oficina.ladder.run.run_ladder``) on the demo task,
 with ``--seed`` set to each value: the trained rungs' initialisation, data order and searches,
-the random baselines and the bootstrap resamples all change; the task's splits (a task.json's
-files) do not. The claim (issue 14) holds when every run recommends the same rung, or when the
+the rows a ``limit_train`` samples (stratified), the random baselines and the bootstrap resamples
+all change; the task's splits (a task.json's files) do not. The claim (issue 14) holds when every run recommends the same rung, or when the
 runs' picks are reported as statistically tied with each other (the other run's pick is in
 ``tied_with``). Prints each run's qualities, recommendation and ties, writes
 ``ladder_seeds.json`` in ``--out``. Any extra ``--flag value`` pairs go to every ladder run
