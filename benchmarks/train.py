@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/train.py --what pretrain|lora|distill|all [--quick]
     .venv/bin/python benchmarks/train.py --what lora-speed|full-speed [--steps N]
     .venv/bin/python benchmarks/train.py --what frozen-cast [--steps N]
+    .venv/bin/python benchmarks/train.py --what lora-step [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -24,6 +25,9 @@
 * frozen-cast  one LoRA step at the ladder's shape with the frozen weights stored in bf16
            (what ``fit`` does under bf16) and in float32, alternating in one process, same
            batches: CPU and wall seconds per step, and the largest loss difference.
+* lora-step  a LoRA step at the ladder's shape under each setting issue 14 measured (LoRA
+           dropout, a padded batch's attention mask, SDPA vs eager attention), interleaved in
+           one process: tokens/s and the losses (``bench_lora_step``).
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
@@ -407,8 +411,9 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
     Throughput is real (non-pad) tokens over the time of the training steps: Oficina's
     ``tokens_per_s`` (its step time, validation excluded) and, for the Trainer, a callback timing
     from ``on_train_begin`` to the last ``on_step_end`` (batch fetch included, as Oficina's).
-    The mean training loss of each side is shown: equal within LoRA dropout's noise when both do
-    the same work. Then each side's own way to waste less on padding, each from the same
+    The mean training loss of each side is shown: equal within bf16 rounding when both do the
+    same work (no LoRA dropout, as the ladder). Then each side's own way to waste less on
+    padding, each from the same
     training rows, each with its own sampler: Oficina's ``--train.group_by_length 16`` (what the ladder
     trains with) and the Trainer's ``train_sampling_strategy="group_by_length"`` (its LengthGroupedSampler).
     The two samplers draw different rows (over a few steps the Trainer's, longest batch first,
@@ -426,7 +431,10 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
 
     task = ROOT / "examples/demo/task"
     bs, max_len, seed = 4, 256, 0
-    lora = LoraArgs(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    # The ladder's LoRA: no dropout since issue 14 (both sides; PEFT then skips the masks too).
+    lora = LoraArgs(
+        r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
     # The ladder's values: LoRA at 2e-3 without weight decay; full at 5e-5 with the default decay.
     targs = dict(lr=2e-3, weight_decay=0.0) if method == "lora" else dict(lr=5e-5)
     args = TrainArgs(
@@ -651,6 +659,135 @@ def bench_frozen_cast(work: Path, steps: int) -> None:
     print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
 
 
+def bench_attention_layer(reps: int = 6) -> None:
+    """One attention layer's forward + backward at the ladder's LoRA shape (batch 4, SmolLM2's
+    9 heads of 64, 186 tokens, bf16): SDPA causal, SDPA with a padding mask, and the eager
+    matmul + float32 softmax (causal mask only). Best of ``reps`` rounds of 5 calls each."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    b, h, t, d = 4, 9, 186, 64
+    q, k, v = (torch.randn(b, h, t, d, dtype=torch.bfloat16, requires_grad=True) for _ in "qkv")
+    grad = torch.randn(b, h, t, d, dtype=torch.bfloat16)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    real = torch.arange(t)[None, :] < torch.tensor([186, 180, 175, 170])[:, None]
+    mask = (causal[None] & real[:, None, :])[:, None]
+
+    def eager(q, k, v):
+        s = (q @ k.transpose(-1, -2)) * d**-0.5
+        return s.float().masked_fill(~causal, float("-inf")).softmax(-1).to(q.dtype) @ v
+
+    ways = {
+        "SDPA is_causal": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "SDPA with a padding mask": lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask
+        ),
+        "eager (matmul + float32 softmax)": eager,
+    }
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(reps):
+        for name, f in ways.items():
+            t0 = time.perf_counter()
+            for _ in range(5):
+                f(q, k, v).backward(grad)
+            best[name] = min(best[name], (time.perf_counter() - t0) / 5)
+    table(
+        f"one attention layer, forward + backward, [{b}, {h}, {t}, {d}] bf16, best of {reps}",
+        ["attention", "ms"],
+        [[n, f"{x * 1e3:.1f}"] for n, x in best.items()],
+    )
+
+
+def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
+    """What a LoRA step of the ladder's shape costs under each setting issue 14 looked at, in
+    one process, interleaved (every other trial in reverse), each setting training a fresh
+    adapter from the same seed on the same batches (SmolLM2, the demo task's SFT rows, batch 4,
+    max_len 256, ``group_by_length`` 16, bf16 autocast with frozen weights in bf16 as ``fit``
+    runs, LoRA r 8 on q/k/v/o, AdamW at the ladder's 2e-3). Settings: LoRA dropout 0.05 (the
+    ladder before) or 0 (now); a right-padded batch's attention mask kept (before) or dropped
+    (``objectives.mask_is_redundant``, now); transformers' SDPA attention or its ``eager`` one
+    (matmul + float32 softmax; not used by ``fit``: a measured option). Real tokens/s of the
+    steps, and each setting's first-trial losses."""
+    import oficina.train.objectives as objectives
+    from oficina.demo_domain import LABELS, TEMPLATE
+    from oficina.models.sources import load_causal_lm
+    from oficina.train.data import BatchStream, load_jsonl_dataset
+    from oficina.train.frozen import FrozenCast
+    from oficina.train.loop import TrainArgs, make_optimizer
+    from oficina.train.memory import keep_freed_memory
+    from oficina.train.recipes import LoraArgs, _apply_lora
+
+    undo_memory = keep_freed_memory()  # as fit runs
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    tok.pad_token = tok.pad_token or tok.eos_token
+    ds = load_jsonl_dataset(
+        ROOT / "examples/demo/task/train.jsonl", tok, 256, "sft", TEMPLATE, LABELS
+    )
+    stream = BatchStream(ds, 4, seed=0, group_by_length=16)
+    redundant = objectives.mask_is_redundant
+    settings = {  # name: (LoRA dropout, drop the mask, attention)
+        "before: dropout 0.05, mask kept, sdpa": (0.05, False, "sdpa"),
+        "dropout 0.05, mask dropped, sdpa": (0.05, True, "sdpa"),
+        "dropout 0, mask kept, sdpa": (0.0, False, "sdpa"),
+        "now: dropout 0, mask dropped, sdpa": (0.0, True, "sdpa"),
+        "dropout 0, mask dropped, eager attention": (0.0, True, "eager"),
+    }
+
+    def run(dropout: float, drop_mask: bool, attn: str, first: int, n: int):
+        torch.manual_seed(0)
+        m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=dropout), "CAUSAL_LM").train()
+        frozen = FrozenCast(m, torch.bfloat16)
+        opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
+        params = [p for p in m.parameters() if p.requires_grad]
+        model.config._attn_implementation = attn
+        objectives.mask_is_redundant = redundant if drop_mask else (lambda b: False)
+        seconds, tokens, losses = 0.0, 0, []
+        try:
+            for i in range(first, first + n):
+                batch = stream.batch(i)
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16):
+                    loss, _ = objectives.SFT()(m, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                seconds += time.perf_counter() - t0
+                tokens += int(batch["attention_mask"].sum())
+        finally:
+            objectives.mask_is_redundant = redundant
+            model.config._attn_implementation = "sdpa"
+            frozen.restore()
+            m.unload()  # the base again, for the next setting
+        return seconds, tokens, losses
+
+    for setting in settings.values():
+        run(*setting, 0, 1)  # warm-up
+    totals = {k: [0.0, 0] for k in settings}
+    first_losses: dict[str, list[float]] = {}
+    for trial in range(trials):
+        for name in list(settings) if trial % 2 == 0 else list(settings)[::-1]:
+            sec, tok_n, losses = run(*settings[name], 1, steps)
+            totals[name][0] += sec
+            totals[name][1] += tok_n
+            first_losses.setdefault(name, losses)
+    base = totals[next(iter(settings))]
+    base_tps = base[1] / base[0]
+    table(
+        f"a LoRA step of the ladder's shape, {steps} steps x {trials} interleaved trials per "
+        "setting (tokens/s over all trials)",
+        ["setting", "tokens/s", "vs before", "losses (first trial)"],
+        [
+            [k, f"{t / s:,.0f}", f"{t / s / base_tps:.2f}x", " ".join(f"{x:.3f}" for x in lo)]
+            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in settings)
+        ],
+    )
+    undo_memory and undo_memory()
+    bench_attention_layer()
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -664,6 +801,7 @@ def main() -> int:
             "lora-speed",
             "full-speed",
             "frozen-cast",
+            "lora-step",
             "all",
         ],  # fmt: skip
     )
@@ -702,6 +840,8 @@ def main() -> int:
             bench_finetune_speed(work, w.split("-")[0], a.steps or (8 if q else 30))
         elif w == "frozen-cast":
             bench_frozen_cast(work, a.steps or (4 if q else 10))
+        elif w == "lora-step":
+            bench_lora_step(work, a.steps or (3 if q else 6))
         print(f"[{w}: {time.perf_counter() - t:.0f}s]")
     return 0
 

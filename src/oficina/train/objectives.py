@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from oficina.errors import UserError
+from oficina.train.checkpoint import unwrap
 from oficina.train.data import IGNORE
-from oficina.train.fused_ce import causal_lm_parts, fused_linear_cross_entropy
+from oficina.train.fused_ce import (
+    PLAIN_CAUSAL_LMS,
+    causal_lm_parts,
+    fused_linear_cross_entropy,
+)
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -33,6 +38,39 @@ def _model_inputs(batch: dict) -> dict:
     if "attention_mask" in batch:
         kw["attention_mask"] = batch["attention_mask"]
     return kw
+
+
+def mask_is_redundant(batch: dict) -> bool:
+    """Can a causal decoder drop this batch's attention mask without changing the loss?
+
+    Yes when every row is right-padded (its mask is ones then zeros) and no padded position
+    carries a target: under causal attention a real token attends only to the tokens before
+    it, all real, and position ids count from 0 either way, so every output the loss reads is
+    the same; padded positions still compute, but nothing reads them. Without a mask SDPA
+    takes its plain causal kernel (``is_causal``) instead of building and applying a
+    ``[batch, 1, len, len]`` mask in every layer.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return True
+    if not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return False  # left padding, or holes: the mask matters
+    return bool((batch["targets"][mask == 0] == IGNORE).all())
+
+
+def _causal_inputs(batch: dict) -> dict:
+    """The decoder's inputs for a causal-LM loss: the mask only where it changes the loss."""
+    if mask_is_redundant(batch):
+        return {"input_ids": batch["input_ids"]}
+    return _model_inputs(batch)
+
+
+def _plain_causal(model) -> bool:
+    """Is ``model`` (under DDP, compile or PEFT) a decoder whose attention is purely causal?"""
+    m = unwrap(model)
+    if type(m).__module__.startswith("peft.") and hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return getattr(getattr(m, "config", None), "model_type", None) in PLAIN_CAUSAL_LMS
 
 
 class Objective(ABC):
@@ -61,14 +99,15 @@ class CausalLM(Objective):
         targets = batch["targets"]
         n = int((targets != IGNORE).sum())
         parts = causal_lm_parts(model) if self.fused else None
-        if parts is not None:
+        if parts is not None:  # a plain causal decoder (causal_lm_parts checks its type)
             decoder, head = parts
-            hidden = decoder(**_model_inputs(batch), use_cache=False).last_hidden_state
+            hidden = decoder(**_causal_inputs(batch), use_cache=False).last_hidden_state
             loss = fused_linear_cross_entropy(
                 hidden, head.weight, targets, IGNORE, chunk_size=self.chunk_size
             )
             return loss, n
-        logits = model(**_model_inputs(batch)).logits
+        inputs = _causal_inputs(batch) if _plain_causal(model) else _model_inputs(batch)
+        logits = model(**inputs).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         return loss, n
 
