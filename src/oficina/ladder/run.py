@@ -120,7 +120,8 @@ class LadderConfig(VerbConfig):
         None, ge=1, description="train on N labelled items only (a seeded, stratified sample)"
     )
     # Every validation scores all of these rows (early stopping, the best checkpoint and the
-    # search read them): 64 rows keep a validation of the demo's LoRA near 6 s.
+    # search read them): 64 of the demo's 120 cost about half of scoring them all, at every
+    # validation of every trial.
     limit_validation: int | None = Field(
         64,
         ge=1,
