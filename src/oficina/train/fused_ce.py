@@ -218,7 +218,7 @@ def reference_linear_cross_entropy(
 # ---------------------------------------------------------------------------- which models
 
 
-def _strip(model):
+def strip_wrappers(model):
     """Under torch.compile's OptimizedModule and PEFT's wrappers; None under DDP/FSDP."""
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -238,14 +238,18 @@ def _strip(model):
     return None
 
 
+def is_plain_causal(m) -> bool:
+    """Is ``m`` (already stripped of wrappers) a decoder known to be plain: purely causal
+    attention, logits a bias-free linear layer of the last hidden state?"""
+    return getattr(getattr(m, "config", None), "model_type", None) in PLAIN_CAUSAL_LMS
+
+
 def causal_lm_parts(model) -> tuple[nn.Module, nn.Linear] | None:
     """(decoder, output layer) when ``model``'s logits are ``head(decoder(...)[0])``, else None."""
-    m = _strip(model)
-    if m is None:
+    m = strip_wrappers(model)
+    if m is None or not is_plain_causal(m):
         return None
-    cfg = getattr(m, "config", None)
-    if getattr(cfg, "model_type", None) not in PLAIN_CAUSAL_LMS:
-        return None
+    cfg = m.config
     for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(cfg, attr, None) not in (None, 1, 1.0):
             return None

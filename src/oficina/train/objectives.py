@@ -27,9 +27,10 @@ from oficina.errors import UserError
 from oficina.train.checkpoint import unwrap
 from oficina.train.data import IGNORE
 from oficina.train.fused_ce import (
-    PLAIN_CAUSAL_LMS,
     causal_lm_parts,
     fused_linear_cross_entropy,
+    is_plain_causal,
+    strip_wrappers,
 )
 
 
@@ -67,10 +68,8 @@ def _causal_inputs(batch: dict) -> dict:
 
 def _plain_causal(model) -> bool:
     """Is ``model`` (under DDP, compile or PEFT) a decoder whose attention is purely causal?"""
-    m = unwrap(model)
-    if type(m).__module__.startswith("peft.") and hasattr(m, "get_base_model"):
-        m = m.get_base_model()
-    return getattr(getattr(m, "config", None), "model_type", None) in PLAIN_CAUSAL_LMS
+    m = strip_wrappers(unwrap(model))  # DDP's module first: strip_wrappers stops at DDP
+    return m is not None and is_plain_causal(m)
 
 
 class Objective(ABC):
