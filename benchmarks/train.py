@@ -590,15 +590,26 @@ def bench_finetune_speed(work: Path, method: str, steps: int, trials: int = 2) -
     print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
 
 
+def ladder_sft_batches():
+    """SmolLM2 and the demo task's training rows as the ladder's LoRA step sees them: SFT
+    rows (the loss on the label), max_len 256, batches of 4 grouped by length (windows of 16)."""
+    from oficina.demo_domain import LABELS, TEMPLATE
+    from oficina.models.sources import load_causal_lm
+    from oficina.train.data import BatchStream, load_jsonl_dataset
+
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    tok.pad_token = tok.pad_token or tok.eos_token
+    task = ROOT / "examples/demo/task/train.jsonl"
+    ds = load_jsonl_dataset(task, tok, 256, "sft", TEMPLATE, LABELS)
+    return model, BatchStream(ds, 4, seed=0, group_by_length=16)
+
+
 def bench_frozen_cast(work: Path, steps: int) -> None:
     """The bf16 storage of frozen weights (``train/frozen.py``) on and off, one LoRA step each
     in turn on the same batches, in one process: the ladder's shape (SmolLM2, the demo task's
     SFT rows, batch 4, max_len 256, ``group_by_length`` 16, bf16 autocast, LoRA r 8 on the
     attention projections). Process CPU seconds per step (less moved than wall time by the
     other jobs of a shared machine) and wall seconds; the losses of the two must be equal."""
-    from oficina.demo_domain import LABELS, TEMPLATE
-    from oficina.models.sources import load_causal_lm
-    from oficina.train.data import BatchStream, load_jsonl_dataset
     from oficina.train.frozen import FrozenCast
     from oficina.train.loop import TrainArgs, make_optimizer
     from oficina.train.memory import keep_freed_memory
@@ -606,10 +617,7 @@ def bench_frozen_cast(work: Path, steps: int) -> None:
     from oficina.train.recipes import LoraArgs, _apply_lora
 
     undo_memory = keep_freed_memory()  # as fit runs
-    model, tok = load_causal_lm("smollm2-135m-instruct")
-    tok.pad_token = tok.pad_token or tok.eos_token
-    task = ROOT / "examples/demo/task/train.jsonl"
-    ds = load_jsonl_dataset(task, tok, 256, "sft", TEMPLATE, LABELS)
+    model, stream = ladder_sft_batches()
     torch.manual_seed(0)
     model = _apply_lora(model, LoraArgs(), "CAUSAL_LM").train()
     # AdamW runs its full step at lr 0: the weights stay put, so both settings see the same
@@ -617,7 +625,6 @@ def bench_frozen_cast(work: Path, steps: int) -> None:
     opt = make_optimizer(model, TrainArgs(weight_decay=0.0))
     for g in opt.param_groups:
         g["lr"] = 0.0
-    stream = BatchStream(ds, 4, seed=0, group_by_length=16)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step(i: int, cast: bool) -> tuple[float, float, float]:
@@ -709,21 +716,13 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     (matmul + float32 softmax; not used by ``fit``: a measured option). Real tokens/s of the
     steps, and each setting's first-trial losses."""
     import oficina.train.objectives as objectives
-    from oficina.demo_domain import LABELS, TEMPLATE
-    from oficina.models.sources import load_causal_lm
-    from oficina.train.data import BatchStream, load_jsonl_dataset
     from oficina.train.frozen import FrozenCast
     from oficina.train.loop import TrainArgs, make_optimizer
     from oficina.train.memory import keep_freed_memory
     from oficina.train.recipes import LoraArgs, _apply_lora
 
     undo_memory = keep_freed_memory()  # as fit runs
-    model, tok = load_causal_lm("smollm2-135m-instruct")
-    tok.pad_token = tok.pad_token or tok.eos_token
-    ds = load_jsonl_dataset(
-        ROOT / "examples/demo/task/train.jsonl", tok, 256, "sft", TEMPLATE, LABELS
-    )
-    stream = BatchStream(ds, 4, seed=0, group_by_length=16)
+    model, stream = ladder_sft_batches()
     redundant = objectives.mask_is_redundant
     settings = {  # name: (LoRA dropout, drop the mask, attention)
         "before: dropout 0.05, mask kept, sdpa": (0.05, False, "sdpa"),
