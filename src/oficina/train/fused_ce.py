@@ -24,8 +24,9 @@ LM whose logits are a bias-free ``nn.Linear`` of the last hidden state (tied or 
 under PEFT (LoRA on the decoder; the head must be untouched) or ``torch.compile``. It returns
 ``None`` — and the objective falls back to the plain logits — for DDP/FSDP wrappers (their
 hooks run in the wrapper's ``forward``), for heads with soft-capping or scaling, and for model
-types not known to be plain. Distillation needs the student's full distribution, so ``KD`` never
-uses this path.
+types not known to be plain. Distillation needs the student's full distribution, so ``KD`` does
+not use the fused loss; it uses ``causal_lm_parts`` to run the output layers only at the target
+positions.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ distillation all run through ``fit``; what differs is the objective object and t
 
 What it does, step by step: AdamW (fused on CPU; no weight decay on norms and biases) with
 linear warm-up then cosine decay to ``min_lr_ratio * lr``; ``grad_accum`` micro-batches per
-step; bf16 autocast (the fast path on CPUs with AMX; frozen linear weights stored in bf16 for
-the run, ``train/frozen.py``) or fp32; gradient clipping; a NaN/inf
-loss or gradient stops the step *before* the optimizer touches the weights; validation every
+step; bf16 autocast (the fast path on CPUs with AMX; frozen linear weights — and a KD
+teacher's, ``objective.frozen_models()`` — stored in bf16 for the run, ``train/frozen.py``) or
+fp32; gradient clipping; a NaN/inf loss or gradient stops the step *before* the optimizer
+touches the weights; validation every
 ``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
 without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
 rises by more than ``min_delta`` while training loss falls;
@@ -362,7 +363,8 @@ def fit(
 def _compile(wrapped, objective, restore: list):
     """``--train.compile``: the decoder stack alone when the objective takes the fused
     cross-entropy path (the loss stays outside the graph, its softmax kernel compiled on its
-    own); otherwise the whole model. Undone when ``fit`` returns."""
+    own) or KD's kept-positions path (it calls the decoder itself); otherwise the whole model.
+    Undone when ``fit`` returns."""
     if getattr(objective, "fused", False) and causal_lm_parts(wrapped) is not None:
         restore.append(compile_decoder(wrapped))
         was = COMPILE_KERNEL["on"]
@@ -402,6 +404,9 @@ def _fit(
     )
     if frozen is not None:
         restore.append(frozen.restore)
+    if args.precision == "bf16":  # a KD teacher: frozen, run under no_grad, never saved
+        for m in getattr(objective, "frozen_models", list)():
+            restore.append(FrozenCast(m, torch.bfloat16).restore)
     opt = make_optimizer(model, args, fsdp=fsdp)
     sched = make_scheduler(opt, args, max_steps)
     train_model = _compile(wrapped, objective, restore) if args.compile else wrapped

@@ -7,7 +7,9 @@
                      response tokens carry loss;
 * ``Classification`` / ``Regression``  a sequence head (cross-entropy / mean squared error);
 * ``KD``             forward KL(teacher || student) at temperature T, times T², mixed with the
-                     cross-entropy on the real next token: ``alpha*KL + (1-alpha)*CE``.
+                     cross-entropy on the real next token: ``alpha*KL + (1-alpha)*CE``. On
+                     plain causal decoders both models' output layers run only at the target
+                     positions (for SFT rows: the few label tokens, not ~130 x 49k logits).
                      Token-level KD needs one vocabulary; ``check_same_vocab`` says otherwise
                      and points at sequence-level distillation (teacher generations as SFT
                      targets, ``oficina distill --method sequence``).
@@ -22,6 +24,7 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from oficina.errors import UserError
 from oficina.train.checkpoint import unwrap
@@ -66,6 +69,11 @@ def _causal_inputs(batch: dict) -> dict:
     return _model_inputs(batch)
 
 
+def _last_hidden(decoder: nn.Module, batch: dict) -> torch.Tensor:
+    """A plain causal decoder's last hidden state for ``batch``: ``[batch, len, d]``."""
+    return decoder(**_causal_inputs(batch), use_cache=False).last_hidden_state
+
+
 def _plain_causal(model) -> bool:
     """Is ``model`` (under DDP, compile or PEFT) a decoder whose attention is purely causal?"""
     m = strip_wrappers(unwrap(model))  # DDP's module first: strip_wrappers stops at DDP
@@ -100,7 +108,7 @@ class CausalLM(Objective):
         parts = causal_lm_parts(model) if self.fused else None
         if parts is not None:  # a plain causal decoder (causal_lm_parts checks its type)
             decoder, head = parts
-            hidden = decoder(**_causal_inputs(batch), use_cache=False).last_hidden_state
+            hidden = _last_hidden(decoder, batch)
             loss = fused_linear_cross_entropy(
                 hidden, head.weight, targets, IGNORE, chunk_size=self.chunk_size
             )
@@ -145,11 +153,22 @@ def check_same_vocab(teacher_tok, student_tok, teacher_vocab: int, student_vocab
 
 
 class KD(Objective):
-    """alpha * T² * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, next token)."""
+    """alpha * T² * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, next token).
+
+    Both terms read the logits only at the target positions (targets not -100). ``fused=True``
+    (the default) therefore runs the output layers there alone when both models are plain
+    causal decoders (``causal_lm_parts``): each decoder's last hidden state, its kept rows,
+    then the head — the same loss and student gradients as the full logits, without the
+    ``[tokens, vocab]`` logits of two models (for the ladder's SFT rows 1-3 of ~130 positions
+    a row carry a target). Other models, and ``fused=False``, take the full logits.
+
+    The teacher is frozen and only run under ``no_grad``; ``frozen_models()`` names it so
+    ``fit`` stores its linear weights in bf16 for a bf16 run (``train/frozen.py``).
+    """
 
     name = "kd"
 
-    def __init__(self, teacher, temperature: float = 2.0, alpha: float = 0.5):
+    def __init__(self, teacher, temperature: float = 2.0, alpha: float = 0.5, fused: bool = True):
         if temperature <= 0:
             raise UserError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -157,22 +176,49 @@ class KD(Objective):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.T, self.alpha = temperature, alpha
+        self.T, self.alpha, self.fused = temperature, alpha, fused
+
+    def frozen_models(self) -> list[nn.Module]:
+        """Models this objective runs frozen, under ``no_grad``: the teacher."""
+        return [self.teacher]
+
+    def _kept_logits(self, model, batch: dict, rows: torch.Tensor):
+        """(teacher, student) float32 logits at the flat positions ``rows``, or None when
+        either model is not a plain causal decoder."""
+        s_parts = causal_lm_parts(model) if self.fused else None
+        t_parts = causal_lm_parts(self.teacher) if s_parts is not None else None
+        if t_parts is None:
+            return None
+
+        def at_rows(decoder, head):
+            hidden = _last_hidden(decoder, batch)
+            return head(hidden.flatten(0, 1).index_select(0, rows)).float()
+
+        with torch.no_grad():
+            t = at_rows(*t_parts)
+        return t, at_rows(*s_parts)
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
-        inputs = _model_inputs(batch)
         targets = batch["targets"].flatten()
         keep = targets != IGNORE
-        with torch.no_grad():
-            t_logits = self.teacher(**inputs).logits.float().flatten(0, 1)[keep]
-        s_all = model(**inputs).logits.float().flatten(0, 1)
+        rows = keep.nonzero().squeeze(1)
+        kept = self._kept_logits(model, batch, rows)
+        if kept is not None:
+            t_logits, s = kept
+            s_all, ce_targets = s, targets.index_select(0, rows)
+        else:
+            inputs = _model_inputs(batch)
+            with torch.no_grad():
+                t_logits = self.teacher(**inputs).logits.float().flatten(0, 1)[keep]
+            s_all, ce_targets = model(**inputs).logits.float().flatten(0, 1), targets
         if s_all.shape[-1] != t_logits.shape[-1]:
             raise UserError(
                 f"teacher has {t_logits.shape[-1]} logits, student {s_all.shape[-1]}: use "
                 "sequence-level distillation (--method sequence)"
             )
-        ce = F.cross_entropy(s_all, targets, ignore_index=IGNORE)
-        s = s_all[keep]
+        # the mean over the kept targets either way (NaN when there are none)
+        ce = F.cross_entropy(s_all, ce_targets, ignore_index=IGNORE)
+        s = s_all if kept is not None else s_all[keep]
         log_ps = F.log_softmax(s / self.T, dim=-1)
         log_pt = F.log_softmax(t_logits / self.T, dim=-1)
         kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean") * self.T**2
