@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/train.py --what lora-speed|full-speed [--steps N]
     .venv/bin/python benchmarks/train.py --what frozen-cast [--steps N]
     .venv/bin/python benchmarks/train.py --what lora-step [--steps N]
+    .venv/bin/python benchmarks/train.py --what distill-step [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -28,6 +29,10 @@
 * lora-step  a LoRA step at the ladder's shape under each setting issue 14 measured (LoRA
            dropout, a padded batch's attention mask, SDPA vs eager attention), interleaved in
            one process: tokens/s and the losses (``bench_lora_step``).
+* distill-step  a KD step at the ladder's distill shape (student: SmolLM2 keeping 10 layers,
+           teacher: SmolLM2), the full logits vs the output layers at the target positions
+           only, the teacher float32 vs bf16-stored, interleaved: tokens/s and the losses
+           (``bench_distill_step``).
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
@@ -787,6 +792,96 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
 
 
+def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
+    """A KD step of the ladder's distill rung, before and after issue 14, in one process,
+    interleaved (every other trial in reverse): student = smollm2-135m-instruct keeping 10
+    evenly spaced layers (``student_from_teacher``), teacher = smollm2-135m-instruct, T 2,
+    alpha 0.5, the ladder's SFT batches (``ladder_sft_batches``: batch 4, max_len 256, grouped
+    by length), bf16 autocast, AdamW's full step at lr 0 (the weights stay put, so every step
+    of every setting sees the same student: a bf16 run's losses drift apart by ~1e-2 within a
+    few steps at the rung's 3e-4, roundings flipping through the layers), the same batches.
+    Settings: both models' logits over every position (before) or their output layers at the
+    target positions only (``KD(fused=True)``), the teacher's linear weights float32 (autocast
+    re-casts them each forward; before) or stored in bf16 (what ``fit`` does now). Real
+    tokens/s, and each setting's losses beside the old path's."""
+    from oficina.train.frozen import FrozenCast
+    from oficina.train.loop import TrainArgs, make_optimizer
+    from oficina.train.memory import keep_freed_memory
+    from oficina.train.objectives import KD
+    from oficina.train.recipes import student_from_teacher
+
+    undo_memory = keep_freed_memory()  # as fit runs
+    teacher, stream = ladder_sft_batches()
+    student = student_from_teacher(teacher, 10).train()
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    settings = {  # name: (kept positions only, teacher stored in bf16)
+        "before: full logits, teacher float32": (False, False),
+        "kept positions, teacher float32": (True, False),
+        "full logits, teacher bf16": (False, True),
+        "now: kept positions, teacher bf16": (True, True),
+    }
+
+    def run(kept: bool, cast: bool, first: int, n: int):
+        student.load_state_dict(start)
+        opt = make_optimizer(student, TrainArgs(lr=3e-4))
+        for g in opt.param_groups:
+            g["lr"] = 0.0
+        params = [p for p in student.parameters() if p.requires_grad]
+        objective = KD(teacher, 2.0, 0.5, fused=kept)
+        frozen = FrozenCast(teacher, torch.bfloat16) if cast else None
+        seconds, tokens, losses = 0.0, 0, []
+        try:
+            for i in range(first, first + n):
+                batch = stream.batch(i)
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16):
+                    loss, _ = objective(student, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                seconds += time.perf_counter() - t0
+                tokens += int(batch["attention_mask"].sum())
+        finally:
+            if frozen:
+                frozen.restore()
+        return seconds, tokens, losses
+
+    for setting in settings.values():
+        run(*setting, 0, 1)  # warm-up
+    totals = {k: [0.0, 0] for k in settings}
+    first_losses: dict[str, list[float]] = {}
+    for trial in range(trials):
+        for name in list(settings) if trial % 2 == 0 else list(settings)[::-1]:
+            sec, tok_n, losses = run(*settings[name], 1, steps)
+            totals[name][0] += sec
+            totals[name][1] += tok_n
+            first_losses.setdefault(name, losses)
+    base_name = next(iter(settings))
+    base_tps = totals[base_name][1] / totals[base_name][0]
+    ref = first_losses[base_name]
+    table(
+        f"a KD step of the ladder's distill shape (student 10 layers, teacher SmolLM2-135M, "
+        f"batch 4, bf16), {steps} steps x {trials} interleaved trials per setting (tokens/s "
+        "over all trials; AdamW at lr 0: every step sees the same student)",
+        ["setting", "tokens/s", "s/step", "vs before", "losses (first trial)", "max |d loss|"],
+        [
+            [
+                k,
+                f"{t / s:,.0f}",
+                f"{s / (steps * trials):.2f}",
+                f"{t / s / base_tps:.2f}x",
+                " ".join(f"{x:.4f}" for x in lo),
+                f"{max(abs(a - b) for a, b in zip(lo, ref, strict=True)):.2g}",
+            ]
+            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in settings)
+        ],
+    )
+    undo_memory and undo_memory()
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -801,6 +896,7 @@ def main() -> int:
             "full-speed",
             "frozen-cast",
             "lora-step",
+            "distill-step",
             "all",
         ],  # fmt: skip
     )
@@ -841,6 +937,8 @@ def main() -> int:
             bench_frozen_cast(work, a.steps or (4 if q else 10))
         elif w == "lora-step":
             bench_lora_step(work, a.steps or (3 if q else 6))
+        elif w == "distill-step":
+            bench_distill_step(work, a.steps or (2 if q else 4))
         print(f"[{w}: {time.perf_counter() - t:.0f}s]")
     return 0
 
