@@ -718,7 +718,8 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     runs, LoRA r 8 on q/k/v/o, AdamW at the ladder's 2e-3). Settings: LoRA dropout 0.05 (the
     ladder before) or 0 (now); a right-padded batch's attention mask kept (before) or dropped
     (``objectives.mask_is_redundant``, now); transformers' SDPA attention or its ``eager`` one
-    (matmul + float32 softmax; not used by ``fit``: a measured option). Real tokens/s of the
+    (matmul + float32 softmax: what ``fit`` runs on batches of at most 192 tokens,
+    ``train/attention.py``). Real tokens/s of the
     steps, and each setting's first-trial losses."""
     import oficina.train.objectives as objectives
     from oficina.train.frozen import FrozenCast
@@ -733,8 +734,8 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
         "before: dropout 0.05, mask kept, sdpa": (0.05, False, "sdpa"),
         "dropout 0.05, mask dropped, sdpa": (0.05, True, "sdpa"),
         "dropout 0, mask kept, sdpa": (0.0, False, "sdpa"),
-        "now: dropout 0, mask dropped, sdpa": (0.0, True, "sdpa"),
-        "dropout 0, mask dropped, eager attention": (0.0, True, "eager"),
+        "dropout 0, mask dropped, sdpa": (0.0, True, "sdpa"),
+        "now: dropout 0, mask dropped, eager attention": (0.0, True, "eager"),
     }
 
     def run(dropout: float, drop_mask: bool, attn: str, first: int, n: int):

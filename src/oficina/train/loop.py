@@ -5,7 +5,7 @@ What it does, step by step: AdamW (fused on CPU; no weight decay on norms and bi
 linear warm-up then cosine decay to ``min_lr_ratio * lr``; ``grad_accum`` micro-batches per
 step; bf16 autocast (the fast path on CPUs with AMX; frozen linear weights — and a KD
 teacher's, ``objective.frozen_models()`` — stored in bf16 for the run, ``train/frozen.py``) or
-fp32; gradient clipping; a NaN/inf loss or gradient stops the step *before* the optimizer
+fp32; eager attention on short batches, SDPA on long ones (``train/attention.py``); gradient clipping; a NaN/inf loss or gradient stops the step *before* the optimizer
 touches the weights; validation every
 ``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
 without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
@@ -40,6 +40,7 @@ from pydantic import Field
 from oficina.config import Section
 from oficina.errors import UserError
 from oficina.measure import param_counts
+from oficina.train.attention import AttentionByLength
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
 from oficina.train.frozen import FrozenCast
@@ -312,13 +313,18 @@ def overfitting(
     )
 
 
-def evaluate(model, objective, batches: list[dict], precision: str) -> float:
-    """Token-weighted mean loss over fixed batches."""
+def evaluate(
+    model, objective, batches: list[dict], precision: str, attention: Callable | None = None
+) -> float:
+    """Token-weighted mean loss over fixed batches (``attention(batch)`` picks each batch's
+    attention kernel, as in training)."""
     was = model.training
     model.eval()
     total, weight = 0.0, 0
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
         for b in batches:
+            if attention is not None:
+                attention(b)
             loss, n = objective(model, b)
             w = max(n, 1)
             total += float(loss) * w
@@ -411,6 +417,12 @@ def _fit(
     sched = make_scheduler(opt, args, max_steps)
     train_model = _compile(wrapped, objective, restore) if args.compile else wrapped
     eval_objective = eval_objective or objective
+    # Eager attention on short batches, SDPA on long ones (train/attention.py); not when
+    # compiled, where a kernel switch would recompile the graph.
+    attention = None
+    if not args.compile:
+        attention = AttentionByLength([model, *getattr(objective, "frozen_models", list)()])
+        restore.append(attention.restore)
 
     stream = BatchStream(
         train_ds, args.batch_size, args.seed, rank, world, group_by_length=args.group_by_length
@@ -465,6 +477,8 @@ def _fit(
         for a in range(args.grad_accum):
             batch = stream.batch(state["micro"] + a)
             sync = ddp and a < args.grad_accum - 1
+            if attention is not None:
+                attention(batch)
             with train_model.no_sync() if sync else contextlib.nullcontext(), autocast:
                 loss, _n = objective(train_model, batch)
             (loss / args.grad_accum).backward()
@@ -524,7 +538,7 @@ def _fit(
 
         at_end = step == max_steps
         if val and (step % args.eval_every == 0 or at_end):
-            v = evaluate(train_model, eval_objective, val, args.precision)
+            v = evaluate(train_model, eval_objective, val, args.precision, attention)
             recent = [x for s, x in state["history"] if s > step - args.eval_every]
             train_avg = sum(recent) / max(len(recent), 1)
             state["val_history"].append((step, v))
@@ -540,6 +554,8 @@ def _fit(
                 state["bad_evals"] += 1
             extra = {}
             if hooks.eval_metrics:  # the caller's code may run the model without autocast
+                if attention is not None:  # ... and on rows of any length
+                    attention.restore()
                 with frozen.originals() if frozen else contextlib.nullcontext():
                     extra = hooks.eval_metrics(train_model, val)
             extra = {f"val_{k}": x for k, x in extra.items()}
