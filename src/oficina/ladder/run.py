@@ -279,6 +279,9 @@ def run_ladder(cfg: LadderConfig) -> dict:
             finally:
                 for close in ctx.closers:
                     close()
+            for name, t in timed.items():
+                if "error" in t:  # its quality pass's timing stands; say so
+                    console.print(f"  {name}: latency not measured ({t['error']})")
             k = min(cfg.latency_items, len(task.test))
             latency = {
                 "items": k,
