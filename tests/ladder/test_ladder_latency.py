@@ -20,7 +20,7 @@ from oficina.ladder import latency
 from oficina.ladder.context import LadderContext
 from oficina.ladder.result import InferenceCost, RungResult
 from oficina.ladder.run import LadderConfig, load_task
-from oficina.ladder.rungs import Lora, ZeroShot
+from oficina.ladder.rungs import FewShot, Lora, Quantize, Rag, ZeroShot
 from oficina.workspace import start_run
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -141,10 +141,8 @@ def test_a_probe_that_breaks_keeps_its_quality_pass_figure(ctx, monkeypatch):
 def test_lora_is_timed_merged_into_its_base(ctx):
     rung = Lora(Lora.Settings(max_steps=2, batch_size=4, lr=1e-2, search={"trials": 0}))
     r = rung.run(ctx)
-    seen = []
-    ctx.score = lambda engine, rows, template=None, fewshot=None: seen.append(engine) or {}
-    rung.latency_probe(ctx, r)(ctx.test[:2])
-    served = seen[0].model
+    engine, *_ = probed(ctx, rung, r)
+    served = engine.model
     assert not any("lora" in n for n, _ in served.named_modules())  # no adapter layers left
     assert type(served).__name__ == "LlamaForCausalLM"
     # ... and it is the adapted model, not the base: the same logits as base + adapter.
@@ -152,7 +150,7 @@ def test_lora_is_timed_merged_into_its_base(ctx):
     base = ctx.engine(ctx.cfg.base_model)
     ids = torch.tensor([adapted.encode(ctx.test[0]["text"])[:32]])
     with torch.no_grad():
-        want, got, plain = (e.model(ids).logits for e in (adapted, seen[0], base))
+        want, got, plain = (e.model(ids).logits for e in (adapted, engine, base))
     assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, plain, atol=1e-4)
 
 
@@ -211,3 +209,42 @@ def test_a_rung_slow_in_the_latency_pass_loses_the_pick(tiny_lm, data, tmp_path,
     argv = [*run_ladder_argv(data, out, tiny_lm), "--rungs.lora.enabled", "false"]
     assert main(argv) == 0
     assert json.loads((out / "summary.json").read_text())["recommended"] == "zero_shot"
+
+
+def probed(ctx, rung, result) -> tuple:
+    """(engine, rows, template, fewshot) that ``rung``'s probe hands the scorer."""
+    seen = []
+    ctx.score = lambda engine, rows, template=None, fewshot=None: (
+        seen.append((engine, rows, template, fewshot)) or {}
+    )
+    rung.latency_probe(ctx, result)(ctx.test[2:4])  # not the items the rung scored first
+    del ctx.score
+    return seen[0]
+
+
+def test_quantize_is_timed_on_its_int8_path_and_few_shot_with_its_examples(ctx):
+    from oficina.infer.int8 import Int8Linear
+
+    rung = Quantize(Quantize.Settings())
+    engine, *_ = probed(ctx, rung, rung.run(ctx))
+    assert any(isinstance(m, Int8Linear) for m in engine.model.modules())
+    few = FewShot(FewShot.Settings(shots=1, strategy="fixed"))
+    _, rows, _, fewshot = probed(ctx, few, few.run(ctx))
+    assert rows == ctx.test[2:4] and fewshot(rows[0]) == [ctx.train[0]]  # its shots, per row
+
+
+@pytest.mark.integration  # embeds the documents with the packaged MiniLM
+def test_rag_is_timed_with_its_retrieval(ctx, tmp_path):
+    docs = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [{"id": k, "title": k, "text": v[:2000]} for k, v in list(topics.items())[:6]],
+    )
+    ctx.corpus = str(docs)
+    rung = Rag(Rag.Settings(k=1, mode="bm25", precision="bf16"))
+    _, rows, template, _ = probed(ctx, rung, rung.run(ctx))
+    # The rows are retrieved for inside the probe: passages in each, the passages' template.
+    assert [r["id"] for r in rows] == [r["id"] for r in ctx.test[2:4]]
+    assert all(r["context"].startswith("[1] (topic: ") for r in rows)
+    assert template.startswith("Reference passages:\n{context}")
+    for close in ctx.closers:
+        close()
