@@ -217,20 +217,12 @@ class LadderContext:
         )
 
     # -- the base model and the training files ---------------------------------
-    def engine(self, spec: str, adapter: str | None = None, merged: bool = False):
+    def engine(self, spec: str, adapter: str | None = None):
         """A model to evaluate (and price) a rung with, in the ladder's ``dtype``: every rung
-        alike, so no rung's cost or quality differs by its precision alone. ``merged``: the
-        adapter folded into the base weights, as a LoRA model is served (an unmerged adapter
-        adds its own matmuls to every layer: 461 vs full's 319 ms per item in one demo)."""
+        alike, so no rung's cost or quality differs by its precision alone."""
         from oficina.infer.engine import Engine
 
-        eng = Engine.from_spec(spec, dtype=self.cfg.dtype, adapter=adapter)
-        if merged and adapter is not None:
-            eng = Engine(
-                eng.model.merge_and_unload(), eng.tokenizer, name=eng.name, path=eng.path,
-                dtype=eng.dtype,
-            )  # fmt: skip
-        return eng
+        return Engine.from_spec(spec, dtype=self.cfg.dtype, adapter=adapter)
 
     def base_engine(self):
         if self._base_engine is None:
