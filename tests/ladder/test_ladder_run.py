@@ -104,6 +104,10 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     # Target 0 and no traffic: every rung meets the bar and only training costs count, so the
     # rungs that train nothing tie and the simplest of them (zero-shot) is picked.
     assert s["recommended"] == "zero_shot" and s["met_target"]
+    # The latency pass timed every rung, each through its own probe (none broke), as served.
+    assert s["meta"]["latency"]["rungs"].keys() == by.keys()
+    assert all("error" not in v for v in s["meta"]["latency"]["rungs"].values())
+    assert all(r["inference_cost"]["scoring_s_per_item"] > 0 for r in by.values())
     assert "Recommendation: zero_shot" in (out / "summary.md").read_text()
 
     # Look at the report in headless Chromium and keep a screenshot with the test artifacts.

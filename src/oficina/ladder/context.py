@@ -183,6 +183,7 @@ class LadderContext:
         self.results: list[RungResult] = []
         self.shared: dict[str, Any] = {}  # what one rung builds and another reuses (an index)
         self._base_engine = None
+        self.closers: list[Callable[[], None]] = []  # run when the ladder is done (open indexes)
         # rung -> (model dir or spec, adapter dir or None, quality): teachers and quantization pick from it
         self.finetuned: dict[str, tuple[str, str | None, float]] = {}
         from oficina.models.sizing import hardware_table
@@ -282,6 +283,19 @@ class LadderContext:
         return TrainingFiles(train, val, tpl, self.labels)
 
     # -- evaluation shared by every rung ----------------------------------------
+    def score(self, engine, rows: list[dict], template: str | None = None, fewshot=None) -> dict:
+        """Answer ``rows`` with ``engine`` as the task asks: classify by label log-likelihood,
+        or generate greedily (32 new tokens at most) and compare with the reference. What
+        ``evaluate`` scores and what the latency pass (``ladder.latency``) times."""
+        from oficina.evals.tasks import classify, generate_task
+
+        template = template or self.template
+        if self.kind == "classification":
+            return classify(engine, rows, self.labels, template, fewshot=fewshot)
+        return generate_task(
+            engine, rows, template, fewshot, reference_field="answer", max_new_tokens=32
+        )
+
     def evaluate(
         self,
         engine,
@@ -292,18 +306,10 @@ class LadderContext:
     ) -> dict:
         """Score ``engine`` on the test items (or ``rows``, the same items with more fields):
         classify by label log-likelihood, or generate greedily and compare with the reference."""
-        from oficina.evals.tasks import classify, generate_task
-
         rows = rows if rows is not None else self.test
-        template = template or self.template
         # This rung's own inference peak (not the process's: a training rung ran before it).
         with peak_memory() as mem:
-            if self.kind == "classification":
-                res = classify(engine, rows, self.labels, template, fewshot=fewshot)
-            else:
-                res = generate_task(
-                    engine, rows, template, fewshot, reference_field="answer", max_new_tokens=32
-                )
+            res = self.score(engine, rows, template, fewshot)
         wall = mem.wall_s
         res.setdefault("latency_s_per_item", wall / max(1, len(rows)))
         res["peak_memory_mb"] = mem.peak_mb
@@ -332,8 +338,7 @@ class LadderContext:
         total, trainable = param_counts(engine.model)
         prompt_tokens = float(res.get("prompt_tokens_mean", 0.0))
         latency = float(res["latency_s_per_item"])
-        # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
-        tps = prompt_tokens / latency if latency else 0.0
+        tps = self.tokens_per_s(prompt_tokens, latency)
         preds = [str(p) for p in res.get("predictions", [])]
         s = summary or {}
         if self.kind == "classification":
@@ -371,6 +376,7 @@ class LadderContext:
                 peak_memory_mb=float(res["peak_memory_mb"]),
                 prompt_tokens_mean=prompt_tokens,
                 usd_per_1k_requests=self.usd_for_seconds(latency * 1000.0),
+                scoring_s_per_item=latency,
             ),
             params_total=total,
             params_trainable=trainable,
@@ -380,6 +386,21 @@ class LadderContext:
             loss_curve=[tuple(p) for p in s.get("loss_curve", [])],
             val_curve=[tuple(p) for p in s.get("val_curve", [])],
         )
+
+    @staticmethod
+    def tokens_per_s(prompt_tokens: float, latency_s: float) -> float:
+        # Scoring a label costs one forward over the prompt: report it as prompt tokens per second.
+        return prompt_tokens / latency_s if latency_s else 0.0
+
+    def retime(self, r: RungResult, latency_s: float, prompt_tokens: float | None = None) -> None:
+        """Give ``r`` the latency per item the latency pass measured, and what follows from it
+        (tokens per second, dollars per 1k requests); its quality pass's own timing stays as
+        ``scoring_s_per_item``. ``prompt_tokens``: the mean prompt of the items timed."""
+        inf = r.inference
+        tokens = inf.prompt_tokens_mean if prompt_tokens is None else prompt_tokens
+        inf.latency_s_per_item = latency_s
+        inf.tokens_per_s = self.tokens_per_s(tokens, latency_s)
+        inf.usd_per_1k_requests = self.usd_for_seconds(latency_s * 1000.0)
 
     def best_finetuned(self) -> tuple[str, str, str | None]:
         """(rung, model dir or spec, adapter or None) of the most accurate fine-tuned rung so far."""

@@ -420,6 +420,7 @@ def write(
     baselines = meta.get("baselines")
     requests = int(meta.get("requests") or 0)
     rows = table_rows(rungs, baselines, metric, rec)
+    latency_line = str((meta.get("latency") or {}).get("method") or "")
     claim_lines = claims(rungs)
     references = {title: b[metric] for title, b in reference_points(baselines, metric)} or None
     summary = {
@@ -482,6 +483,8 @@ def write(
     if flagged:
         md += [""] + [f"- ⚠ **{r.name}** ({', '.join(r.flags)}): {r.flag_text}" for r in flagged]
     md += ["", f"**Recommendation: {rec['rung']}** — {rec['reasoning']}", "", SELECTION_RULE, ""]
+    if latency_line:
+        md += [latency_line, ""]
     settings = settings_lines(rungs)
     if settings:
         md += ["## What each rung ran with", ""] + [f"- {x}" for x in settings] + [""]
@@ -588,6 +591,7 @@ costs on <code>{e(str(meta.get("hardware")))}</code> at ${e(str(meta.get("usd_pe
 profile {e(str(meta.get("profile")))} · {e(str(meta.get("finished", "")))}</p>
 <div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
 <p style="font-size:13px">{e(SELECTION_RULE)}</p>
+<p style="font-size:13px">{e(latency_line)}</p>
 <h2>Rungs</h2>{table_html}
 <h2>What each rung ran with</h2><ul>{"".join(f"<li>{e(x)}</li>" for x in settings)}</ul>
 {trials_html}

@@ -27,6 +27,10 @@ class InferenceCost(BaseModel):
     peak_memory_mb: float = 0.0
     prompt_tokens_mean: float = 0.0
     usd_per_1k_requests: float = 0.0
+    # The quality pass's own wall time per item: measured whenever the rung ran, under that
+    # moment's load. ``latency_s_per_item`` is the latency pass's figure (``ladder.latency``)
+    # when it ran, else this one.
+    scoring_s_per_item: float = 0.0
 
 
 class RungResult(BaseModel):

@@ -30,6 +30,7 @@ from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
 from oficina.ladder.context import LadderContext, Task, check_template, metric_for
 from oficina.ladder.data import prepare_task
+from oficina.ladder.latency import measure_latency, method_text
 from oficina.ladder.recommend import recommend
 from oficina.ladder.report import write
 from oficina.ladder.result import RungResult
@@ -49,6 +50,8 @@ QUICK = {
     "limit_test": 16,
     "limit_train": 32,
     "limit_validation": 16,
+    "latency_items": 4,
+    "latency_rounds": 1,
     "rungs": {name: dict(cls.quick) for name, cls in REGISTRY.items() if cls.quick},
 }
 # Variance over training seeds (issue 14): every trained rung trains once per seed.
@@ -151,6 +154,17 @@ class LadderConfig(VerbConfig):
         None,
         description="training seeds of the trained rungs (default: [seed]); with several, each trains once per seed, after one search at --seed",
     )
+    latency_items: int = Field(
+        8,
+        ge=1,
+        description="test items (the first of the split) the latency pass times each rung on",
+    )
+    latency_rounds: int = Field(
+        3,
+        ge=0,
+        description="rounds of the latency pass, round-robin over the rungs (median per rung); "
+        "0: each rung's latency is its quality pass's timing",
+    )
     bootstrap: int = Field(
         1000, ge=100, description="bootstrap resamples for the paired comparisons of rungs"
     )
@@ -212,6 +226,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
         console = Console(stderr=True)
         t_start = time.time()
         met = False
+        ran: dict[str, Rung] = {}  # the rung objects that ran: the latency pass asks them
         for name, cls in REGISTRY.items():
             settings = getattr(cfg.rungs, name)
             if met:
@@ -229,7 +244,8 @@ def run_ladder(cfg: LadderConfig) -> dict:
             console.print(f"[bold]rung {name}[/] — {cls.description}")
             t0 = time.perf_counter()
             try:
-                r = cls(settings).run(ctx)
+                ran[name] = cls(settings)
+                r = ran[name].run(ctx)
             except UserError:
                 raise
             except Exception as e:  # a rung that breaks must not lose the others' results
@@ -250,6 +266,29 @@ def run_ladder(cfg: LadderConfig) -> dict:
             if cfg.stop_early and r.quality is not None and r.quality >= cfg.target:
                 console.print(f"  target {cfg.target} met: stopping early")
                 met = True
+        latency: dict = {
+            "items": 0,
+            "rounds": 0,
+            "method": "Latency: each rung's quality pass over the test items, timed when that "
+            "rung ran (latency_rounds 0: no latency pass).",
+        }
+        if cfg.latency_rounds:
+            console.print("[bold]latency pass[/] — every ok rung, as served, on the same items")
+            try:
+                timed = measure_latency(ctx, ran, cfg.latency_items, cfg.latency_rounds)
+            finally:
+                for close in ctx.closers:
+                    close()
+            for name, t in timed.items():
+                if "error" in t:  # its quality pass's timing stands; say so
+                    console.print(f"  {name}: latency not measured ({t['error']})")
+            k = min(cfg.latency_items, len(task.test))
+            latency = {
+                "items": k,
+                "rounds": cfg.latency_rounds,
+                "method": method_text(k, cfg.latency_rounds),
+                "rungs": timed,
+            }
         rec = recommend(ctx.results, cfg.target, cfg.requests, n_boot=cfg.bootstrap, seed=cfg.seed)
         meta = {
             "base_model": cfg.base_model,
@@ -270,6 +309,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "cpu_count": os.cpu_count(),
             "labels": task.labels,
             "baselines": ctx.baselines,
+            "latency": latency,
         }
         paths = write(out, ctx.results, rec, meta, task.describe())
         (out / "partial.json").unlink(missing_ok=True)

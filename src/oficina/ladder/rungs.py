@@ -20,6 +20,7 @@ curves included; the shared part evaluates and measures it. They run on both kin
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -62,6 +63,15 @@ class Rung(ABC):
     @abstractmethod
     def run(self, ctx: LadderContext) -> RungResult:
         """Measure this rung on ``ctx``'s test items."""
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        """What the latency pass (``oficina.ladder.latency``) times: a callable that answers
+        test rows as this rung is served — its model as deployed (an adapter merged, int8
+        weights), asked with its own prompt (solved examples, passages retrieved per row
+        included). Called once every rung has run, with this rung's ``result``. The default:
+        the base model asked with the task's template."""
+        eng = ctx.base_engine()
+        return lambda rows: ctx.score(eng, rows)
 
     def result(self, ctx: LadderContext, engine, res: dict, detail: str = "", **kw) -> RungResult:
         """``ctx.measured`` under this rung's name and description."""
@@ -137,6 +147,13 @@ class FewShot(Rung):
             f"{c.shots} {c.strategy} shots",
             data={"labelled_examples": len(ctx.train)},
         )
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        eng, pick = (
+            ctx.base_engine(),
+            example_picker(ctx, self.settings.shots, self.settings.strategy),
+        )
+        return lambda rows: ctx.score(eng, rows, fewshot=pick)
 
 
 class RagSettings(RungSettings):
@@ -214,12 +231,23 @@ class Rag(Rung):
 
     def run(self, ctx: LadderContext) -> RungResult:
         c = self.settings
-        return self.with_passages(ctx, "", lambda row: {}, f"{c.k} {c.mode} passages", 0)
+        return self.with_passages(ctx, f"{c.k} {c.mode} passages", 0)
 
-    def with_passages(self, ctx, prefix: str, extra, detail: str, labelled: int) -> RungResult:
-        """Evaluate the test rows with their retrieved passages (and ``extra(row)`` fields that
-        ``prefix`` uses) before the task; building the index is the rung's one-off cost."""
-        retrieval = Retrieval(ctx, self.settings)
+    def prompt(self, ctx: LadderContext) -> tuple[str, Callable[[dict], dict]]:
+        """(what goes before the passages, row -> the fields it names): nothing, here."""
+        return "", lambda row: {}
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        # Retrieval is part of answering a request: timed with the model.
+        retrieval, (prefix, extra) = Retrieval(ctx, self.settings), self.prompt(ctx)
+        ctx.closers.append(retrieval.close)
+        eng, template = ctx.base_engine(), prefix + PASSAGES + ctx.template
+        return lambda rows: ctx.score(eng, retrieval.rows(rows, extra), template)
+
+    def with_passages(self, ctx, detail: str, labelled: int) -> RungResult:
+        """Evaluate the test rows with their retrieved passages (and the fields of ``prompt``'s
+        prefix) before the task; building the index is the rung's one-off cost."""
+        retrieval, (prefix, extra) = Retrieval(ctx, self.settings), self.prompt(ctx)
         rows = retrieval.rows(ctx.test, extra)
         template = prefix + PASSAGES + ctx.template
         eng = ctx.base_engine()
@@ -255,6 +283,12 @@ class FewShotRag(Rag):
     needs_docs = True
 
     def run(self, ctx: LadderContext) -> RungResult:
+        c = self.settings
+        return self.with_passages(
+            ctx, f"{c.shots} {c.strategy} shots, {c.k} {c.mode} passages", len(ctx.train)
+        )
+
+    def prompt(self, ctx: LadderContext) -> tuple[str, Callable[[dict], dict]]:
         from oficina.evals.tasks import render_prompt
 
         c = self.settings
@@ -267,13 +301,7 @@ class FewShotRag(Rag):
                 render_prompt(ctx.template, ex) + " " + str(ex[answer]) for ex in pick(row)
             )
 
-        return self.with_passages(
-            ctx,
-            "{shots}\n\n",
-            lambda row: {"shots": shots(row)},
-            f"{c.shots} {c.strategy} shots, {c.k} {c.mode} passages",
-            len(ctx.train),
-        )
+        return "{shots}\n\n", lambda row: {"shots": shots(row)}
 
 
 # ---------------------------------------------------------------------------- trained rungs
@@ -334,6 +362,8 @@ class Trained:
     data: dict[str, Any]
     # (model dir or spec, adapter or None): a teacher for distillation, a source for quantization
     finetuned: tuple[str, str | None] | None = None
+    # (model dir or spec, adapter or None): what is deployed, the adapter merged (latency pass)
+    served: tuple[str, str | None] | None = None
     params: dict[str, int] = field(default_factory=dict)  # overrides of the counted parameters
 
 
@@ -414,6 +444,7 @@ class TrainedRung(Rung):
         # The best search trial's (summary, model dir) when it is the rung's final model.
         self.reuse: tuple[dict, Path] | None = None
         self.seed: int | None = None  # the training seed of the training under way
+        self.served: tuple[str, str | None] | None = None  # the first seed's Trained.served
 
     def training_seed(self, ctx: LadderContext) -> int:
         return ctx.cfg.seed if self.seed is None else self.seed
@@ -467,9 +498,34 @@ class TrainedRung(Rung):
         """What the rung trains on: the task's rows (SFT rows on a generation task)."""
         return ctx.training_files()
 
+    def asked(self, ctx: LadderContext, rows: list[dict]) -> tuple[list[dict], str | None]:
+        """(rows, template) as the trained model is asked, as it was trained: the task's."""
+        return rows, None
+
     def evaluate(self, ctx: LadderContext, engine) -> dict:
         """The trained model scored on the test items, prompted as it was trained."""
-        return ctx.evaluate(engine, self.name)
+        rows, template = self.asked(ctx, ctx.test)
+        return ctx.evaluate(engine, self.name, template=template, rows=rows)
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        # The first seed's model (its inference cost is the result's) as it is deployed.
+        if self.served is None:
+            raise ValueError(f"rung {self.name} has no served model: it did not train")
+        spec, adapter = self.served
+        if adapter is None:
+            eng = ctx.engine(spec)
+        else:
+            # The adapter merged into a model folder (`oficina merge`) and loaded from it, as a
+            # deployment would. Merged in memory instead (PEFT merge_and_unload), the demo's
+            # LoRA scored the same items ~1.3-2x slower than that folder or the full
+            # fine-tune's, with the same weights.
+            with tempfile.TemporaryDirectory(dir=ctx.out, prefix=f"{self.name}-served-") as d:
+                from oficina.train.recipes import MergeConfig, merge
+
+                merge(MergeConfig(adapter=adapter, out=str(Path(d) / "model")))
+                eng = ctx.engine(str(Path(d) / "model"))
+                eng.model_hash  # noqa: B018 -- read from the folder before it goes
+        return lambda rows: ctx.score(eng, *self.asked(ctx, rows))
 
     @abstractmethod
     def train(self, ctx: LadderContext, hp: dict[str, Any]) -> Trained:
@@ -520,6 +576,8 @@ class TrainedRung(Rung):
         res = self.evaluate(ctx, t.engine)
         if t.finetuned is not None and first:
             ctx.finetuned[self.name] = (*t.finetuned, float(res[ctx.metric]))
+        if first:
+            self.served = t.served
         training = t.cost
         if search is not None:  # a team pays for the search too
             training = add_costs(t.cost, Cost(**search["cost"]))
@@ -602,6 +660,7 @@ class Lora(RecipeRung):
             artifacts={"adapter": s["out"]},
             data={"labelled_examples": len(ctx.train)},
             finetuned=(ctx.cfg.base_model, s["out"]),
+            served=(ctx.cfg.base_model, s["out"]),
             # Served merged, a LoRA model has exactly the base's parameters; the adapter is what was trained.
             params={
                 "params_total": ctx.base_params(),
@@ -650,6 +709,7 @@ class Full(RecipeRung):
             artifacts={"model": s["out"]},
             data={"labelled_examples": len(ctx.train)},
             finetuned=(s["out"], None),
+            served=(s["out"], None),
         )
 
 
@@ -735,6 +795,7 @@ class CptLora(RecipeRung):
             artifacts={"model": cpt["out"], "adapter": s["out"]},
             data={"labelled_examples": len(ctx.train), "corpus_tokens": cpt["train_tokens"]},
             finetuned=(cpt["out"], s["out"]),
+            served=(cpt["out"], s["out"]),
             params={
                 "params_total": ctx.base_params(),
                 "params_trainable": int(s["params_trainable"]),
@@ -785,9 +846,17 @@ class LoraRag(Lora):
             )
         return self._files
 
-    def evaluate(self, ctx: LadderContext, engine) -> dict:
-        rows = self.retrieval(ctx).rows(ctx.test)
-        return ctx.evaluate(engine, self.name, template=PASSAGES + ctx.template, rows=rows)
+    def asked(self, ctx: LadderContext, rows: list[dict]) -> tuple[list[dict], str | None]:
+        return self.retrieval(ctx).rows(rows), PASSAGES + ctx.template
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        ctx.closers.append(self.close)  # the index its probe reopens (retrieval is timed)
+        return super().latency_probe(ctx, result)
+
+    def close(self) -> None:
+        if self._retrieval is not None:
+            self._retrieval.close()
+            self._retrieval = None
 
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
         r = self.retrieval(ctx)
@@ -805,8 +874,7 @@ class LoraRag(Lora):
         try:
             return super().run(ctx)
         finally:
-            if self._retrieval is not None:
-                self._retrieval.close()
+            self.close()
 
 
 def as_plain_model(ctx: LadderContext, base: str, adapter: str | None, name: str) -> str:
@@ -875,6 +943,7 @@ class Distill(RecipeRung):
             detail=f"{hp['keep_layers']} layers, T={hp['temperature']}, alpha={hp['alpha']}",
             artifacts={"model": s["out"], "teacher": self.teacher},
             data={"labelled_examples": len(ctx.train)},
+            served=(s["out"], None),
         )
 
 
@@ -895,9 +964,27 @@ class Quantize(Rung):
     description = "the best rung's model with int8 weights"
     Settings = QuantizeSettings
 
-    def run(self, ctx: LadderContext) -> RungResult:
+    def __init__(self, settings: RungSettings):
+        super().__init__(settings)
+        self.source: tuple[str, str] | None = None  # (float model quantized, the rung it came from)
+
+    @staticmethod
+    def int8(plain: str, source: str, fp=None):
+        """The int8 engine of the float model ``plain`` (loaded, unless ``fp`` is it)."""
         from oficina.infer.engine import Engine
         from oficina.infer.int8 import quantize_int8
+
+        fp = fp or Engine.from_spec(plain)
+        return Engine(quantize_int8(fp.model), fp.tokenizer, name=f"{source}-int8")
+
+    def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
+        if self.source is None:
+            raise ValueError("the quantize rung did not run")
+        eng = self.int8(*self.source)
+        return lambda rows: ctx.score(eng, rows)
+
+    def run(self, ctx: LadderContext) -> RungResult:
+        from oficina.infer.engine import Engine
         from oficina.infer.quantize import state_bytes
 
         if ctx.finetuned:
@@ -905,10 +992,11 @@ class Quantize(Rung):
             plain = as_plain_model(ctx, base, adapter, name="best")
         else:
             source, plain = "zero_shot", ctx.cfg.base_model
+        self.source = (plain, source)
         with peak_memory() as work:
             fp = Engine.from_spec(plain)
             float_bytes = state_bytes(fp.model)
-            eng = Engine(quantize_int8(fp.model), fp.tokenizer, name=f"{source}-int8")
+            eng = self.int8(plain, source, fp)
             q_bytes = state_bytes(eng.model)
         res = ctx.evaluate(eng, self.name)
         r = self.result(
