@@ -21,6 +21,9 @@ it), with the weight bytes that step reads and the bandwidth that implies. Candi
   directory's kernel before issue 16);
 * ``int8 x int8 _int_mm`` — activations quantized per token (symmetric, ``max|x| / 127``),
   ``torch._int_mm`` (int32 accumulation, oneDNN's VNNI kernel) and both scales applied;
+* ``int8 _int_mm alone`` — ``torch._int_mm`` on activations quantized beforehand, unscaled:
+  the kernel's own time, what a compiled step fusing the quantization could at best reach
+  (its error column is meaningless: the output is not rescaled);
 * ``int8 onednn qlinear`` — oneDNN's prepacked int8 linear (``onednn.qlinear_pointwise``, what
   inductor lowers PT2E-quantized linears to), uint8 activations quantized per token;
 * ``int8 fbgemm dynamic`` — ``quantized::linear_dynamic`` on fbgemm-prepacked per-channel
@@ -113,6 +116,19 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
 
         return call
 
+    def int8_int_mm_alone(w):
+        # the kernel alone, on activations quantized beforehand: the floor of any _int_mm path,
+        # a compiled one included (quantization fused into one kernel still costs more than 0)
+        q, _ = _quant_rows(w)
+        qt, cache = q.t(), {}
+
+        def call(x):
+            if cache.get("x") is not x:
+                cache["x"], cache["xq"] = x, _per_token(x)[0]
+            return torch._int_mm(cache["xq"], qt).float()
+
+        return call
+
     def int8_onednn(w):
         q, s = _quant_rows(w)
         packed = torch.ops.onednn.qlinear_prepack(q, [1, w.shape[1]])
@@ -146,6 +162,7 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
         "bf16 onednn packed": bf16_onednn,
         "int8 weight-only": int8_woq,
         "int8 x int8 _int_mm": int8_int_mm,
+        "int8 _int_mm alone": int8_int_mm_alone,
         "int8 onednn qlinear": int8_onednn,
         "int8 fbgemm dynamic": int8_fbgemm,
     }

@@ -16,7 +16,9 @@ same number of tokens; prefill of the short prompt included) for:
     same token ids, as many threads as torch uses;
   * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
   * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
-    the compile happens in the untimed warm-up).
+    the compile happens in the untimed warm-up), and with ``--int8`` too, the int8 directory
+    compiled, on both one-row kernels (the dynamic one is fbgemm called from inside the
+    compiled graph: ``oficina.infer.int8``'s ``int8_linear_dynamic`` op).
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
 run is the one least disturbed), with the load average before and after.
 """
@@ -112,23 +114,23 @@ def main() -> None:
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
         engines["float32 compiled"] = Engine(f32.model, f32.tokenizer, path=f32.path)
         engines["float32 compiled"].compile_decode()
+        if args.int8:  # one graph per one-row kernel (the kernel switch is guarded on)
+            i8 = engines["int8"]
+            engines["int8 compiled"] = Engine(i8.model, i8.tokenizer, path=i8.path)
+            engines["int8 compiled"].compile_decode()
     prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     one = prompts[:1]
 
     # (figure, function) measured in turn, best of --repeats
     runs = []
     for name, eng in engines.items():
-        if name == "int8":
-            runs.append(("Oficina int8", lambda e=eng: int8_rate(e, one, n, "weight-only")))
+        if name.startswith("int8"):  # each int8 engine on both one-row kernels
+            runs.append((f"Oficina {name}", lambda e=eng: int8_rate(e, one, n, "weight-only")))
+            runs.append(
+                (f"Oficina {name}, dynamic kernel", lambda e=eng: int8_rate(e, one, n, "dynamic"))
+            )
         else:
             runs.append((f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n)))
-        if name == "int8":  # the same directory on the opt-in one-row kernel
-            runs.append(
-                (
-                    "Oficina int8, dynamic kernel",
-                    lambda e=eng: int8_rate(e, one, n, "dynamic"),
-                )
-            )
         if name in ("float32", "bfloat16"):
             runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
     runs.append(("transformers generate float32, row-major", lambda: hf_rate(plain, one[0], n)))

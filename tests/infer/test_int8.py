@@ -206,19 +206,88 @@ def test_int8_decode_setting_is_checked():
     assert r.returncode != 0 and "OFICINA_INT8_DECODE='fast'" in r.stderr
 
 
-def test_int8_linear_compiles_whole_and_agrees_with_eager(monkeypatch):
-    # The engine may compile its decode step: the layer must trace without a graph break. The
-    # compiled step runs the weight-only kernel for one row too (fbgemm's packed weight is an
-    # opaque object), so eager is compared on that kernel.
+@pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])
+def test_int8_linear_compiles_whole_and_agrees_with_eager(kernel, monkeypatch):
+    """The engine may compile its decode step: the layer traces without a graph break, on
+    either one-row kernel. The dynamic kernel runs inside the graph as the op
+    ``oficina::int8_linear_dynamic`` (fbgemm's packed weight kept outside it), so a compiled
+    one-row call is bit for bit the eager one — not the weight-only kernel, which computes
+    other numbers — and the weight is packed once for both."""
     from oficina.infer import int8
 
-    monkeypatch.setattr(int8, "DECODE_KERNEL", "weight-only")
+    if kernel == "dynamic" and not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    monkeypatch.setattr(int8, "DECODE_KERNEL", kernel)
+    packs, pack = [], int8._pack_dynamic
+    monkeypatch.setattr(int8, "_pack_dynamic", lambda *a: (packs.append(1), pack(*a))[1])
     q = Int8Linear.from_linear(_linear(3))
     compiled = torch.compile(q, fullgraph=True, dynamic=False)
     for rows in (1, SMALL_M + 4):  # both branches
         x = torch.randn(1, rows, q.in_features)
+        x[..., 5] *= 30  # an outlier channel: activation rounding shows
         with torch.no_grad():
-            assert torch.allclose(compiled(x), q(x), rtol=1e-4, atol=1e-4)
+            got, want = compiled(x), q(x)
+            woq = torch._weight_int8pack_mm(x[0].bfloat16(), q.weight, q.weight_scale_bf16)
+        if rows == 1 and kernel == "dynamic":
+            assert torch.equal(got, want)
+            assert (got[0] - (woq.float() + q.bias)).abs().max() > 1e-4 * want.abs().max()
+        else:
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert len(packs) == (kernel == "dynamic")  # packed at the first call, eager or compiled
+
+
+def test_the_packed_weight_follows_in_place_writes_inside_a_compiled_layer(monkeypatch):
+    """fbgemm's packed copy lives outside the graph, keyed by the tensors' versions: a write to
+    the int8 weight is seen by the compiled layer too (no stale packed weight)."""
+    from oficina.infer import int8
+
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
+    q = Int8Linear.from_linear(_linear(6))
+    compiled = torch.compile(q, fullgraph=True, dynamic=False)
+    x = torch.randn(1, q.in_features)
+    with torch.no_grad():
+        before = compiled(x)
+        q.weight.copy_(Int8Linear.from_linear(_linear(7)).weight)
+        after = compiled(x)
+        fresh = Int8Linear(q.in_features, q.out_features)
+        fresh.load_state_dict(q.state_dict())
+        assert not torch.equal(before, after) and torch.equal(after, fresh(x))
+
+
+def test_compiled_int8_decode_step_runs_the_dynamic_kernel_and_equals_eager(
+    tiny_lm, tmp_path, monkeypatch
+):
+    """A whole int8 model's one-token forward, compiled as ``Engine.compile_decode`` does, runs
+    every int8 layer on the dynamic kernel inside the graph, and its logits equal eager's and
+    the reference formula's (``fake_quant_rows``) within float rounding."""
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    from oficina.infer import int8
+
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
+    q = _quantize_dir(tiny_lm, tmp_path / "int8")
+    calls, packed_for = [], int8._packed_for
+    monkeypatch.setattr(int8, "_packed_for", lambda *a: (calls.append(1), packed_for(*a))[1])
+    step = torch.compile(q.forward, dynamic=True)
+    ids = torch.tensor([[7]])
+    with torch.no_grad():
+        got = step(input_ids=ids).logits
+        n = len(calls)
+        again = step(input_ids=ids).logits  # compiled by now: only the graph runs
+        assert len(calls) - n == len(int8_modules(q)) and torch.equal(again, got)
+        eager = q(input_ids=ids).logits
+
+        def reference(self, x):
+            b = 0 if self.bias is None else self.bias
+            return torch.nn.functional.linear(fake_quant_rows(x), _dequantized(self)) + b
+
+        monkeypatch.setattr(Int8Linear, "forward", reference)
+        want = q(input_ids=ids).logits
+    scale = want.abs().max()
+    assert (got - eager).abs().max() <= 1e-4 * scale
+    assert (got - want).abs().max() <= 1e-4 * scale
 
 
 def test_quantize_int8_leaves_the_float_model_alone_and_ties_the_embedding(tiny_lm):
@@ -395,3 +464,42 @@ def test_old_and_foreign_recipes_are_one_line_errors(int8_dir, capsys, tiny_lm):
     assert main(argv) == 0  # the directory itself was sound all along
     with pytest.raises(UserError, match="takes no adapter"):
         Engine.from_spec(str(int8_dir), adapter=str(tiny_lm))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])
+def test_compiled_int8_engine_decodes_as_the_eager_one(kernel, tiny_lm, tmp_path, monkeypatch):
+    """``Engine.compile_decode`` on an int8 directory, batch 1. Weight-only: the greedy tokens
+    and log-probabilities of the eager engine. Dynamic: every compiled step runs the dynamic
+    kernel in every int8 layer, and the first compiled step (same input as eager's: the prompt
+    and the first token come from the same eager prefill) gives eager's top log-probabilities.
+    Later dynamic tokens are not compared: the compiled graph's fused float ops round a few
+    activations across an int8 step now and then (log-probabilities ~1e-3 apart), which can
+    flip a near-tie of a random model's greedy choice."""
+    from oficina.infer import int8
+
+    if kernel == "dynamic" and not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    monkeypatch.setattr(int8, "DECODE_KERNEL", kernel)
+    _quantize_dir(tiny_lm, tmp_path / "int8")
+    eager = Engine.from_spec(str(tmp_path / "int8"))
+    eager.prefix_cache = None  # both prefill the prompt themselves
+    compiled = Engine(eager.model, eager.tokenizer, name="compiled")
+    compiled.compile_decode()
+    calls, packed_for = [], int8._packed_for
+    monkeypatch.setattr(int8, "_packed_for", lambda *a: (calls.append(1), packed_for(*a))[1])
+    p = SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=5)
+    got = compiled.generate(["def foo(x):"], p)[0]
+    n = len(calls)
+    want = eager.generate(["def foo(x):"], p)[0]
+    if kernel == "weight-only":
+        assert got.token_ids == want.token_ids and n == len(calls) == 0
+        lp = [t.logprob for t in want.logprobs]
+        assert [t.logprob for t in got.logprobs] == pytest.approx(lp, abs=1e-4)
+        return
+    # 9 decode steps through every int8 layer, and the prefill's lm_head, which computes the
+    # last position only (one row), in both engines
+    assert n == len(calls) - n == 9 * len(int8_modules(eager.model)) + 1
+    assert got.token_ids[0] == want.token_ids[0]  # from the same eager prefill
+    top = [v for _, v in want.logprobs[1].top]  # sorted values: no near-tie can reorder them
+    assert [v for _, v in got.logprobs[1].top] == pytest.approx(top, abs=1e-2)

@@ -49,7 +49,7 @@ import torch
 
 from oficina.errors import UserError
 from oficina.infer import scoring
-from oficina.infer.int8 import RECIPE, load_int8
+from oficina.infer.int8 import RECIPE, dynamic_available, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.layout import relayout_for_decode
 from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
@@ -292,6 +292,7 @@ class Engine:
                 "OFICINA_COMPILE, or serve the adapter as its own model (merge it, or "
                 "`oficina serve BASE+ADAPTER` alone) to compile it"
             )
+        dynamic_available()  # settled now: the trace must not run its probe (int8.Int8Linear)
         self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
 
     # ------------------------------------------------------------------ loading

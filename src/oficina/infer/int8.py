@@ -23,8 +23,11 @@ SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/deco
   one channel dwarfs the others); its effect on the model is measured by
   ``benchmarks/decode_kernels.py --model`` (perplexity, greedy agreement). fbgemm's packing
   takes a quantized tensor, which torch 2.13 deprecates; where the op is missing the call falls
-  back to the weight-only kernel (``dynamic_available``). A compiled decode step
-  (``Engine.compile_decode``) runs the weight-only kernel: the packed weight is an opaque object.
+  back to the weight-only kernel (``dynamic_available``). The call is the op
+  ``torch.ops.oficina.int8_linear_dynamic``, which takes tensors only and finds the packed
+  weight (an opaque object torch.compile cannot trace) in a table outside the module, so a
+  compiled decode step (``Engine.compile_decode``) runs fbgemm too, in one graph with the rest
+  of the step: batch-1 int8 decoding without the per-op Python of the eager forward.
 * 2..``SMALL_M`` rows (batched decoding; and any one row with ``DECODE_KERNEL =
   "weight-only"``): ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
   gpt-fast and torchao use), fed bf16 activations: its float32 variant is a reference loop ~12x
@@ -50,6 +53,7 @@ import copy
 import json
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +114,10 @@ class Int8Linear(nn.Module):
     def _sync_scale(self) -> None:
         """The kernels' derived copies of the tensors: the bf16 scales (a non-persistent buffer:
         converted once rather than at each of the ~200 calls per decoded token, and a real
-        tensor, which torch.compile's lowering of the kernel requires) and fbgemm's packed
-        weight (built at the next one-row call). Redone when a tensor is replaced or written."""
+        tensor, which torch.compile's lowering of the kernel requires). Redone when a tensor is
+        replaced or written (fbgemm's packed weight follows by itself: ``_packed_for``)."""
         s = self.weight_scale
         self.weight_scale_bf16 = s.to(torch.bfloat16)
-        self._packed = None
         self._synced = _versions(self)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
@@ -123,14 +126,16 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        if not torch.compiler.is_compiling():
-            if self._synced != _versions(self):  # replaced or written in place since?
-                self._sync_scale()
-            if x2.shape[0] == 1 and DECODE_KERNEL == "dynamic" and dynamic_available():
-                if self._packed is None:
-                    self._packed = _pack_dynamic(self.weight, self.weight_scale, self.bias)
-                y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, REDUCE_RANGE)
-                return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if not torch.compiler.is_compiling() and self._synced != _versions(self):
+            self._sync_scale()  # a tensor was replaced or written in place since
+        # One row on the dynamic kernel, eager or compiled alike: the op finds fbgemm's packed
+        # weight outside the graph (``_packed_for``). ``dynamic_available`` is settled before
+        # a compile traces this (``Engine.compile_decode``), so the trace reads a constant.
+        if x2.shape[0] == 1 and DECODE_KERNEL == "dynamic" and dynamic_available():
+            y = torch.ops.oficina.int8_linear_dynamic(
+                x2.float(), self.weight, self.weight_scale, self.bias
+            )
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x2.shape[0] <= SMALL_M:
             y = torch._weight_int8pack_mm(
                 x2.to(torch.bfloat16).contiguous(), self.weight, self.weight_scale_bf16
@@ -192,6 +197,50 @@ def _pack_dynamic(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | Non
             return torch.ops.quantized.linear_prepack(qw, b)
         finally:
             torch.backends.quantized.engine = before
+
+
+# fbgemm's packed weights, by the int8 weight tensor's address: (the tensors' identities and
+# versions when packed, the packed weight). Kept outside the modules so that the custom op
+# below takes only tensors — a packed weight is an opaque object that torch.compile cannot
+# trace — and a compiled decode step calls fbgemm exactly as eager does. An entry leaves with
+# its weight tensor (weakref.finalize), and is rebuilt when any of the tensors is replaced or
+# written in place.
+_PACKED: dict[int, tuple[tuple, Any]] = {}
+
+
+def _packed_for(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """fbgemm's packed form of (``weight``, ``scale``, ``bias``), packed once and reused."""
+    key = tuple((t.data_ptr(), t._version) for t in (weight, scale, bias) if t is not None)
+    hit = _PACKED.get(weight.data_ptr())
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = _pack_dynamic(weight, scale, bias)
+    if hit is None:
+        weakref.finalize(weight, _PACKED.pop, weight.data_ptr(), None)
+    _PACKED[weight.data_ptr()] = (key, packed)
+    return packed
+
+
+def _linear_dynamic(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x[M, K]`` float32 times int8 ``weight[N, K]`` (per-row ``scale``) plus ``bias``, on
+    fbgemm's dynamic kernel: ``x`` is quantized to uint8 over its range at each call (one
+    scale for all M rows; the layer calls it with one row)."""
+    return torch.ops.quantized.linear_dynamic(x, _packed_for(weight, scale, bias), REDUCE_RANGE)
+
+
+# The op ``torch.ops.oficina.int8_linear_dynamic``: defined with torch.library's plain
+# registration rather than ``torch.library.custom_op``, whose Python wrapper added ~8 us to each
+# of a decode step's ~200 calls (measured); the op has no autograd (inference only).
+_LIB = torch.library.Library("oficina", "FRAGMENT")
+_LIB.define("int8_linear_dynamic(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor")
+_LIB.impl("int8_linear_dynamic", _linear_dynamic, "CPU")
+
+
+@torch.library.register_fake("oficina::int8_linear_dynamic", lib=_LIB)
+def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 def dynamic_available() -> bool:
