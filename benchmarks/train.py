@@ -710,6 +710,24 @@ def bench_attention_layer(reps: int = 6) -> None:
     )
 
 
+def interleaved(settings: dict, run, steps: int, trials: int):
+    """Each setting's ``run(*setting, first, n) -> (seconds, tokens, losses)`` once as a warm-up,
+    then ``trials`` rounds of ``steps`` steps, every other round in reverse order (so no
+    setting always runs first on a shared machine). Returns each setting's summed
+    [seconds, tokens] and its first round's losses."""
+    for setting in settings.values():
+        run(*setting, 0, 1)  # warm-up
+    totals = {k: [0.0, 0] for k in settings}
+    first_losses: dict[str, list[float]] = {}
+    for trial in range(trials):
+        for name in list(settings) if trial % 2 == 0 else list(settings)[::-1]:
+            sec, tok_n, losses = run(*settings[name], 1, steps)
+            totals[name][0] += sec
+            totals[name][1] += tok_n
+            first_losses.setdefault(name, losses)
+    return totals, first_losses
+
+
 def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     """What a LoRA step of the ladder's shape costs under each setting issue 14 looked at, in
     one process, interleaved (every other trial in reverse), each setting training a fresh
@@ -767,16 +785,7 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
             m.unload()  # the base again, for the next setting
         return seconds, tokens, losses
 
-    for setting in settings.values():
-        run(*setting, 0, 1)  # warm-up
-    totals = {k: [0.0, 0] for k in settings}
-    first_losses: dict[str, list[float]] = {}
-    for trial in range(trials):
-        for name in list(settings) if trial % 2 == 0 else list(settings)[::-1]:
-            sec, tok_n, losses = run(*settings[name], 1, steps)
-            totals[name][0] += sec
-            totals[name][1] += tok_n
-            first_losses.setdefault(name, losses)
+    totals, first_losses = interleaved(settings, run, steps, trials)
     base = totals[next(iter(settings))]
     base_tps = base[1] / base[0]
     table(
@@ -849,16 +858,7 @@ def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
                 frozen.restore()
         return seconds, tokens, losses
 
-    for setting in settings.values():
-        run(*setting, 0, 1)  # warm-up
-    totals = {k: [0.0, 0] for k in settings}
-    first_losses: dict[str, list[float]] = {}
-    for trial in range(trials):
-        for name in list(settings) if trial % 2 == 0 else list(settings)[::-1]:
-            sec, tok_n, losses = run(*settings[name], 1, steps)
-            totals[name][0] += sec
-            totals[name][1] += tok_n
-            first_losses.setdefault(name, losses)
+    totals, first_losses = interleaved(settings, run, steps, trials)
     base_name = next(iter(settings))
     base_tps = totals[base_name][1] / totals[base_name][0]
     ref = first_losses[base_name]
