@@ -551,3 +551,11 @@ def test_a_three_trial_search_prunes_after_its_first_trial():
     late = long.ask()
     late.report(1.1, 20)
     assert not late.should_prune()
+    # One validation per epoch and the ladder's prune_after of one epoch: judged at the first.
+    epochs = optuna.create_study(pruner=_pruner("median", 10, 3, after=10))
+    done = epochs.ask()
+    done.report(0.8, 10)
+    epochs.tell(done, 0.8)
+    behind = epochs.ask()
+    behind.report(1.5, 10)
+    assert behind.should_prune()

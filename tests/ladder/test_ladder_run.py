@@ -23,6 +23,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.max-steps", "2", "--rungs.distill.keep_layers", "1",
         "--rungs.lora_rag.enabled", "true", "--rungs.lora_rag.max_steps", "2",
         "--rungs.few_shot_rag.enabled", "true", "--rungs.cpt_lora.enabled", "true",
+        "--rungs.rag.enabled", "true",
         "--target", "0.0", "--requests", "0",
     ]  # fmt: skip
     assert main(argv) == 0

@@ -151,7 +151,7 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     t = r.training_run
     assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
     assert "up to 3 epochs (2 steps, 6 per epoch), validation every 2 steps" in t["rule"]
-    assert "stop after 3 evaluations without a ≥ 1.0% fall" in t["rule"]
+    assert "stop after 3 evaluations (1 epoch) without a ≥ 1.0% fall" in t["rule"]
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer.
     assert [s for s, _ in r.loss_curve] == [1, 2] and r.val_curve[-1][0] == 2

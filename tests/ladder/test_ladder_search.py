@@ -155,3 +155,20 @@ def test_cpt_lora_searches_its_lora_on_the_pretrained_model(ctx):  # noqa: F811
     cpt = Cost(**r.training_run["final_cost"])
     assert cpt.flops > 0 and cpt.wall_time_s > 0
     assert r.training.flops == pytest.approx(cpt.flops + Cost(**r.search["cost"]).flops)
+
+
+def test_the_search_judges_trials_from_one_epoch_on(ctx, monkeypatch):  # noqa: F811
+    """The pruner's warm-up is one epoch, however often a trial validates: with one validation
+    an epoch, the first is judged (tune's default, the second, would be two epochs in)."""
+    import oficina.evals.tune as tune
+
+    seen, real = [], tune._pruner
+    monkeypatch.setattr(tune, "_pruner", lambda *a: seen.append(a) or real(*a))
+    # 21 rows in batches of 4: 6 steps an epoch.
+    for per_epoch, every in ((1, 6), (3, 2)):
+        s = Lora.Settings(
+            max_epochs=1, batch_size=4, patience=0, evals_per_epoch=per_epoch,
+            search={"trials": 2, "lr": [1e-4, 1e-2]},
+        )  # fmt: skip
+        Lora(s).run(ctx)
+        assert seen[-1] == ("median", every, 2, 6)

@@ -96,6 +96,12 @@ class TuneConfig(VerbConfig):
     storage: str | None = Field(None, description="Optuna RDB URL (default: workspace SQLite)")
     study: str | None = Field(None, description="study name (default: the --out folder's name)")
     seed: int = Field(0, description="sampler seed")
+    prune_after: int | None = Field(
+        None,
+        ge=1,
+        description="the first training step at which the median pruner may judge a trial "
+        "(default: the second validation)",
+    )
     keep_models: bool = Field(False, description="keep each trial's trained model on disk")
 
 
@@ -463,17 +469,20 @@ class Search:
     fingerprint: str
 
 
-def _pruner(name: str, eval_every: int, trials: int):
-    """Reports come at training steps eval_every, 2·eval_every, ...: the pruners' resource."""
+def _pruner(name: str, eval_every: int, trials: int, after: int | None = None):
+    """Reports come at training steps eval_every, 2·eval_every, ...: the pruners' resource.
+    ``after``: the median pruner judges reports at that step or later."""
     import optuna
 
     if name == "median":
-        # Compare from the second evaluation on (optuna judges at step >= n_warmup_steps; the
-        # first evaluation of a warming-up model says little), once a third of the trials (1 to
-        # 3) have finished: with optuna's default of 5, and our earlier 3, a ladder's 3-trial
-        # search never pruned anything.
+        # Compare from the second evaluation on by default (optuna judges at step >=
+        # n_warmup_steps; the first evaluation of a warming-up model says little) -- the ladder
+        # says one epoch instead, whatever its validations per epoch -- once a third of the
+        # trials (1 to 3) have finished: with optuna's default of 5, and our earlier 3, a
+        # ladder's 3-trial search never pruned anything.
         startup = max(1, min(3, trials // 3))
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=eval_every + 1)
+        warmup = after if after is not None else eval_every + 1
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every)
     if name == "hyperband":
@@ -589,7 +598,7 @@ def _open_study(s: Search):
         direction=s.direction,
         load_if_exists=True,
         sampler=_sampler(s, seed),
-        pruner=_pruner(s.cfg.pruner, s.base.train.eval_every, s.cfg.trials),
+        pruner=_pruner(s.cfg.pruner, s.base.train.eval_every, s.cfg.trials, s.cfg.prune_after),
     )
     if "fingerprint" not in study.user_attrs:
         study.set_user_attr("fingerprint", s.fingerprint)

@@ -393,9 +393,11 @@ class Budget:
         )  # fmt: skip
 
     def rule(self) -> str:
+        epochs = self.patience * self.eval_every / self.steps_per_epoch
         stop = (
-            f"stop after {self.patience} evaluations without a ≥ {self.min_delta:.1%} fall of "
-            "the validation loss"
+            f"stop after {self.patience} evaluations ({epochs:.3g} epoch"
+            f"{'' if epochs == 1 else 's'}) without a "
+            f"≥ {self.min_delta:.1%} fall of the validation loss"
             if self.patience
             else "no early stopping"
         )

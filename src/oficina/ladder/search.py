@@ -143,6 +143,9 @@ def run_search(
             study=f"ladder-{rung.name}",
             seed=ctx.cfg.seed,
             keep_models=True,  # the best trial may be the rung's model
+            # Trials are judged from one epoch on: a trial's first pass over the data is
+            # its warm-up, however often it validates.
+            prune_after=rung.budget(ctx, trial_hp).steps_per_epoch,
         ),
         entry=entry,
     )
