@@ -427,7 +427,11 @@ def _fit(
     stream = BatchStream(
         train_ds, args.batch_size, args.seed, rank, world, group_by_length=args.group_by_length
     )
-    val = eval_batches(val_ds, args.batch_size, args.eval_batches) if val_ds is not None else []
+    val = (
+        eval_batches(val_ds, args.batch_size, args.eval_batches, by_length=True)
+        if val_ds is not None
+        else []
+    )
 
     state = {
         "step": 0,
