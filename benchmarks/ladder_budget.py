@@ -1,7 +1,9 @@
 """Does the ladder's training budget starve LoRA? The LoRA rung as the ladder trains it (its
 search, epochs and early stopping) against the same LoRA at the chosen values trained 3× longer.
 
-    .venv/bin/python benchmarks/ladder_budget.py [--factor 3] [--limit-train N] [--trials N]
+    .venv/bin/python benchmarks/ladder_budget.py [--rung lora|full] [--factor 3] [--limit-train N]
+
+``--rung full`` asks the same of full fine-tuning.
 
 On the demo task (``examples/ladder.yaml``: SmolLM2-135M-Instruct, "which part of the Python
 reference is this passage from?"), the ``lora`` rung runs through the ladder's own code
@@ -38,26 +40,30 @@ from _machine import machine  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reused_lora(folder: Path, ctx):
-    """The lora rung of the ladder run in ``folder``: from its summary.json, its adapter scored
-    again on ``ctx``'s test items (summary.json keeps answers, not the per-item scores a paired
-    comparison needs); from the partial.json of a ladder still running, as it was measured."""
+def reused_rung(folder: Path, ctx, name: str):
+    """The ``name`` rung of the ladder run in ``folder``: from its summary.json, its adapter
+    (lora) or model (full) scored again on ``ctx``'s test items (summary.json keeps answers, not
+    the per-item scores a paired comparison needs); from the partial.json of a ladder still
+    running, as it was measured."""
     from oficina.ladder.result import Cost, RungResult
 
     if not (folder / "summary.json").is_file() and (folder / "partial.json").is_file():
         # A ladder still running keeps its finished rungs whole (per-item scores too).
         done = json.loads((folder / "partial.json").read_text())
-        return RungResult.model_validate(next(x for x in done if x["name"] == "lora"))
+        return RungResult.model_validate(next(x for x in done if x["name"] == name))
     s = json.loads((folder / "summary.json").read_text())
-    r = next(x for x in s["rungs"] if x["name"] == "lora")
+    r = next(x for x in s["rungs"] if x["name"] == name)
     if r["status"] != "ok":
-        raise SystemExit(f"{folder}: its lora rung did not run ({r['status']})")
-    adapter = Path(r["artifacts"]["adapter"])
-    if not adapter.is_absolute() and not adapter.exists():
-        adapter = folder.resolve().parent.parent / adapter  # relative to where that ladder ran
-    eng = ctx.engine(ctx.cfg.base_model, adapter=str(adapter))
-    res = ctx.evaluate(eng, "lora")
-    out = ctx.measured("lora", r["description"], eng, res, hyperparameters=r["hyperparameters"])
+        raise SystemExit(f"{folder}: its {name} rung did not run ({r['status']})")
+    saved = Path(r["artifacts"]["adapter" if name == "lora" else "model"])
+    if not saved.is_absolute() and not saved.exists():
+        saved = folder.resolve().parent.parent / saved  # relative to where that ladder ran
+    if name == "lora":
+        eng = ctx.engine(ctx.cfg.base_model, adapter=str(saved))
+    else:
+        eng = ctx.engine(str(saved))
+    res = ctx.evaluate(eng, name)
+    out = ctx.measured(name, r["description"], eng, res, hyperparameters=r["hyperparameters"])
     if abs(out.quality - r["quality"]) > 1e-9:
         print(f"note: scored again {out.quality:.3f}, that run said {r['quality']:.3f}")
     out.search, out.training_run = r["search"], r["training_run"]
@@ -68,6 +74,7 @@ def reused_lora(folder: Path, ctx):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "examples/ladder.yaml"))
+    ap.add_argument("--rung", choices=["lora", "full"], default="lora", help="the trained rung")
     ap.add_argument("--factor", type=float, default=3.0, help="how much longer the control trains")
     ap.add_argument("--limit-train", type=int, default=None, help="training rows (default: config)")
     ap.add_argument("--limit-test", type=int, default=None, help="test items (default: all)")
@@ -75,7 +82,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=float, default=None, help="the rung's epoch budget")
     ap.add_argument("--search-epochs", type=float, default=None, help="each trial's epochs")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
-    ap.add_argument("--reuse", default=None, help="a finished ladder folder: its lora rung")
+    ap.add_argument("--reuse", default=None, help="a finished ladder folder: its --rung rung")
     a = ap.parse_args()
     if a.reuse and not any((Path(a.reuse) / f).is_file() for f in ("summary.json", "partial.json")):
         ap.error(f"--reuse {a.reuse}: no summary.json or partial.json there (a ladder's --out)")
@@ -86,7 +93,7 @@ def main() -> None:
     from oficina.ladder.context import LadderContext
     from oficina.ladder.recommend import compare
     from oficina.ladder.run import LadderConfig, load_task
-    from oficina.ladder.rungs import Lora
+    from oficina.ladder.rungs import Full, Lora
     from oficina.workspace import start_run
 
     print(machine())
@@ -96,7 +103,8 @@ def main() -> None:
         if value is not None:
             over[key] = value
     cfg = load(LadderConfig, a.config, over)
-    lora = cfg.rungs.lora.model_dump()
+    Rung = {"lora": Lora, "full": Full}[a.rung]
+    lora = getattr(cfg.rungs, a.rung).model_dump()
     search = lora["search"]
     if a.trials is not None:
         search["trials"] = a.trials
@@ -107,7 +115,7 @@ def main() -> None:
     task, corpus = load_task(cfg)
     print(
         f"task: {len(task.train)} training rows, {len(task.validation)} validation, "
-        f"{len(task.test)} test items; LoRA budget {lora['max_epochs']:g} epochs, search "
+        f"{len(task.test)} test items; {a.rung} budget {lora['max_epochs']:g} epochs, search "
         f"{search['trials']} trials of {search['max_epochs'] or lora['max_epochs']:g} epochs",
         flush=True,
     )
@@ -115,10 +123,10 @@ def main() -> None:
         ctx = LadderContext(cfg, run, task, corpus)
         t0 = time.perf_counter()
         if a.reuse:
-            ladder = reused_lora(Path(a.reuse), ctx)
+            ladder = reused_rung(Path(a.reuse), ctx, a.rung)
             t_ladder = float(ladder.training.wall_time_s)
         else:
-            ladder = Lora(Lora.Settings(**lora)).run(ctx)
+            ladder = Rung(Rung.Settings(**lora)).run(ctx)
             t_ladder = time.perf_counter() - t0
         steps = int(ladder.training_run["steps"])
         longer = {
@@ -130,14 +138,17 @@ def main() -> None:
         }
         ctx.out = work / "longer"
         t0 = time.perf_counter()
-        long = Lora(Lora.Settings(**longer)).run(ctx)
+        long = Rung(Rung.Settings(**longer)).run(ctx)
         t_long = time.perf_counter() - t0
     c = compare(long, ladder, cfg.metric or ctx.metric, n=cfg.bootstrap, seed=cfg.seed)
     result = {
         "metric": ctx.metric,
         "test_items": len(task.test),
         "train_rows": len(task.train),
-        "chosen": {k: ladder.hyperparameters[k] for k in ("lr", "rank")},
+        "rung": a.rung,
+        "chosen": {
+            k: ladder.hyperparameters[k] for k in ("lr", "rank") if k in ladder.hyperparameters
+        },
         "search": {
             k: (ladder.search or {}).get(k) for k in ("trial_steps", "pruned", "final", "cost")
         },
@@ -166,9 +177,12 @@ def main() -> None:
     (work / "ladder_budget.json").write_text(json.dumps(result, indent=2, default=str))
     L, G = result["ladder"], result["longer"]
     print(
-        f"ladder's LoRA: {L['quality']:.3f} (95% CI {L['ci'][0]:.3f}-{L['ci'][1]:.3f}), "
+        f"ladder's {a.rung}: {L['quality']:.3f} (95% CI {L['ci'][0]:.3f}-{L['ci'][1]:.3f}), "
         f"{L['steps']} steps ({L['stopped']}, best step {L['best_step']}), {L['seconds']:.0f}s "
-        f"with its search; lr {result['chosen']['lr']:.3g}, rank {result['chosen']['rank']}"
+        f"with its search; "
+        + ", ".join(
+            f"{k} {v:.3g}" if k == "lr" else f"{k} {v}" for k, v in result["chosen"].items()
+        )
     )
     print(
         f"{a.factor:g}x longer:    {G['quality']:.3f} (95% CI {G['ci'][0]:.3f}-{G['ci'][1]:.3f}), "
