@@ -1,12 +1,14 @@
 """Batch-1 decode speed of SmolLM2-135M: Oficina's engine vs its peers, in one run.
 
     .venv/bin/python benchmarks/generate.py [--quick] [--int8 DIR] [--repeats 3] [--no-llama]
+        [--compile] [--unfused]
 
 Prints one table of tokens/s (one prompt, greedy, EOS ignored so every peer makes exactly the
 same number of tokens; prefill of the short prompt included) for:
   * Oficina float32 and bfloat16 (``Engine.generate``, the path every verb uses), next to
     plain ``transformers`` ``model.generate`` on the very same model object (so float32
-    ``generate`` also reads the column-major weights of ``oficina.infer.layout``), and
+    ``generate`` also reads the column-major weights of ``oficina.infer.layout`` and runs the
+    fused projections of ``oficina.infer.fuse``), and
     ``generate`` on the float32 model loaded the usual way (row-major, as transformers has it);
   * Oficina int8, when ``--int8 DIR`` names an ``oficina quantize --method int8`` output
     (``Engine.from_spec`` on it: batch 1 runs the weight-only int8 kernel of
@@ -18,7 +20,10 @@ same number of tokens; prefill of the short prompt included) for:
   * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
     the compile happens in the untimed warm-up), and with ``--int8`` too, the int8 directory
     compiled, on both one-row kernels (the dynamic one is fbgemm called from inside the
-    compiled graph: ``oficina.infer.int8``'s ``int8_linear_dynamic`` op).
+    compiled graph: ``oficina.infer.int8``'s ``int8_linear_dynamic`` op);
+  * with ``--unfused``, Oficina float32 and int8 (and, with ``--compile``, their compiled
+    steps) also on engines loaded with ``fuse=False``: q/k/v and gate/up as separate matmuls,
+    as before ``oficina.infer.fuse`` — the before/after of the fusion, measured in turn.
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
 run is the one least disturbed), with the load average before and after.
 """
@@ -95,6 +100,11 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="also Oficina float32 with a compiled decode step"
     )
+    ap.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also float32/int8 engines without fused q/k/v and gate/up (oficina.infer.fuse)",
+    )
     args = ap.parse_args()
     n = 16 if args.quick else 64
     where = machine()
@@ -111,13 +121,17 @@ def main() -> None:
     plain = Engine(load_causal_lm("smollm2-135m-instruct")[0], f32.tokenizer)  # row-major
     if args.int8:
         engines["int8"] = Engine.from_spec(args.int8)
+    if args.unfused:
+        engines["float32, unfused"] = Engine.from_spec("smollm2-135m-instruct", fuse=False)
+        if args.int8:
+            engines["int8, unfused"] = Engine.from_spec(args.int8, fuse=False)
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
-        engines["float32 compiled"] = Engine(f32.model, f32.tokenizer, path=f32.path)
-        engines["float32 compiled"].compile_decode()
-        if args.int8:  # one graph per one-row kernel (the kernel switch is guarded on)
-            i8 = engines["int8"]
-            engines["int8 compiled"] = Engine(i8.model, i8.tokenizer, path=i8.path)
-            engines["int8 compiled"].compile_decode()
+        # int8: one graph per one-row kernel (the kernel switch is guarded on)
+        for name in [n for n in engines if n.split(",")[0] in ("float32", "int8")]:
+            e = engines[name]
+            compiled = name.replace("float32", "float32 compiled").replace("int8", "int8 compiled")
+            engines[compiled] = Engine(e.model, e.tokenizer, path=e.path)
+            engines[compiled].compile_decode()
     prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     one = prompts[:1]
 

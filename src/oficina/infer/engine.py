@@ -49,6 +49,7 @@ import torch
 
 from oficina.errors import UserError
 from oficina.infer import scoring
+from oficina.infer.fuse import fuse_projections
 from oficina.infer.int8 import RECIPE, dynamic_available, load_int8
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.layout import relayout_for_decode
@@ -303,13 +304,15 @@ class Engine:
         dtype: str = "float32",
         adapter: str | None = None,
         name: str | None = None,
+        fuse: bool = True,
     ) -> Engine:
         """Load a model spec (see ``oficina.models.sources``), optionally a PEFT LoRA adapter.
 
         A directory written by ``oficina quantize --method int8`` (int8 weights + a recipe) is
-        loaded by ``oficina.infer.int8.load_int8``. Float32 weights with more outputs than
-        inputs are stored column-major for faster batch-1 decoding
-        (``oficina.infer.layout``).
+        loaded by ``oficina.infer.int8.load_int8``. Without an adapter (whose LoRA layers wrap
+        q/k/v), q/k/v and gate/up become one matmul each (``oficina.infer.fuse``; ``fuse=False``
+        keeps them apart). Float32 weights with more outputs than inputs are then stored
+        column-major for faster batch-1 decoding (``oficina.infer.layout``).
         """
         from transformers.utils import logging as hf_logging
 
@@ -324,6 +327,8 @@ class Engine:
                 "the float model first, then quantize that"
             )
         model, tok = load_int8(path, dtype) if int8 else load_causal_lm(spec, dtype=dtype)
+        if fuse and not adapter:
+            fuse_projections(model)  # fewer, larger matmuls per decode step
         relayout_for_decode(model)  # float32 only: tall weights column-major (faster GEMV)
         adapter_path = None
         if adapter:

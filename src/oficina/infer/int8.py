@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oficina.errors import UserError
+from oficina.infer.fuse import fused_modules, unfuse_projections
 
 RECIPE = "oficina-quantization.json"
 WEIGHTS = "oficina-int8.safetensors"
@@ -101,12 +102,33 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> Int8Linear:
-        m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None)
-        m.weight, m.weight_scale = quantize_weight(lin.weight)
+        q, scale = quantize_weight(lin.weight)
+        return cls.from_tensors(q, scale, None if lin.bias is None else lin.bias.detach().clone())
+
+    @classmethod
+    def from_tensors(
+        cls, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> Int8Linear:
+        """The layer of int8 ``weight[N, K]``, float32 ``scale[N]`` and ``bias[N]`` (used as given)."""
+        m = cls(weight.shape[1], weight.shape[0], bias=bias is not None)
+        m.weight, m.weight_scale, m.bias = weight, scale, bias
         m._sync_scale()
-        if lin.bias is not None:
-            m.bias = lin.bias.detach().clone()
         return m
+
+    @classmethod
+    def stack(cls, parts: list[Int8Linear]) -> Int8Linear:
+        """One layer whose output is the parts' outputs side by side (rows, scales, biases
+        stacked; per-row scales make each row's numbers its part's). ``oficina.infer.fuse``."""
+        cat = [torch.cat([getattr(p, k) for p in parts]) for k in ("weight", "weight_scale")]
+        bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+        return cls.from_tensors(*cat, bias)
+
+    def rows(self, a: int, b: int) -> Int8Linear:
+        """Output channels ``a:b`` as a layer of their own (copies)."""
+        bias = None if self.bias is None else self.bias[a:b].clone()
+        return Int8Linear.from_tensors(
+            self.weight[a:b].clone(), self.weight_scale[a:b].clone(), bias
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -364,7 +386,8 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = SKIP) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers (names not ending in ``skip``) are int8.
 
     A tied input embedding is quantized with lm_head (same tensors). The float model is left
-    as it was.
+    as it was. A model with fused projections (``oficina.infer.fuse``) gives a fused int8 one:
+    the scheme is per row, so a fused layer's rows quantize as its parts' would.
     """
     model = copy.deepcopy(model)
     tie = _tied(model)
@@ -396,6 +419,9 @@ def save_int8(model: nn.Module, out: str | Path, source: str = "") -> None:
     info = getattr(model, "_oficina_int8", None)
     if info is None:
         raise UserError("save_int8 needs a model from quantize_int8")
+    if fused_modules(model):  # stored under the config's own names (q_proj, not qkv_proj)
+        model = copy.deepcopy(model)
+        unfuse_projections(model)
     out = Path(out)
     # Tied tensors are stored once (safetensors refuses shared memory); load re-ties them.
     state = {k: v.contiguous() for k, v in _unique_state(model).items()}
@@ -408,11 +434,12 @@ def save_int8(model: nn.Module, out: str | Path, source: str = "") -> None:
             "method": METHOD,
             "format": FORMAT,
             "weights": WEIGHTS,
-            "modules": info["modules"],
+            "modules": int8_modules(model),
             "tied_embedding": info["tied"],
             "scheme": "per-output-channel symmetric int8, scale = max|row| / 127 (float32)",
-            "kernel": "1 row: fbgemm dynamic int8 (the row quantized to uint8); <= 16 rows: "
-            "torch._weight_int8pack_mm (bf16 activations); else dequantize + linear",
+            "kernel": "<= 16 rows: torch._weight_int8pack_mm (bf16 activations); 1 row with "
+            "OFICINA_INT8_DECODE=dynamic: fbgemm dynamic int8 (the row quantized to uint8); "
+            "more rows: dequantize + linear",
             "source": source,
         },
     )

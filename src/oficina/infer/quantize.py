@@ -44,6 +44,7 @@ from oficina.config import VerbConfig
 from oficina.errors import NotFound, UserError
 from oficina.infer import gguf_export as gx
 from oficina.infer.engine import Engine, SamplingParams
+from oficina.infer.fuse import unfuse_projections
 from oficina.infer.int8 import RECIPE, quantize_int8, save_int8
 from oficina.infer.scoring import perplexity_plan
 from oficina.models.safety import PICKLE_SUFFIXES
@@ -131,6 +132,7 @@ def measure_gguf(base, out: Path, texts: list[str], cfg: QuantizeConfig) -> dict
     res: dict = {"size_on_disk_bytes": out.stat().st_size, "gguf_type": cfg.gguf_type}
     _, state = gx.read_gguf_state_dict(out)
     model = copy.deepcopy(base.model)
+    unfuse_projections(model)  # the GGUF's tensors carry the config's names (q_proj, not qkv)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     if unexpected or [m for m in missing if not (tied and m == "lm_head.weight")]:
