@@ -173,6 +173,8 @@ def main() -> None:
         },
         "difference": c,
         "equal_within_interval": bool(c and c["tied"]),
+        # Only a longer run that is measurably *better* says the budget starves the rung.
+        "starved": bool(c and not c["tied"] and c["diff"] > 0),
     }
     (work / "ladder_budget.json").write_text(json.dumps(result, indent=2, default=str))
     L, G = result["ladder"], result["longer"]
@@ -189,7 +191,13 @@ def main() -> None:
         f"{G['steps']} steps (best step {G['best_step']}), {G['seconds']:.0f}s"
     )
     if c:
-        verdict = "equal within the interval" if c["tied"] else "NOT equal: the budget starves it"
+        verdict = (
+            "equal within the interval"
+            if c["tied"]
+            else "NOT equal: the budget starves it"
+            if c["diff"] > 0
+            else "NOT equal: training longer is worse, the budget does not starve it"
+        )
         print(
             f"longer - ladder: {c['diff']:+.3f} (paired bootstrap 95% CI {c['ci'][0]:+.3f} to "
             f"{c['ci'][1]:+.3f}) on {c['n']} items: {verdict}"
