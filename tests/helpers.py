@@ -203,3 +203,21 @@ def make_tiny_lora(base: Path, out: Path, seed: int) -> Path:
     )
     peft.save_pretrained(out)
     return out
+
+
+def assert_greedy_equals_transformers(eng, plain, tok, prompts: list[str], new: int = 24) -> None:
+    """``eng``'s greedy continuations of ``prompts`` are token for token those of plain
+    ``transformers`` ``generate`` on the same weights (``plain``, ``tok``), EOS stripped."""
+    import torch
+
+    from oficina.infer.engine import SamplingParams
+
+    got = eng.generate(prompts, SamplingParams(max_new_tokens=new))
+    for prompt, c in zip(prompts, got, strict=True):
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = plain.generate(
+                **enc, do_sample=False, max_new_tokens=new, pad_token_id=tok.pad_token_id
+            )
+        ref = [t for t in out[0, enc.input_ids.shape[1] :].tolist() if t not in eng.eos_ids]
+        assert c.token_ids == ref

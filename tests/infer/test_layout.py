@@ -5,8 +5,9 @@ that values and ties survive, and that the engine's greedy tokens still equal pl
 from __future__ import annotations
 
 import torch
+from helpers import assert_greedy_equals_transformers
 
-from oficina.infer.engine import Engine, SamplingParams
+from oficina.infer.engine import Engine
 from oficina.infer.layout import relayout_for_decode
 from oficina.models.sources import load_causal_lm
 
@@ -44,15 +45,7 @@ def test_engine_greedy_equals_transformers_on_the_usual_layout(tiny_lm):
     assert eng.model.lm_head.weight.stride() == (1, eng.model.lm_head.weight.shape[0])
     plain, tok = load_causal_lm(tiny_lm)  # row-major weights, as transformers loads them
     assert plain.lm_head.weight.is_contiguous()
-    got = eng.generate(PROMPTS, SamplingParams(max_new_tokens=24))
-    for prompt, c in zip(PROMPTS, got, strict=True):
-        enc = tok(prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = plain.generate(
-                **enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id
-            )
-        ref = [t for t in out[0, enc.input_ids.shape[1] :].tolist() if t not in eng.eos_ids]
-        assert c.token_ids == ref
+    assert_greedy_equals_transformers(eng, plain, tok, PROMPTS)
     ids = torch.tensor([eng.encode(PROMPTS[1])])
     with torch.no_grad():  # the logits themselves, up to float summation order
         assert torch.allclose(eng.model(ids).logits, plain(ids).logits, atol=1e-5)
