@@ -144,13 +144,14 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     check_measured(r, ctx)
     assert r.hyperparameters == {
         "max_epochs": 3.0, "max_steps": 2, "lr": 1e-3, "batch_size": 4, "evals_per_epoch": 4,
-        "patience": 3, "min_delta": 0.01, "rank": 8, "alpha": 16,
+        "patience": 3, "min_delta": 0.01, "rank": 8, "alpha": 16, "schedule": "constant",
     }  # fmt: skip
     assert r.search is None
     # 21 rows in batches of 4: 6 steps an epoch, validated every 2; capped at 2 steps.
     t = r.training_run
     assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
-    assert "up to 3 epochs (2 steps, 6 per epoch), validation every 2 steps" in t["rule"]
+    assert "up to 3 epochs (2 steps, 6 per epoch), learning rate constant after a " in t["rule"]
+    assert "warm-up, validation every 2 steps" in t["rule"]
     assert "stop after 3 evaluations (1 epoch) without a ≥ 1.0% fall" in t["rule"]
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer.
@@ -304,6 +305,38 @@ def test_trained_rungs_batch_rows_of_similar_length(ctx, tmp_path):
         hp, _ = rung.hyperparameters(ctx)
         _, cfg = rung.recipe(ctx, hp, tmp_path / cls.name)
         assert cfg.train.group_by_length == GROUP_BY_LENGTH > 1
+
+
+def lr_path(ctx, tmp_path, cls, steps: int, **settings) -> list[float]:
+    """The learning rates of a rung's training's first ``steps`` steps, from its recipe."""
+    import torch
+
+    from oficina.train.loop import make_scheduler
+
+    rung = cls(cls.Settings(batch_size=4, lr=1e-3, **settings, **NO_SEARCH))
+    hp, _ = rung.hyperparameters(ctx)
+    _, cfg = rung.recipe(ctx, hp, tmp_path / f"{cls.name}-{settings}")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.lr)
+    sched, path = make_scheduler(opt, cfg.train, cfg.max_steps), []
+    for _ in range(steps):
+        path.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return path
+
+
+@pytest.mark.parametrize("cls", [Lora, Full])
+def test_a_longer_budget_follows_the_same_learning_rate_path(ctx, tmp_path, cls):
+    # benchmarks/ladder_budget.py's 3x longer run must differ from the rung only in length.
+    # 21 rows in batches of 4: 6 steps an epoch, 2 warm-up steps (a quarter epoch, rounded up).
+    short = lr_path(ctx, tmp_path, cls, 12, max_epochs=2)
+    long = lr_path(ctx, tmp_path, cls, 12, max_epochs=6)
+    assert short == long
+    assert short[:3] == pytest.approx([5e-4, 1e-3, 1e-3]) and set(short[2:]) == {1e-3}
+    # A cosine over the budget is the other choice: there the budget shapes the path.
+    cos_short = lr_path(ctx, tmp_path, cls, 12, max_epochs=2, schedule="cosine")
+    cos_long = lr_path(ctx, tmp_path, cls, 12, max_epochs=6, schedule="cosine")
+    assert cos_short[:2] == cos_long[:2] and cos_short[-1] < cos_long[-1] < 1e-3
 
 
 def test_a_best_checkpoint_at_the_budget_counts_as_cut_off_only_if_it_still_fell():
