@@ -13,7 +13,10 @@ in epochs with early stopping). Then the same LoRA — the chosen learning rate 
 checkpoint kept, as every rung's is). Both are scored on the same test items; the difference
 comes with its paired-bootstrap 95% interval (``oficina.ladder.recommend.compare``). The claim
 holds when the interval contains 0: training longer does not buy measurable quality, so the
-budget does not starve the rung.
+budget does not starve the rung. With the rungs' default constant learning rate after warm-up
+(``schedule: constant``) the longer run takes the rung's path step for step (same seed, same
+batches, same rates) and then goes on, so any difference comes from the steps the budget cut;
+with ``schedule: cosine`` the stretched decay makes it another path.
 
 ``--limit-train`` / ``--limit-test`` / ``--trials`` / ``--max-epochs`` cut the run down on a busy
 machine (the figures then say so). ``--reuse DIR`` takes the ``lora`` rung of a finished ladder
