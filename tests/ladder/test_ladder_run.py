@@ -96,10 +96,11 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     assert by["lora"]["hyperparameters"]["lr"] > 0 and by["lora"]["hyperparameters"]["rank"] == 8
     assert by["lora"]["training_run"]["steps"] == 2 and by["lora"]["search"] is None
     assert by["few_shot"]["hyperparameters"] == {"shots": 1, "strategy": "similar"}
-    # The curves came back from training: a point per step, validation at the end.
-    assert [p[0] for p in by["lora"]["loss_curve"]] == [1, 2] and by["lora"]["val_curve"][-1][
-        0
-    ] == 2
+    # The curves came back from training: a point per step, validation at the end, then the
+    # anneal's step (a quarter of a 2-step epoch, rounded up) from the best weights.
+    assert [p[0] for p in by["lora"]["loss_curve"]] == [1, 2, 3]
+    assert by["lora"]["val_curve"][-1][0] == 2
+    assert by["lora"]["training_run"]["cooldown"]["steps"] == 1
     assert set(s["tied_with"]) <= set(by) - {s["recommended"]}
     assert set(s["comparisons"]) == set(by) - {s["recommended"]}
     # Target 0 and no traffic: every rung meets the bar and only training costs count, so the

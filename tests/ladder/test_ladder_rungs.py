@@ -145,6 +145,7 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     assert r.hyperparameters == {
         "max_epochs": 3.0, "max_steps": 2, "lr": 1e-3, "batch_size": 4, "evals_per_epoch": 4,
         "patience": 3, "min_delta": 0.01, "rank": 8, "alpha": 16, "schedule": "constant",
+        "cooldown_epochs": 0.25,
     }  # fmt: skip
     assert r.search is None
     # 21 rows in batches of 4: 6 steps an epoch, validated every 2; capped at 2 steps.
@@ -152,6 +153,8 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
     assert "up to 3 epochs (2 steps, 6 per epoch), learning rate constant after a " in t["rule"]
     assert "warm-up, validation every 2 steps" in t["rule"]
+    assert t["rule"].endswith("best checkpoint kept, then annealed 2 steps (rate falling linearly "
+                              "to 0) and kept if the validation loss falls")  # fmt: skip
     assert "stop after 3 evaluations (1 epoch) without a ≥ 1.0% fall" in t["rule"]
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer.

@@ -710,7 +710,11 @@ def run_trial(s: Search, trial) -> float:
                 budget += fold_budget * (len(folds) - i - 1)  # the folds it did not run
                 raise _Pruned
             best_step = summary.get("best_step")
-            scores.append(evals.get(best_step, summary.get("best_val_loss")))
+            score = evals.get(best_step, summary.get("best_val_loss"))
+            cooled = summary.get("cooldown") or {}
+            if key == "val_loss" and cooled.get("kept"):  # the annealed weights are the model
+                score = float(cooled["val_loss"])
+            scores.append(score)
     finally:
         trial.set_user_attr("budget_steps", max(budget, cost))
         trial.set_user_attr("curve", curve)

@@ -391,8 +391,18 @@ def settings_lines(rungs: list[RungResult]) -> list[str]:
                 f"{r.name}: {t['rule']}; stopped by {t['stopped']} at step {t['steps']} of "
                 f"{t['max_steps']}, best at step {t['best_step']} (epoch {t['best_epoch']})"
                 + (" — the budget, not the curve, chose it" if t.get("best_at_budget") else "")
+                + _cooldown_text(t.get("cooldown"))
             )
     return out
+
+
+def _cooldown_text(c: dict | None) -> str:
+    if not c:
+        return ""
+    verdict = "kept" if c["kept"] else "not kept: no lower than the best"
+    return (
+        f"; annealed {c['steps']} steps from there: validation loss {c['val_loss']:.4f} ({verdict})"
+    )
 
 
 def _short(v) -> str:

@@ -323,6 +323,12 @@ class TrainSettings(RungSettings):
         "longer budget follows the same path and early stopping alone ends it) or 'cosine' "
         "(decays to 10% over the budget)",
     )
+    cooldown_epochs: float = Field(
+        0.25,
+        ge=0,
+        description="after training, anneal the best weights this many epochs with the rate "
+        "falling linearly to 0; kept if the validation loss falls (0 = off)",
+    )
     batch_size: int = Field(8, ge=1, description="examples per step")
     evals_per_epoch: int = Field(
         4,
@@ -387,6 +393,7 @@ class Budget:
     patience: int
     min_delta: float
     schedule: str = "constant"
+    cooldown_steps: int = 0
 
     @classmethod
     def of(cls, n_train: int, hp: dict[str, Any]) -> Budget:
@@ -398,6 +405,7 @@ class Budget:
         return cls(
             steps, spe, min(every, steps), float(hp["max_epochs"]), int(hp["patience"]),
             float(hp["min_delta"]), str(hp.get("schedule", "constant")),
+            math.ceil(float(hp.get("cooldown_epochs", 0)) * spe),
         )  # fmt: skip
 
     def rule(self) -> str:
@@ -414,10 +422,16 @@ class Budget:
             if self.schedule == "constant"
             else "learning rate decayed by a cosine over the budget"
         )
+        anneal = (
+            f", then annealed {self.cooldown_steps} steps (rate falling linearly to 0) and kept "
+            "if the validation loss falls"
+            if self.cooldown_steps
+            else ""
+        )
         return (
             f"trained in epochs, up to {self.max_epochs:g} epochs ({self.steps} steps, "
             f"{self.steps_per_epoch} per epoch), {lr}, validation every {self.eval_every} "
-            f"steps, {stop}, best checkpoint kept"
+            f"steps, {stop}, best checkpoint kept{anneal}"
         )
 
     def outcome(self, s: dict) -> dict[str, Any]:
@@ -434,6 +448,7 @@ class Budget:
             "best_step": best,
             "best_epoch": None if best is None else round(best / self.steps_per_epoch, 2),
             "best_at_budget": self.cut_by_budget(best, s.get("val_curve") or []),
+            "cooldown": s.get("cooldown"),
         }
 
     def cut_by_budget(self, best: int | None, curve: list) -> bool:
@@ -505,6 +520,7 @@ class TrainedRung(Rung):
             # because the decay ended there (2026-11-30).
             warmup_steps=max(1, math.ceil(WARMUP_EPOCHS * budget.steps_per_epoch)),
             min_lr_ratio=1.0 if hp.get("schedule", "constant") == "constant" else 0.1,
+            cooldown_steps=budget.cooldown_steps,
             eval_every=budget.eval_every,
             # Every validation scores all the (limited) validation rows, as the search's do.
             eval_batches=max(1, math.ceil(len(ctx.val) / int(hp["batch_size"]))),

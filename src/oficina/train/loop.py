@@ -9,7 +9,8 @@ fp32; eager attention on short batches, SDPA on long ones (``train/attention.py`
 touches the weights; validation every
 ``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
 without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
-rises by more than ``min_delta`` while training loss falls;
+rises by more than ``min_delta`` while training loss falls; optionally (``cooldown_steps``) an
+anneal of the best weights at the end, the rate falling linearly to 0, kept if validation falls;
 atomic checkpoints every ``save_every`` steps that ``resume=True`` continues exactly; a
 progress bar (loss, tokens/s, time left); metrics to the run folder (and TensorBoard/MLflow
 with ``report_to``); a loss-curve PNG at the end. Causal-LM objectives take the chunked fused
@@ -87,6 +88,13 @@ class TrainArgs(Section):
         lt=1,
         description="relative change of val loss that counts: an improvement smaller than this "
         "is not one (patience), a rise smaller than this is no overfitting warning (0.01 = 1%)",
+    )
+    cooldown_steps: int = Field(
+        0,
+        ge=0,
+        description="after training, anneal the best weights for N more steps with the learning "
+        "rate falling linearly to 0, validate, keep them if the validation loss fell (needs "
+        "validation data; 0 = off)",
     )
     save_every: int = Field(100, ge=1, description="write a resumable checkpoint every N steps")
     log_every: int = Field(10, ge=1, description="log training metrics every N steps")
@@ -276,6 +284,8 @@ class FitResult:
     overfit_warnings: list[str] = field(default_factory=list)
     history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
+    # The anneal after training (``cooldown_steps``): from_step, steps, val_loss, kept.
+    cooldown: dict | None = None
 
 
 def _say(msg: str, rank: int) -> None:
@@ -474,7 +484,9 @@ def _fit(
     window_tokens, window_t0 = 0, time.perf_counter()
     train_model.train()
 
-    while step < max_steps:
+    def train_step(step: int) -> tuple[float, float, int]:
+        """One optimizer step (``grad_accum`` micro-batches) after ``step``: (loss, gradient
+        norm, tokens). The learning rate is whatever the optimizer holds."""
         t0 = time.perf_counter()
         loss_sum = torch.zeros(())
         step_tokens = 0
@@ -513,14 +525,18 @@ def _fit(
                 f"step (weights are those after step {step}); lower --train.lr"
             )
         opt.step()
-        sched.step()
         opt.zero_grad(set_to_none=True)
-        step += 1
         state["micro"] += args.grad_accum
         step_tokens *= world
         state["train_tokens"] += step_tokens
         state["train_time_s"] += time.perf_counter() - t0
-        state["history"].append((step, loss_val))
+        state["history"].append((step + 1, loss_val))
+        return loss_val, gnorm, step_tokens
+
+    while step < max_steps:
+        loss_val, gnorm, step_tokens = train_step(step)
+        sched.step()
+        step += 1
         window_tokens += step_tokens
 
         if step % args.log_every == 0 or step == max_steps:
@@ -551,6 +567,8 @@ def _fit(
             # at least min_delta, so a model creeping by noise-sized steps is not "learning".
             if state["best_val"] is None or v < state["best_val"]:
                 state["best_val"], state["best_step"] = v, step
+                # The rates the next step would have taken: where a cooldown starts from.
+                state["lr_at_best"] = [g["lr"] for g in opt.param_groups]
                 ckpt.save_best(model)
             if significant_drop(state["ref_val"], v, args.min_delta):
                 state["ref_val"], state["bad_evals"] = v, 0
@@ -609,6 +627,37 @@ def _fit(
         ckpt.save(step, model, opt, sched, state)  # the last state, before restoring the best
     if val and ckpt.load_best(model):
         _say(f"restored the best weights (step {state['best_step']})", rank)
+    cooldown = None
+    if val and args.cooldown_steps and state["best_step"] is not None and stopped != "on_eval":
+        # Warm-up, a constant rate, then a short linear anneal of the best weights: the
+        # warmup-stable-decay schedule (Hägele et al. 2024 measured it matching a cosine),
+        # whose length early stopping decides instead of a budget fixed in advance. A run
+        # stopped by its caller (a pruned search trial) is discarded and not annealed.
+        n = args.cooldown_steps
+        start = state.get("lr_at_best") or [g["lr"] for g in opt.param_groups]
+        bar = tqdm(total=n, disable=rank != 0, unit="step", dynamic_ncols=True, desc="cooldown")
+        for i in range(n):
+            for g, lr0 in zip(opt.param_groups, start, strict=True):
+                g["lr"] = lr0 * (n - i) / n  # linear to lr0 / n at the last step
+            loss_val, _, _ = train_step(step + i)
+            bar.set_postfix(loss=f"{loss_val:.4f}")
+            bar.update(1)
+        bar.close()
+        v = evaluate(train_model, eval_objective, val, args.precision, attention)
+        kept = v < state["best_val"]
+        cooldown = {"from_step": state["best_step"], "steps": n, "val_loss": v, "kept": kept}
+        if rank == 0:
+            run.log({"event": "cooldown", **cooldown}, step + n)
+        if kept:
+            state["best_val"] = v
+            ckpt.save_best(model)
+        else:
+            ckpt.load_best(model)
+        _say(
+            f"cooldown: {n} steps from step {state['best_step']}'s weights, val loss {v:.4f} "
+            + ("(kept)" if kept else f"(not below {state['best_val']:.4f}: the best kept)"),
+            rank,
+        )
     if rank == 0 and run.dir is not None:
         plot_losses(state["history"], state["val_history"], Path(run.dir) / "loss_curve.png")
     if not args.keep_checkpoints:
@@ -629,4 +678,5 @@ def _fit(
         overfit_warnings=list(state["warnings"]),
         history=[tuple(x) for x in hist],
         val_history=[tuple(x) for x in state["val_history"]],
+        cooldown=cooldown,
     )

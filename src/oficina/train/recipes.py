@@ -208,6 +208,7 @@ def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: Memo
             # The curves, for callers that plot or judge them (the ladder): (step, loss) pairs.
             "loss_curve": [[int(k), float(v)] for k, v in result.history],
             "val_curve": [[int(k), float(v)] for k, v in result.val_history],
+            "cooldown": result.cooldown,
         }
     )
     # The run's record keeps the figures; its curves are already in its metrics.jsonl.
