@@ -165,6 +165,7 @@ def main() -> None:
             "steps": steps,
             "stopped": ladder.training_run["stopped"],
             "best_step": ladder.training_run["best_step"],
+            "cooldown": ladder.training_run.get("cooldown"),
             "seconds": round(t_ladder, 1),
         },
         "longer": {
@@ -172,6 +173,7 @@ def main() -> None:
             "ci": long.ci,
             "steps": long.training_run["steps"],
             "best_step": long.training_run["best_step"],
+            "cooldown": long.training_run.get("cooldown"),
             "seconds": round(t_long, 1),
         },
         "difference": c,
