@@ -410,3 +410,65 @@ def test_the_compiled_decode_step_is_refused_for_a_shared_base(tiny_lm, tmp_path
     assert all(e._decode_forward is None for e in shared.values())
     with pytest.raises(UserError, match="shares its base with other LoRA adapters"):
         shared["a"].compile_decode()
+
+
+def _forwards_threads(engine, prompts: list[str], n: int) -> list[tuple[int, int]]:
+    """(tokens per row, torch's thread count) of every forward while generating ``prompts``,
+    with torch on 2 threads; the count is back to 2 afterwards."""
+    import torch
+
+    seen: list[tuple[int, int]] = []
+
+    def hook(module, args, kwargs):
+        seen.append((kwargs["input_ids"].shape[1], torch.get_num_threads()))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = engine.generate(prompts, _params(n))
+        assert torch.get_num_threads() == 2  # restored after every step
+    finally:
+        handle.remove()
+        torch.set_num_threads(before)
+    assert all(len(c.token_ids) == n for c in out)
+    return seen
+
+
+def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(engine, monkeypatch):
+    """``DECODE_THREADS`` (1) threads for a one-row decode step only: the prefill of a long
+    prompt, batched steps and every other forward keep torch's count, restored after each step;
+    0 leaves every step alone. The compiled step (``_decode_forward``) gets the same."""
+    from oficina.infer import engine as engine_mod
+
+    alone = _forwards_threads(engine, [LONG], 5)
+    assert [t for q, t in alone if q > 1] == [2]  # the prefill
+    assert [t for q, t in alone if q == 1] == [1] * 4  # 5 tokens: 1 from the prefill, 4 steps
+    two = _forwards_threads(engine, [LONG, "def foo(x):"], 5)
+    assert {t for _, t in two} == {2}  # two rows: prefill and decode on torch's count
+
+    calls = []
+
+    def step(**kw):  # stands for the compiled step: the model itself, counted
+        calls.append(kw["input_ids"].shape)
+        return engine.model(**kw)
+
+    monkeypatch.setattr(engine, "_decode_forward", step)
+    assert {t for q, t in _forwards_threads(engine, [LONG], 3) if q == 1} == {1}
+    assert len(calls) == 2  # both decode steps went through it
+    monkeypatch.setattr(engine_mod, "DECODE_THREADS", 0)
+    assert {t for _, t in _forwards_threads(engine, [LONG], 3)} == {2}
+
+
+def test_decode_threads_setting_is_checked():
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", "import oficina.infer.engine"],
+        env={**os.environ, "OFICINA_DECODE_THREADS": "many"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "OFICINA_DECODE_THREADS='many'" in r.stderr

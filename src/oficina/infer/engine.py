@@ -37,6 +37,7 @@ Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import secrets
@@ -587,6 +588,38 @@ class Engine:
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
 
+# Threads of a decode step with one row: 1 (``OFICINA_DECODE_THREADS``; 0 = torch's count, as
+# every other forward). A one-row step is ~120 small matmuls, and on 2 threads each wakes the
+# second OpenMP thread (tens of us, PASSIVE waiting: src/oficina/cli.py) for little work to share:
+# SmolLM2 decoded faster on one thread on every path measured (benchmarks/generate.py
+# --both-threads, README "issue 16"; scratch runs 2026-11-30 at load 1.5-4: int8 compiled dynamic
+# 61.5 vs 50.6 tok/s, float32 compiled 25.6 vs 24.0, eager int8 dynamic 38.4 vs 34.0, float32
+# 20.8 vs 19.9). Prefill, scoring, batched steps and training keep torch's count. Set per step
+# and restored: the count (OpenMP's, and MKL's, which is process-wide) is 1 only inside it.
+try:
+    DECODE_THREADS = int(os.environ.get("OFICINA_DECODE_THREADS", "1"))
+except ValueError:
+    DECODE_THREADS = -1
+if DECODE_THREADS < 0:
+    raise UserError(
+        f"OFICINA_DECODE_THREADS={os.environ.get('OFICINA_DECODE_THREADS')!r}: use a whole "
+        "number of threads for one-row decode steps (1, the default), or 0 for torch's count"
+    )
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count is ``n`` inside (no change for 0 or the current count)."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 class DecodeBatch:
     """Rows advanced together, one decode step at a time, each in its own KV slot.
@@ -743,15 +776,18 @@ class DecodeBatch:
         extra = {}
         if self.engine.adapter_name is not None:
             extra["adapter_names"] = [r.adapter for r in rows]
-        out = fn(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-            **extra,
-        )
+        # a one-row decode step runs on DECODE_THREADS threads (see there); the compiled step's
+        # one-row graph is then also compiled for that many (inductor fixes its count at compile)
+        with _threads(DECODE_THREADS if decode and len(rows) == 1 else 0):
+            out = fn(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
+                **extra,
+            )
         self.cache.advance()
         return out.logits
 
