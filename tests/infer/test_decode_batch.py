@@ -216,6 +216,34 @@ def test_compiled_decode_step_gives_the_same_rows(engine):
     assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
 
 
+def test_the_compiled_step_builds_its_guards_with_dict_tags_and_only_it(engine, monkeypatch):
+    """The compiled step's calls (where dynamo builds its guards) run with
+    ``use_recursive_dict_tags_for_guards`` on — the per-call guard check of Engine.compile_decode
+    — and the process-wide flag is back to its default after each, for other compiles."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    from oficina.infer.engine import Engine
+
+    seen = []
+
+    def compile_recording(fn, **kw):  # stands for torch.compile: the flag at each call
+        def run(*a, **k):
+            seen.append(dynamo_config.use_recursive_dict_tags_for_guards)
+            return fn(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_recording)
+    default = dynamo_config.use_recursive_dict_tags_for_guards
+    compiled = Engine(engine.model, engine.tokenizer, name="compiled")
+    compiled.compile_decode()
+    out = compiled.generate(["def foo(x):"], _params(4))
+    assert len(out[0].token_ids) == 4
+    assert seen == [True] * 3  # 4 tokens: 1 from the prefill, 3 decode steps
+    assert dynamo_config.use_recursive_dict_tags_for_guards == default is False
+
+
 # ---------------------------------------------------------------------------- batched prefill
 PROMPTS = ["a", "def foo(x):", "class C:\n    pass", LONG]
 
