@@ -24,9 +24,9 @@ same number of tokens; prefill of the short prompt included) for:
   * with ``--unfused``, Oficina float32 and int8 (and, with ``--compile``, their compiled
     steps) also on engines loaded with ``fuse=False``: q/k/v and gate/up as separate matmuls,
     as before ``oficina.infer.fuse`` — the before/after of the fusion, measured in turn;
-  * with ``--both-threads``, every Oficina batch-1 figure also with its decode steps on torch's
-    thread count (``oficina.infer.engine.DECODE_THREADS = 0``; by default a one-row step runs on
-    one thread), a compiled step on its own copy of the model so that its graph is compiled for
+  * with ``--both-threads``, every Oficina batch-1 figure of int8 and bfloat16 also with its
+    decode steps on torch's thread count (``oficina.infer.engine.DECODE_THREADS = 0``; by default
+    their one-row steps run on one thread; float32's always on torch's), a compiled step on its own copy of the model so that its graph is compiled for
     that count (inductor fixes it at compile time), and llama.cpp on one thread too — the
     before/after of one-thread decoding, in one run.
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument(
         "--both-threads",
         action="store_true",
-        help="also batch-1 decode on torch's thread count (not one thread), llama.cpp on 1 too",
+        help="also int8/bf16 batch-1 decode on torch's thread count, llama.cpp on 1 thread too",
     )
     args = ap.parse_args()
     n = 16 if args.quick else 64
@@ -145,7 +145,7 @@ def main() -> None:
             compiled = name.replace("float32", "float32 compiled").replace("int8", "int8 compiled")
             engines[compiled] = Engine(e.model, e.tokenizer, path=e.path)
             engines[compiled].compile_decode()
-            if args.both_threads:  # its own model: dynamo would reuse the one-thread graph
+            if args.both_threads and e.narrow_weights:  # own model: else dynamo reuses the graph
                 twin = Engine.from_spec(str(e.path), fuse="unfused" not in name)
                 engines[compiled + all_threads] = Engine(twin.model, twin.tokenizer, path=e.path)
                 engines[compiled + all_threads].compile_decode()
@@ -177,7 +177,7 @@ def main() -> None:
                 (label.replace(all_threads, "") + all_threads, on_all_threads(fn))
                 for label, fn in ours
             ]
-        elif args.both_threads and "compiled" not in name:  # eager: same engine, both ways
+        elif args.both_threads and "compiled" not in name and eng.narrow_weights:  # eager
             ours += [(label + all_threads, on_all_threads(fn)) for label, fn in ours]
         runs += ours
         if name in ("float32", "bfloat16"):
@@ -215,8 +215,8 @@ def main() -> None:
     elif not args.no_llama:
         print("llama.cpp: not measured (llama-cpp-python is not installed: make llama)")
     print(
-        f"Oficina: batch-1 decode steps on {engine_mod.DECODE_THREADS or threads} thread(s) "
-        f"(OFICINA_DECODE_THREADS), everything else on {threads}, unless labelled"
+        f"Oficina: int8/bf16 batch-1 decode steps on {engine_mod.DECODE_THREADS or threads} "
+        f"thread(s) (OFICINA_DECODE_THREADS), everything else on {threads}, unless labelled"
     )
 
 

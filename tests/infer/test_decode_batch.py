@@ -463,29 +463,36 @@ def _forwards_threads(engine, prompts: list[str], n: int) -> list[tuple[int, int
     return seen
 
 
-def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(engine, monkeypatch):
-    """``DECODE_THREADS`` (1) threads for a one-row decode step only: the prefill of a long
-    prompt, batched steps and every other forward keep torch's count, restored after each step;
-    0 leaves every step alone. The compiled step (``_decode_forward``) gets the same."""
+def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(
+    engine, tiny_lm, monkeypatch
+):
+    """``DECODE_THREADS`` (1) threads for a one-row decode step of a model with narrow weights
+    (here bfloat16) only: its prefill, batched steps, a float32 model's steps keep torch's
+    count, restored after each step; 0 leaves every step alone. The compiled step
+    (``_decode_forward``) gets the same."""
     from oficina.infer import engine as engine_mod
+    from oficina.infer.engine import Engine
 
-    alone = _forwards_threads(engine, [LONG], 5)
+    narrow = Engine.from_spec(str(tiny_lm), "bfloat16", name="tiny-bf16")
+    assert narrow.narrow_weights and not engine.narrow_weights
+    alone = _forwards_threads(narrow, [LONG], 5)
     assert [t for q, t in alone if q > 1] == [2]  # the prefill
     assert [t for q, t in alone if q == 1] == [1] * 4  # 5 tokens: 1 from the prefill, 4 steps
-    two = _forwards_threads(engine, [LONG, "def foo(x):"], 5)
+    two = _forwards_threads(narrow, [LONG, "def foo(x):"], 5)
     assert {t for _, t in two} == {2}  # two rows: prefill and decode on torch's count
+    assert {t for _, t in _forwards_threads(engine, [LONG], 5)} == {2}  # float32
 
     calls = []
 
     def step(**kw):  # stands for the compiled step: the model itself, counted
         calls.append(kw["input_ids"].shape)
-        return engine.model(**kw)
+        return narrow.model(**kw)
 
-    monkeypatch.setattr(engine, "_decode_forward", step)
-    assert {t for q, t in _forwards_threads(engine, [LONG], 3) if q == 1} == {1}
+    monkeypatch.setattr(narrow, "_decode_forward", step)
+    assert {t for q, t in _forwards_threads(narrow, [LONG], 3) if q == 1} == {1}
     assert len(calls) == 2  # both decode steps went through it
     monkeypatch.setattr(engine_mod, "DECODE_THREADS", 0)
-    assert {t for _, t in _forwards_threads(engine, [LONG], 3)} == {2}
+    assert {t for _, t in _forwards_threads(narrow, [LONG], 3)} == {2}
 
 
 def test_decode_threads_setting_is_checked():

@@ -262,6 +262,11 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
+        # int8 or 16-bit weights: its one-row decode steps run on DECODE_THREADS threads
+        self.narrow_weights = any(
+            t.dtype in (torch.int8, torch.bfloat16, torch.float16)
+            for t in (*model.parameters(), *model.buffers())
+        )
         # KV of prompt prefixes reused across calls (oficina.infer.prefix_cache); None = off.
         # Only a model loaded from files gets it: its identity (model_hash) is its files, while an
         # in-memory model may be trained between two calls, which a memoised hash would not see.
@@ -607,13 +612,14 @@ class Engine:
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
 
-# Threads of a decode step with one row: 1 (``OFICINA_DECODE_THREADS``; 0 = torch's count, as
-# every other forward). A one-row step is ~120 small matmuls, and on 2 threads each wakes the
-# second OpenMP thread (tens of us, PASSIVE waiting: src/oficina/cli.py) for little work to share:
-# SmolLM2 decoded faster on one thread on every path measured (benchmarks/generate.py
-# --both-threads, README "issue 16"; scratch runs 2026-11-30 at load 1.5-4: int8 compiled dynamic
-# 61.5 vs 50.6 tok/s, float32 compiled 25.6 vs 24.0, eager int8 dynamic 38.4 vs 34.0, float32
-# 20.8 vs 19.9). Prefill, scoring, batched steps and training keep torch's count. Set per step
+# Threads of a decode step with one row of a model with int8 or 16-bit weights: 1
+# (``OFICINA_DECODE_THREADS``; 0 = torch's count, as every other forward). Such a step is ~120
+# small matmuls, and on 2 threads each wakes the second OpenMP thread (tens of us, PASSIVE waiting:
+# src/oficina/cli.py) for little work to share. SmolLM2, 2 cores, benchmarks/generate.py
+# --both-threads, 2026-11-30 (two runs, load ~4): int8 compiled dynamic 55.6 / 53.1 vs 46.7 / 47.1
+# tok/s, int8 eager 1.05-1.12x, bfloat16 1.04-1.15x faster on one thread; float32 (4 bytes a
+# weight to stream) was not: compiled 23.3 / 22.1 vs 23.4 / 23.4, eager within 2%, so float32
+# keeps torch's count. Prefill, scoring, batched steps and training keep it too. Set per step
 # and restored: the count (OpenMP's, and MKL's, which is process-wide) is 1 only inside it.
 try:
     DECODE_THREADS = int(os.environ.get("OFICINA_DECODE_THREADS", "1"))
@@ -797,7 +803,8 @@ class DecodeBatch:
             extra["adapter_names"] = [r.adapter for r in rows]
         # a one-row decode step runs on DECODE_THREADS threads (see there); the compiled step's
         # one-row graph is then also compiled for that many (inductor fixes its count at compile)
-        with _threads(DECODE_THREADS if decode and len(rows) == 1 else 0):
+        one_thread = decode and len(rows) == 1 and self.engine.narrow_weights
+        with _threads(DECODE_THREADS if one_thread else 0):
             out = fn(
                 input_ids=ids,
                 attention_mask=mask,
