@@ -1,7 +1,7 @@
 """Batch-1 decode speed of SmolLM2-135M: Oficina's engine vs its peers, in one run.
 
     .venv/bin/python benchmarks/generate.py [--quick] [--int8 DIR] [--repeats 3] [--no-llama]
-        [--compile] [--unfused]
+        [--compile] [--unfused] [--both-threads]
 
 Prints one table of tokens/s (one prompt, greedy, EOS ignored so every peer makes exactly the
 same number of tokens; prefill of the short prompt included) for:
@@ -23,7 +23,12 @@ same number of tokens; prefill of the short prompt included) for:
     compiled graph: ``oficina.infer.int8``'s ``int8_linear_dynamic`` op);
   * with ``--unfused``, Oficina float32 and int8 (and, with ``--compile``, their compiled
     steps) also on engines loaded with ``fuse=False``: q/k/v and gate/up as separate matmuls,
-    as before ``oficina.infer.fuse`` — the before/after of the fusion, measured in turn.
+    as before ``oficina.infer.fuse`` — the before/after of the fusion, measured in turn;
+  * with ``--both-threads``, every Oficina batch-1 figure of int8 and bfloat16 also with its
+    decode steps on torch's thread count (``oficina.infer.engine.DECODE_THREADS = 0``; by default
+    their one-row steps run on one thread; float32's always on torch's), a compiled step on its own copy of the model so that its graph is compiled for
+    that count (inductor fixes it at compile time), and llama.cpp on one thread too — the
+    before/after of one-thread decoding, in one run.
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
 run is the one least disturbed), with the load average before and after.
 """
@@ -105,11 +110,17 @@ def main() -> None:
         action="store_true",
         help="also float32/int8 engines without fused q/k/v and gate/up (oficina.infer.fuse)",
     )
+    ap.add_argument(
+        "--both-threads",
+        action="store_true",
+        help="also int8/bf16 batch-1 decode on torch's thread count, llama.cpp on 1 thread too",
+    )
     args = ap.parse_args()
     n = 16 if args.quick else 64
     where = machine()
     import torch
 
+    from oficina.infer import engine as engine_mod
     from oficina.infer.engine import Engine
     from oficina.models.sources import load_causal_lm, resolve
 
@@ -125,6 +136,8 @@ def main() -> None:
         engines["float32, unfused"] = Engine.from_spec("smollm2-135m-instruct", fuse=False)
         if args.int8:
             engines["int8, unfused"] = Engine.from_spec(args.int8, fuse=False)
+    threads = torch.get_num_threads()
+    all_threads = f", decode on {threads} threads"  # the label of DECODE_THREADS = 0 figures
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
         # int8: one graph per one-row kernel (the kernel switch is guarded on)
         for name in [n for n in engines if n.split(",")[0] in ("float32", "int8")]:
@@ -132,19 +145,41 @@ def main() -> None:
             compiled = name.replace("float32", "float32 compiled").replace("int8", "int8 compiled")
             engines[compiled] = Engine(e.model, e.tokenizer, path=e.path)
             engines[compiled].compile_decode()
+            if args.both_threads and e.narrow_weights:  # own model: else dynamo reuses the graph
+                twin = Engine.from_spec(str(e.path), fuse="unfused" not in name)
+                engines[compiled + all_threads] = Engine(twin.model, twin.tokenizer, path=e.path)
+                engines[compiled + all_threads].compile_decode()
     prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     one = prompts[:1]
+
+    def on_all_threads(fn):
+        def run() -> float:
+            before, engine_mod.DECODE_THREADS = engine_mod.DECODE_THREADS, 0
+            try:
+                return fn()
+            finally:
+                engine_mod.DECODE_THREADS = before
+
+        return run
 
     # (figure, function) measured in turn, best of --repeats
     runs = []
     for name, eng in engines.items():
         if name.startswith("int8"):  # each int8 engine on both one-row kernels
-            runs.append((f"Oficina {name}", lambda e=eng: int8_rate(e, one, n, "weight-only")))
-            runs.append(
-                (f"Oficina {name}, dynamic kernel", lambda e=eng: int8_rate(e, one, n, "dynamic"))
-            )
+            ours = [
+                (f"Oficina {name}", lambda e=eng: int8_rate(e, one, n, "weight-only")),
+                (f"Oficina {name}, dynamic kernel", lambda e=eng: int8_rate(e, one, n, "dynamic")),
+            ]
         else:
-            runs.append((f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n)))
+            ours = [(f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n))]
+        if name.endswith(all_threads):  # a compiled twin: all its figures on all threads
+            ours = [
+                (label.replace(all_threads, "") + all_threads, on_all_threads(fn))
+                for label, fn in ours
+            ]
+        elif args.both_threads and "compiled" not in name and eng.narrow_weights:  # eager
+            ours += [(label + all_threads, on_all_threads(fn)) for label, fn in ours]
+        runs += ours
         if name in ("float32", "bfloat16"):
             runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
     runs.append(("transformers generate float32, row-major", lambda: hf_rate(plain, one[0], n)))
@@ -154,6 +189,8 @@ def main() -> None:
     version = None if args.no_llama else llama_cpp_version()
     if version:
         runs += llama_runs(f32, one[0], n)
+        if args.both_threads and threads > 1:
+            runs += llama_runs(f32, one[0], n, threads=1)
     for _, fn in runs:  # warm-up: first calls allocate buffers, pick kernels
         fn()
     load_before = _loadavg()
@@ -168,19 +205,24 @@ def main() -> None:
     print(f"loadavg before / after the timed runs: {load_before} / {load_after}")
     print(f"model: smollm2-135m-instruct, batch 1, {n} new tokens, greedy, best of {args.repeats}")
     print(f"cached load time: {load_s:.2f} s")
-    print(f"{'figure':<42}{'tokens/s':>10}{'vs Oficina f32':>16}")
+    print(f"{'figure':<58}{'tokens/s':>10}{'vs Oficina f32':>16}")
     for label, v in best.items():
-        print(f"{label:<42}{v:>10.1f}{v / base:>16.2f}")
+        print(f"{label:<58}{v:>10.1f}{v / base:>16.2f}")
     if "int8" not in engines:
         print("int8: not measured (pass --int8 DIR from `oficina quantize --method int8`)")
     if version:
-        print(f"llama.cpp: llama-cpp-python {version}, {torch.get_num_threads()} threads")
+        print(f"llama.cpp: llama-cpp-python {version}, {threads} threads unless labelled")
     elif not args.no_llama:
         print("llama.cpp: not measured (llama-cpp-python is not installed: make llama)")
+    print(
+        f"Oficina: int8/bf16 batch-1 decode steps on {engine_mod.DECODE_THREADS or threads} "
+        f"thread(s) (OFICINA_DECODE_THREADS), everything else on {threads}, unless labelled"
+    )
 
 
-def llama_runs(eng, prompt: str, n: int) -> list:
-    """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model."""
+def llama_runs(eng, prompt: str, n: int, threads: int | None = None) -> list:
+    """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model, on
+    ``threads`` threads (torch's count when None)."""
     import tempfile
     from pathlib import Path
 
@@ -192,14 +234,14 @@ def llama_runs(eng, prompt: str, n: int) -> list:
     for kind in ("f32", "q8_0"):
         path = Path(d) / f"model-{kind}.gguf"
         export_gguf(eng.path, path, kind)
-        llm = load_llama(path, n_ctx=len(ids) + n + 8)
+        llm = load_llama(path, n_ctx=len(ids) + n + 8, threads=threads)
 
         def run(llm=llm) -> float:
             t0 = time.perf_counter()
             k = len(llama_greedy(llm, ids, n))
             return k / (time.perf_counter() - t0)
 
-        out.append((f"llama.cpp {kind}", run))
+        out.append((f"llama.cpp {kind}" + (f", {threads} thread(s)" if threads else ""), run))
     return out
 
 

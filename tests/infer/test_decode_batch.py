@@ -216,6 +216,34 @@ def test_compiled_decode_step_gives_the_same_rows(engine):
     assert _same_as_alone(engine, "def foo(x):", a) and _same_as_alone(engine, LONG, b)
 
 
+def test_the_compiled_step_builds_its_guards_with_dict_tags_and_only_it(engine, monkeypatch):
+    """The compiled step's calls (where dynamo builds its guards) run with
+    ``use_recursive_dict_tags_for_guards`` on — the per-call guard check of Engine.compile_decode
+    — and the process-wide flag is back to its default after each, for other compiles."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    from oficina.infer.engine import Engine
+
+    seen = []
+
+    def compile_recording(fn, **kw):  # stands for torch.compile: the flag at each call
+        def run(*a, **k):
+            seen.append(dynamo_config.use_recursive_dict_tags_for_guards)
+            return fn(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_recording)
+    default = dynamo_config.use_recursive_dict_tags_for_guards
+    compiled = Engine(engine.model, engine.tokenizer, name="compiled")
+    compiled.compile_decode()
+    out = compiled.generate(["def foo(x):"], _params(4))
+    assert len(out[0].token_ids) == 4
+    assert seen == [True] * 3  # 4 tokens: 1 from the prefill, 3 decode steps
+    assert dynamo_config.use_recursive_dict_tags_for_guards == default is False
+
+
 # ---------------------------------------------------------------------------- batched prefill
 PROMPTS = ["a", "def foo(x):", "class C:\n    pass", LONG]
 
@@ -410,3 +438,72 @@ def test_the_compiled_decode_step_is_refused_for_a_shared_base(tiny_lm, tmp_path
     assert all(e._decode_forward is None for e in shared.values())
     with pytest.raises(UserError, match="shares its base with other LoRA adapters"):
         shared["a"].compile_decode()
+
+
+def _forwards_threads(engine, prompts: list[str], n: int) -> list[tuple[int, int]]:
+    """(tokens per row, torch's thread count) of every forward while generating ``prompts``,
+    with torch on 2 threads; the count is back to 2 afterwards."""
+    import torch
+
+    seen: list[tuple[int, int]] = []
+
+    def hook(module, args, kwargs):
+        seen.append((kwargs["input_ids"].shape[1], torch.get_num_threads()))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = engine.generate(prompts, _params(n))
+        assert torch.get_num_threads() == 2  # restored after every step
+    finally:
+        handle.remove()
+        torch.set_num_threads(before)
+    assert all(len(c.token_ids) == n for c in out)
+    return seen
+
+
+def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(
+    engine, tiny_lm, monkeypatch
+):
+    """``DECODE_THREADS`` (1) threads for a one-row decode step of a model with narrow weights
+    (here bfloat16) only: its prefill, batched steps, a float32 model's steps keep torch's
+    count, restored after each step; 0 leaves every step alone. The compiled step
+    (``_decode_forward``) gets the same."""
+    from oficina.infer import engine as engine_mod
+    from oficina.infer.engine import Engine
+
+    narrow = Engine.from_spec(str(tiny_lm), "bfloat16", name="tiny-bf16")
+    assert narrow.narrow_weights and not engine.narrow_weights
+    alone = _forwards_threads(narrow, [LONG], 5)
+    assert [t for q, t in alone if q > 1] == [2]  # the prefill
+    assert [t for q, t in alone if q == 1] == [1] * 4  # 5 tokens: 1 from the prefill, 4 steps
+    two = _forwards_threads(narrow, [LONG, "def foo(x):"], 5)
+    assert {t for _, t in two} == {2}  # two rows: prefill and decode on torch's count
+    assert {t for _, t in _forwards_threads(engine, [LONG], 5)} == {2}  # float32
+
+    calls = []
+
+    def step(**kw):  # stands for the compiled step: the model itself, counted
+        calls.append(kw["input_ids"].shape)
+        return narrow.model(**kw)
+
+    monkeypatch.setattr(narrow, "_decode_forward", step)
+    assert {t for q, t in _forwards_threads(narrow, [LONG], 3) if q == 1} == {1}
+    assert len(calls) == 2  # both decode steps went through it
+    monkeypatch.setattr(engine_mod, "DECODE_THREADS", 0)
+    assert {t for _, t in _forwards_threads(narrow, [LONG], 3)} == {2}
+
+
+def test_decode_threads_setting_is_checked():
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", "import oficina.infer.engine"],
+        env={**os.environ, "OFICINA_DECODE_THREADS": "many"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "OFICINA_DECODE_THREADS='many'" in r.stderr

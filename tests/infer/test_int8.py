@@ -405,6 +405,13 @@ def int8_dir(tiny_lm, tmp_path):
     return out
 
 
+def test_an_int8_engine_has_narrow_weights(int8_dir):
+    """Its one-row decode steps run on engine.DECODE_THREADS (see test_decode_batch)."""
+    from oficina.infer.engine import Engine
+
+    assert Engine.from_spec(str(int8_dir)).narrow_weights
+
+
 def _stored(int8_dir) -> dict:
     # Copies: load_file maps the file, which the tests then overwrite.
     return {k: v.clone() for k, v in load_file(str(int8_dir / WEIGHTS)).items()}

@@ -37,6 +37,7 @@ Greedy output equals ``model.generate(do_sample=False)`` (tested on a tiny model
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import secrets
@@ -261,6 +262,11 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
+        # int8 or 16-bit weights: its one-row decode steps run on DECODE_THREADS threads
+        self.narrow_weights = any(
+            t.dtype in (torch.int8, torch.bfloat16, torch.float16)
+            for t in (*model.parameters(), *model.buffers())
+        )
         # KV of prompt prefixes reused across calls (oficina.infer.prefix_cache); None = off.
         # Only a model loaded from files gets it: its identity (model_hash) is its files, while an
         # in-memory model may be trained between two calls, which a memoised hash would not see.
@@ -293,8 +299,27 @@ class Engine:
                 "OFICINA_COMPILE, or serve the adapter as its own model (merge it, or "
                 "`oficina serve BASE+ADAPTER` alone) to compile it"
             )
+        import torch._dynamo.config as dynamo_config  # imported here: heavy, and only for this
+
         dynamic_available()  # settled now: the trace must not run its probe (int8.Int8Linear)
-        self._decode_forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
+        compiled = torch.compile(self.model.forward, dynamic=True, mode=mode)
+
+        def step(*args, **kwargs):
+            # Guards are built when a call compiles; with this flag dynamo checks the model's
+            # modules by their __dict__ version tags (a module whose attributes are unchanged
+            # skips its subtree's guards) instead of every guard on every call: the guard check
+            # of a one-row SmolLM2 int8 step fell from 1.99 to 0.81 ms (profiled, 2026-11-30).
+            # Its assumption — no tensor of the model changes dtype, shape or device in place —
+            # holds for an engine (weights are only replaced or written), and the flag is set
+            # only for these calls, so other compiles in the process (training) keep the default.
+            before = dynamo_config.use_recursive_dict_tags_for_guards
+            dynamo_config.use_recursive_dict_tags_for_guards = True
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                dynamo_config.use_recursive_dict_tags_for_guards = before
+
+        self._decode_forward = step
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -587,6 +612,39 @@ class Engine:
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
 
+# Threads of a decode step with one row of a model with int8 or 16-bit weights: 1
+# (``OFICINA_DECODE_THREADS``; 0 = torch's count, as every other forward). Such a step is ~120
+# small matmuls, and on 2 threads each wakes the second OpenMP thread (tens of us, PASSIVE waiting:
+# src/oficina/cli.py) for little work to share. SmolLM2, 2 cores, benchmarks/generate.py
+# --both-threads, 2026-11-30 (two runs, load ~4): int8 compiled dynamic 55.6 / 53.1 vs 46.7 / 47.1
+# tok/s, int8 eager 1.05-1.12x, bfloat16 1.04-1.15x faster on one thread; float32 (4 bytes a
+# weight to stream) was not: compiled 23.3 / 22.1 vs 23.4 / 23.4, eager within 2%, so float32
+# keeps torch's count. Prefill, scoring, batched steps and training keep it too. Set per step
+# and restored: the count (OpenMP's, and MKL's, which is process-wide) is 1 only inside it.
+try:
+    DECODE_THREADS = int(os.environ.get("OFICINA_DECODE_THREADS", "1"))
+except ValueError:
+    DECODE_THREADS = -1
+if DECODE_THREADS < 0:
+    raise UserError(
+        f"OFICINA_DECODE_THREADS={os.environ.get('OFICINA_DECODE_THREADS')!r}: use a whole "
+        "number of threads for one-row decode steps (1, the default), or 0 for torch's count"
+    )
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count is ``n`` inside (no change for 0 or the current count)."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 class DecodeBatch:
     """Rows advanced together, one decode step at a time, each in its own KV slot.
@@ -743,15 +801,19 @@ class DecodeBatch:
         extra = {}
         if self.engine.adapter_name is not None:
             extra["adapter_names"] = [r.adapter for r in rows]
-        out = fn(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-            **extra,
-        )
+        # a one-row decode step runs on DECODE_THREADS threads (see there); the compiled step's
+        # one-row graph is then also compiled for that many (inductor fixes its count at compile)
+        one_thread = decode and len(rows) == 1 and self.engine.narrow_weights
+        with _threads(DECODE_THREADS if one_thread else 0):
+            out = fn(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
+                **extra,
+            )
         self.cache.advance()
         return out.logits
 
