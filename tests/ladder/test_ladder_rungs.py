@@ -157,8 +157,10 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
                               "to 0) and kept if the validation loss falls")  # fmt: skip
     assert "stop after 3 evaluations (1 epoch) without a ≥ 1.0% fall" in t["rule"]
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
-    # One training-loss point per step and a validation point at the end, from the trainer.
-    assert [s for s, _ in r.loss_curve] == [1, 2] and r.val_curve[-1][0] == 2
+    # One training-loss point per step and a validation point at the end, from the trainer;
+    # then the 2 annealing steps (a quarter of a 6-step epoch, rounded up) from the best weights.
+    assert [s for s, _ in r.loss_curve] == [1, 2, 3, 4] and r.val_curve[-1][0] == 2
+    assert t["cooldown"]["steps"] == 2 and t["cooldown"]["from_step"] == 2
     assert r.params_trainable == r.params_changed == 8 * LORA_PARAMS_PER_RANK
     assert r.params_total == ctx.base_params() and r.training.flops > 0
     assert ctx.finetuned["lora"][:2] == (ctx.cfg.base_model, r.artifacts["adapter"])
@@ -198,7 +200,8 @@ def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
     assert r.data["corpus_tokens"] > 0 and Path(r.artifacts["model"]).is_dir()
     assert r.params_changed == ctx.base_params()  # continued pretraining moves every weight
     assert r.params_trainable == 8 * LORA_PARAMS_PER_RANK and r.params_total == ctx.base_params()
-    assert r.hyperparameters["cpt_steps"] == 1 and [s for s, _ in r.loss_curve] == [1, 2]
+    assert r.hyperparameters["cpt_steps"] == 1
+    assert [s for s, _ in r.loss_curve] == [1, 2, 3, 4]  # 2 steps, then 2 annealing
 
 
 def test_distill_shrinks_the_best_fine_tuned_model(ctx, tiny_lm):
