@@ -71,6 +71,7 @@ def main() -> None:
 
     print(machine())
     work = Path(a.out or tempfile.mkdtemp(prefix="ladder-seeds-"))
+    work.mkdir(parents=True, exist_ok=True)  # --out may name a folder not made yet
     reused = {}
     for d in a.reuse:
         s = json.loads((Path(d) / "summary.json").read_text())
