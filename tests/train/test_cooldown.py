@@ -16,7 +16,7 @@ from oficina.train.objectives import CausalLM
 MAIN = [1.0, 0.8, 0.9, 0.95]
 
 
-def scripted(monkeypatch, tiny_lm, shards, tmp_path, losses, hooks=None, **kw):
+def scripted(monkeypatch, tiny_lm, shards, tmp_path, losses, hooks=None, max_steps=20, **kw):
     """fit() validating every 2 steps on scripted ``losses``; returns (result, model, the
     learning rate of every optimizer step)."""
     from transformers import AutoModelForCausalLM
@@ -43,9 +43,9 @@ def scripted(monkeypatch, tiny_lm, shards, tmp_path, losses, hooks=None, **kw):
     ds = PackedDataset(shards, "train")
     args = TrainArgs(
         lr=1e-2, batch_size=2, eval_every=2, eval_batches=1, warmup_steps=0, min_lr_ratio=1.0,
-        precision="fp32", patience=2, weight_decay=0.0, **kw,
+        precision="fp32", weight_decay=0.0, **{"patience": 2, **kw},
     )  # fmt: skip
-    r = fit(model, CausalLM(), ds, ds, args, 20, tmp_path / "o", hooks=hooks)
+    r = fit(model, CausalLM(), ds, ds, args, max_steps, tmp_path / "o", hooks=hooks)
     return r, model, rates
 
 
@@ -88,3 +88,20 @@ def test_a_run_its_caller_stopped_is_not_annealed(monkeypatch, tiny_lm, shards, 
         monkeypatch, tiny_lm, shards, tmp_path, MAIN, hooks=hooks, cooldown_steps=3
     )
     assert r.stopped == "on_eval" and r.cooldown is None and len(rates) == 4
+
+
+def test_the_anneal_depends_on_the_best_step_alone(monkeypatch, tiny_lm, shards, tmp_path):
+    # benchmarks/ladder_budget.py's question: a run stopped early at step 8 and a run given 12
+    # steps without early stopping, both best at step 4, must anneal to the same model; from the
+    # last step's optimizer moments and batches they did not (0.5193 vs 0.5418 on the demo).
+    short, m0, _ = scripted(
+        monkeypatch, tiny_lm, shards, tmp_path / "a", [*MAIN, 0.7], cooldown_steps=3
+    )
+    long, m1, _ = scripted(
+        monkeypatch, tiny_lm, shards, tmp_path / "b", [*MAIN, 0.97, 0.99, 0.7],
+        cooldown_steps=3, patience=0, max_steps=12,
+    )  # fmt: skip
+    assert (short.steps, long.steps, short.best_step, long.best_step) == (8, 12, 4, 4)
+    assert short.cooldown["kept"] and long.cooldown["kept"]
+    w0, w1 = weights(m0), weights(m1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)

@@ -27,6 +27,7 @@ the weights and AdamW moments) and ``resume`` continues them just as exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -481,6 +482,7 @@ def _fit(
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
     ddp = world > 1 and args.parallel == "ddp"
     stopped = "max_steps"
+    best_opt = None  # the optimizer's state at the best step (a cooldown starts from it)
     window_tokens, window_t0 = 0, time.perf_counter()
     train_model.train()
 
@@ -567,8 +569,13 @@ def _fit(
             # at least min_delta, so a model creeping by noise-sized steps is not "learning".
             if state["best_val"] is None or v < state["best_val"]:
                 state["best_val"], state["best_step"] = v, step
-                # The rates the next step would have taken: where a cooldown starts from.
+                # Where a cooldown starts from: the rates the next step would have taken, the
+                # optimizer's moments and the data position of this step, so that the anneal
+                # depends on the best step alone, not on where training went on to end.
                 state["lr_at_best"] = [g["lr"] for g in opt.param_groups]
+                state["micro_at_best"] = state["micro"]
+                if args.cooldown_steps:
+                    best_opt = copy.deepcopy(opt.state_dict())
                 ckpt.save_best(model)
             if significant_drop(state["ref_val"], v, args.min_delta):
                 state["ref_val"], state["bad_evals"] = v, 0
@@ -635,6 +642,13 @@ def _fit(
         # stopped by its caller (a pruned search trial) is discarded and not annealed.
         n = args.cooldown_steps
         start = state.get("lr_at_best") or [g["lr"] for g in opt.param_groups]
+        # From the best step's own optimizer state and batches: a run given a longer budget
+        # with the same best step anneals to the same weights (benchmarks/ladder_budget.py's
+        # 3x run annealed from its last step's moments missed, 0.5418 vs 0.5193, and scored
+        # 0.342 vs 0.452, 2026-11-30). A resumed run has not kept the state: it uses the last.
+        if best_opt is not None:
+            opt.load_state_dict(best_opt)
+        state["micro"] = state.get("micro_at_best", state["micro"])
         bar = tqdm(total=n, disable=rank != 0, unit="step", dynamic_ncols=True, desc="cooldown")
         for i in range(n):
             for g, lr0 in zip(opt.param_groups, start, strict=True):
