@@ -147,3 +147,25 @@ def test_wrong_type_for_one_field(verb, tmp_path, capsys):
     line = _one_line(capsys, code, verb)
     assert code == 2
     assert f"{flag}: {shown}" in line or f"{flag} (value {shown})" in line, line
+
+
+@pytest.mark.parametrize(
+    "var, value", [("OFICINA_DECODE_THREADS", "many"), ("OFICINA_INT8_DECODE", "fast")]
+)
+def test_a_bad_engine_setting_is_one_line_and_exit_2(tiny_lm, var, value):
+    """The engine's settings are read when it is imported: a verb that loads it still answers
+    one line naming the variable, exit 2 (a setting), no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    argv = ["generate", str(tiny_lm), "--prompt", "hi", "--max-new-tokens", "1"]
+    r = subprocess.run(
+        [sys.executable, "-m", "oficina.cli", *argv],
+        env={**os.environ, var: value},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{var}={value!r}" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

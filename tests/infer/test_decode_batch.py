@@ -493,17 +493,3 @@ def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(
     assert len(calls) == 2  # both decode steps went through it
     monkeypatch.setattr(engine_mod, "DECODE_THREADS", 0)
     assert {t for _, t in _forwards_threads(narrow, [LONG], 3)} == {2}
-
-
-def test_decode_threads_setting_is_checked():
-    import os
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-c", "import oficina.infer.engine"],
-        env={**os.environ, "OFICINA_DECODE_THREADS": "many"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode != 0 and "OFICINA_DECODE_THREADS='many'" in r.stderr

@@ -193,19 +193,6 @@ def test_int8_one_row_runs_the_weight_only_kernel_by_default():
         assert torch.equal(q(x), woq.float() + q.bias)
 
 
-def test_int8_decode_setting_is_checked():
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-c", "import oficina.infer.int8"],
-        env={**__import__("os").environ, "OFICINA_INT8_DECODE": "fast"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode != 0 and "OFICINA_INT8_DECODE='fast'" in r.stderr
-
-
 @pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])
 def test_int8_linear_compiles_whole_and_agrees_with_eager(kernel, monkeypatch):
     """The engine may compile its decode step: the layer traces without a graph break, on

@@ -628,7 +628,8 @@ except ValueError:
 if DECODE_THREADS < 0:
     raise UserError(
         f"OFICINA_DECODE_THREADS={os.environ.get('OFICINA_DECODE_THREADS')!r}: use a whole "
-        "number of threads for one-row decode steps (1, the default), or 0 for torch's count"
+        "number of threads for one-row decode steps (1, the default), or 0 for torch's count",
+        exit_code=2,  # a setting, as OFICINA_PREFIX_CACHE_MB's
     )
 
 

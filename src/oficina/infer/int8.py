@@ -184,7 +184,8 @@ def _versions(m: Int8Linear) -> tuple:
 DECODE_KERNEL = os.environ.get("OFICINA_INT8_DECODE", "weight-only")
 if DECODE_KERNEL not in ("weight-only", "dynamic"):
     raise UserError(
-        f"OFICINA_INT8_DECODE={DECODE_KERNEL!r}: use 'weight-only' (the default) or 'dynamic'"
+        f"OFICINA_INT8_DECODE={DECODE_KERNEL!r}: use 'weight-only' (the default) or 'dynamic'",
+        exit_code=2,  # a setting, as OFICINA_PREFIX_CACHE_MB's
     )
 
 
