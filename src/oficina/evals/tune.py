@@ -711,9 +711,9 @@ def run_trial(s: Search, trial) -> float:
                 raise _Pruned
             best_step = summary.get("best_step")
             score = evals.get(best_step, summary.get("best_val_loss"))
-            cooled = summary.get("cooldown") or {}
-            if key == "val_loss" and cooled.get("kept"):  # the annealed weights are the model
-                score = float(cooled["val_loss"])
+            if key == "val_loss" and summary.get("best_val_loss") is not None:
+                # the returned model's own: fit's best_val_loss counts a kept anneal too
+                score = float(summary["best_val_loss"])
             scores.append(score)
     finally:
         trial.set_user_attr("budget_steps", max(budget, cost))

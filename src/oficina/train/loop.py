@@ -662,11 +662,12 @@ def _fit(
         cooldown = {"from_step": state["best_step"], "steps": n, "val_loss": v, "kept": kept}
         if rank == 0:
             run.log({"event": "cooldown", **cooldown}, step + n)
-        if kept:
-            state["best_val"] = v
-            ckpt.save_best(model)
-        else:
+        if not kept:
             ckpt.load_best(model)
+        else:  # the model holds the annealed weights; a kept checkpoint folder records them
+            state["best_val"] = v
+            if args.keep_checkpoints:
+                ckpt.save_best(model)
         _say(
             f"cooldown: {n} steps from step {state['best_step']}'s weights, val loss {v:.4f} "
             + ("(kept)" if kept else f"(not below {state['best_val']:.4f}: the best kept)"),
