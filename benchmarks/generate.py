@@ -188,9 +188,9 @@ def main() -> None:
 
     version = None if args.no_llama else llama_cpp_version()
     if version:
-        runs += llama_runs(f32, one[0], n)
-        if args.both_threads and threads > 1:
-            runs += llama_runs(f32, one[0], n, threads=1)
+        runs += llama_runs(
+            f32, one[0], n, (None, 1) if args.both_threads and threads > 1 else (None,)
+        )
     for _, fn in runs:  # warm-up: first calls allocate buffers, pick kernels
         fn()
     load_before = _loadavg()
@@ -220,9 +220,9 @@ def main() -> None:
     )
 
 
-def llama_runs(eng, prompt: str, n: int, threads: int | None = None) -> list:
-    """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model, on
-    ``threads`` threads (torch's count when None)."""
+def llama_runs(eng, prompt: str, n: int, threads: tuple[int | None, ...] = (None,)) -> list:
+    """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model (each
+    exported once), loaded on each count of ``threads`` (None: torch's count)."""
     import tempfile
     from pathlib import Path
 
@@ -234,14 +234,15 @@ def llama_runs(eng, prompt: str, n: int, threads: int | None = None) -> list:
     for kind in ("f32", "q8_0"):
         path = Path(d) / f"model-{kind}.gguf"
         export_gguf(eng.path, path, kind)
-        llm = load_llama(path, n_ctx=len(ids) + n + 8, threads=threads)
+        for t in threads:
+            llm = load_llama(path, n_ctx=len(ids) + n + 8, threads=t)
 
-        def run(llm=llm) -> float:
-            t0 = time.perf_counter()
-            k = len(llama_greedy(llm, ids, n))
-            return k / (time.perf_counter() - t0)
+            def run(llm=llm) -> float:
+                t0 = time.perf_counter()
+                k = len(llama_greedy(llm, ids, n))
+                return k / (time.perf_counter() - t0)
 
-        out.append((f"llama.cpp {kind}" + (f", {threads} thread(s)" if threads else ""), run))
+            out.append((f"llama.cpp {kind}" + (f", {t} thread(s)" if t else ""), run))
     return out
 
 
