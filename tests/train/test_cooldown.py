@@ -105,3 +105,14 @@ def test_the_anneal_depends_on_the_best_step_alone(monkeypatch, tiny_lm, shards,
     assert short.cooldown["kept"] and long.cooldown["kept"]
     w0, w1 = weights(m0), weights(m1)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_without_validation_the_anneal_is_skipped_and_said(tiny_lm, shards, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    args = TrainArgs(batch_size=2, warmup_steps=0, precision="fp32", cooldown_steps=3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    ds = PackedDataset(shards, "train")
+    r = fit(model, CausalLM(), ds, None, args, 4, tmp_path / "o")
+    assert r.cooldown is None and len(r.history) == 4
+    assert "cooldown_steps 3: no validation data to judge it by, skipped" in capsys.readouterr().out

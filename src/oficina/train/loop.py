@@ -635,6 +635,11 @@ def _fit(
     if val and ckpt.load_best(model):
         _say(f"restored the best weights (step {state['best_step']})", rank)
     cooldown = None
+    if args.cooldown_steps and not val:
+        _say(
+            f"cooldown_steps {args.cooldown_steps}: no validation data to judge it by, skipped",
+            rank,
+        )
     if val and args.cooldown_steps and state["best_step"] is not None and stopped != "on_eval":
         # Warm-up, a constant rate, then a short linear anneal of the best weights: the
         # warmup-stable-decay schedule (Hägele et al. 2024 measured it matching a cosine),
