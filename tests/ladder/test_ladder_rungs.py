@@ -151,7 +151,10 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     # 21 rows in batches of 4: 6 steps an epoch, validated every 2; capped at 2 steps.
     t = r.training_run
     assert (t["steps"], t["max_steps"], t["stopped"], t["best_step"]) == (2, 2, "budget", 2)
-    assert "up to 3 epochs (2 steps, 6 per epoch), learning rate constant after a " in t["rule"]
+    assert (
+        "up to 3 epochs (2 steps, 6 per epoch), learning rate constant after a 0.25-epoch "
+        in t["rule"]
+    )
     assert "warm-up, validation every 2 steps" in t["rule"]
     assert t["rule"].endswith("best checkpoint kept, then annealed 2 steps (rate falling linearly "
                               "to 0) and kept if the validation loss falls")  # fmt: skip

@@ -418,10 +418,10 @@ class Budget:
             else "no early stopping"
         )
         lr = (
-            "learning rate constant after a quarter-epoch warm-up"
+            "learning rate constant"
             if self.schedule == "constant"
             else "learning rate decayed by a cosine over the budget"
-        )
+        ) + f" after a {WARMUP_EPOCHS:g}-epoch warm-up"
         anneal = (
             f", then annealed {self.cooldown_steps} steps (rate falling linearly to 0) and kept "
             "if the validation loss falls"
