@@ -519,7 +519,7 @@ class TrainedRung(Rung):
             # budget and 0.594 over 12, its best checkpoint the budget's last epoch only
             # because the decay ended there (2026-11-30).
             warmup_steps=max(1, math.ceil(WARMUP_EPOCHS * budget.steps_per_epoch)),
-            min_lr_ratio=1.0 if hp.get("schedule", "constant") == "constant" else 0.1,
+            min_lr_ratio=1.0 if budget.schedule == "constant" else 0.1,
             cooldown_steps=budget.cooldown_steps,
             eval_every=budget.eval_every,
             # Every validation scores all the (limited) validation rows, as the search's do.
@@ -802,7 +802,7 @@ class CptLora(RecipeRung):
         )
         steps = int(hp["cpt_steps"])
         # The corpus is not the labelled set: a step budget, validated once at its end.
-        cpt_budget = Budget(steps, steps, steps, 1.0, 0, 0.0)
+        cpt_budget = Budget(steps, steps, steps, 1.0, 0, 0.0, str(hp.get("schedule", "constant")))
         cpt = pretrain(
             PretrainConfig(
                 model=ctx.cfg.base_model,
