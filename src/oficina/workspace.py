@@ -160,13 +160,49 @@ def connect(root: Path | None = None) -> sqlite3.Connection:
     """
     root = root or home()
     root.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(root / "oficina.db", timeout=30.0, isolation_level=None)
+    return open_wal(root / "oficina.db", SCHEMA, isolation_level=None)
+
+
+def open_wal(path: Path, schema: str, **connect_args: Any) -> sqlite3.Connection:
+    """Open an SQLite file in WAL mode with a 30 s busy timeout and create its schema.
+
+    WAL is a property of the file, kept once set (header bytes 18-19 are 2). Switching takes an
+    exclusive lock and, racing another process's open, SQLite can answer SQLITE_BUSY without
+    calling the busy handler (CI, two spawned workers: "database is locked" at the pragma; three
+    processes opening 200 new files at once lost 3-7 opens). So only a file not yet in WAL is
+    switched, and that and the schema are retried on a lock for the same 30 s.
+    """
+    con = sqlite3.connect(path, timeout=30.0, **connect_args)
     con.row_factory = sqlite3.Row
-    con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA busy_timeout=30000")
     con.execute("PRAGMA foreign_keys=ON")
-    con.executescript(SCHEMA)
+    if not _is_wal(path):
+        retry_locked(lambda: con.execute("PRAGMA journal_mode=WAL"))
+    retry_locked(lambda: con.executescript(schema))
     return con
+
+
+def _is_wal(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def retry_locked(step: Any, seconds: float = 30.0) -> Any:
+    """Call ``step()`` again while SQLite says the database is locked, for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    delay = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -76,10 +76,10 @@ def cache_key(model_hash: str, prompt: str, params: SamplingParams | dict) -> st
 
 
 def _connect():
-    from oficina.workspace import connect
+    from oficina.workspace import connect, retry_locked
 
     con = connect()
-    con.executescript(TABLE)
+    retry_locked(lambda: con.executescript(TABLE))
     return con
 
 

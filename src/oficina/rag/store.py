@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from oficina.errors import UserError
-from oficina.workspace import atomic_write_bytes
+from oficina.workspace import atomic_write_bytes, open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -47,12 +47,7 @@ CHUNK_FIELDS = ("doc_id", "source")
 def connect(index_dir: Path) -> sqlite3.Connection:
     index_dir.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False: a server opens an index once and searches it from worker threads.
-    con = sqlite3.connect(index_dir / "index.db", timeout=30.0, check_same_thread=False)
-    con.row_factory = sqlite3.Row
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA foreign_keys=ON")
-    con.executescript(SCHEMA)
-    return con
+    return open_wal(index_dir / "index.db", SCHEMA, check_same_thread=False)
 
 
 def filter_ids(con: sqlite3.Connection, filters: dict | None) -> np.ndarray | None:
