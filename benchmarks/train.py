@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/train.py --what frozen-cast [--steps N]
     .venv/bin/python benchmarks/train.py --what lora-step [--steps N]
     .venv/bin/python benchmarks/train.py --what distill-step [--steps N]
+    .venv/bin/python benchmarks/train.py --what precision [--steps N]
 
 * speed    the `mini` preset (SmolLM2 tokenizer, 8×256-token batches of the demo domain),
            Oficina's loop (bf16 autocast, fused AdamW, chunked fused output layer +
@@ -33,6 +34,9 @@
            teacher: SmolLM2), the full logits vs the output layers at the target positions
            only, the teacher float32 vs bf16-stored, interleaved: tokens/s and the losses
            (``bench_distill_step``).
+* precision  what ``precision: auto`` / ``dtype: auto`` decide on this CPU and why: a LoRA
+           step of the ladder's shape in bf16 autocast vs float32, and a scoring forward in
+           bfloat16 vs float32 weights, interleaved (``bench_precision``).
 Every table shows each figure beside its peer from the same run, with the ratio.
 """
 
@@ -802,6 +806,80 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
 
 
+def bench_precision(work: Path, steps: int, trials: int = 2) -> None:
+    """What ``precision: auto`` decides, and why: a LoRA step of the ladder's shape (as
+    ``bench_lora_step``'s "now" setting) under bf16 autocast with the frozen weights stored in
+    bf16 (what ``fit`` runs in bf16) vs plain float32, then a batch-1 scoring forward of 128
+    tokens with bfloat16 vs float32 weights (what the ladder's ``dtype`` picks), interleaved in
+    one process. ``oficina.measure.native_bf16()`` says whether oneDNN runs bf16 natively
+    (AVX-512 BF16, AMX); where it does not, bf16 is emulated."""
+    import oficina.train.objectives as objectives
+    from oficina.measure import native_bf16
+    from oficina.train.frozen import FrozenCast
+    from oficina.train.loop import TrainArgs, make_optimizer
+    from oficina.train.recipes import LoraArgs, _apply_lora
+
+    flags = Path("/proc/cpuinfo").read_text().split()
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    print(f"CPU flags: {' '.join(have)}; oficina.measure.native_bf16() = {native_bf16()}")
+    model, stream = ladder_sft_batches()
+    model.config._attn_implementation = "eager"
+
+    def run(bf16: bool, first: int, n: int):
+        torch.manual_seed(0)
+        m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=0.0), "CAUSAL_LM").train()
+        frozen = FrozenCast(m, torch.bfloat16) if bf16 else None
+        opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
+        seconds, tokens, losses = 0.0, 0, []
+        try:
+            for i in range(first, first + n):
+                batch = stream.batch(i)
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    loss, _ = objectives.SFT()(m, batch)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                seconds += time.perf_counter() - t0
+                tokens += int(batch["attention_mask"].sum())
+        finally:
+            frozen and frozen.restore()
+            m.unload()
+        return seconds, tokens, losses
+
+    settings = {"fp32": (False,), "bf16 autocast, frozen weights bf16": (True,)}
+    totals, first_losses = interleaved(settings, run, steps, trials)
+    fp32_tps = totals["fp32"][1] / totals["fp32"][0]
+    table(
+        f"a LoRA step of the ladder's shape, {steps} steps x {trials} interleaved trials",
+        ["precision", "tokens/s", "vs fp32", "losses (first trial)"],
+        [
+            [k, f"{t / s:,.0f}", f"{t / s / fp32_tps:.2f}x", " ".join(f"{x:.3f}" for x in lo)]
+            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in settings)
+        ],
+    )
+    model.config._attn_implementation = "sdpa"
+    ids = stream.batch(0)["input_ids"][:1, :128]
+    timing = {"float32": [], "bfloat16": []}
+    with torch.no_grad():
+        for r in range(2 * trials + 1):
+            for dt in ("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32"):
+                m = model.to(getattr(torch, dt))
+                t0 = time.perf_counter()
+                m(input_ids=ids)
+                if r:  # the first round warms up
+                    timing[dt].append(time.perf_counter() - t0)
+    model.to(torch.float32)
+    f32 = float(np.median(timing["float32"]))
+    table(
+        f"a scoring forward, batch 1 x {ids.shape[1]} tokens, median of {2 * trials}",
+        ["weights", "seconds", "vs float32"],
+        [[dt, f"{np.median(v):.3f}", f"{np.median(v) / f32:.2f}x"] for dt, v in timing.items()],
+    )
+    print(f"loadavg at the end {open('/proc/loadavg').read().split()[:3]}")
+
+
 def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
     """A KD step of the ladder's distill rung, before and after issue 14, in one process,
     interleaved (every other trial in reverse): student = smollm2-135m-instruct keeping 10
@@ -898,6 +976,7 @@ def main() -> int:
             "frozen-cast",
             "lora-step",
             "distill-step",
+            "precision",
             "all",
         ],  # fmt: skip
     )
@@ -940,6 +1019,8 @@ def main() -> int:
             bench_lora_step(work, a.steps or (3 if q else 6))
         elif w == "distill-step":
             bench_distill_step(work, a.steps or (2 if q else 4))
+        elif w == "precision":
+            bench_precision(work, a.steps or (2 if q else 4))
         print(f"[{w}: {time.perf_counter() - t:.0f}s]")
     return 0
 

@@ -54,3 +54,24 @@ def test_param_counts_counts_tied_weights_once_and_splits_trainable():
 def test_usd():
     assert usd(1800, 2.0) == pytest.approx(1.0)
     assert usd(0, 3.0) == 0.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_cpu_and_keeps_an_explicit_choice(monkeypatch, native):
+    monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+    assert measure.auto_precision("auto") == ("bf16" if native else "fp32")
+    assert measure.auto_dtype("auto") == ("bfloat16" if native else "float32")
+    for explicit in ("bf16", "fp32"):
+        assert measure.auto_precision(explicit) == explicit
+    for explicit in ("bfloat16", "float32"):
+        assert measure.auto_dtype(explicit) == explicit
+
+
+def test_native_bf16_agrees_with_the_cpu_flags(monkeypatch):
+    # oneDNN runs bf16 natively with AVX-512 BF16 or AMX; the 2-core AVX2 EPYC has neither.
+    monkeypatch.setattr(measure, "_NATIVE_BF16", None)
+    flags = open("/proc/cpuinfo").read().split()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert measure.native_bf16()
+    elif "avx512f" not in flags:
+        assert not measure.native_bf16()

@@ -136,3 +136,39 @@ def param_counts(model: Any) -> tuple[int, int]:
 def usd(seconds: float, usd_per_hour: float) -> float:
     """Dollars for ``seconds`` of a machine billed at ``usd_per_hour``."""
     return seconds / 3600.0 * usd_per_hour
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), per oneDNN.
+
+    Where it does not (AVX2 only), bf16 math is emulated: on the 2-core AVX2 EPYC a SmolLM2 LoRA
+    step under bf16 autocast took 272 s against 53 s in float32 (2026-11-30, load ~4.7), while
+    on the AVX-512 BF16 machines bf16 scored the demo 1.75x faster than float32.
+    """
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        import torch
+
+        try:
+            _NATIVE_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _NATIVE_BF16 = False
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def auto_precision(precision: str) -> str:
+    """``"auto"`` → ``"bf16"`` where the CPU has native bf16 (``native_bf16``), else ``"fp32"``;
+    any other value is returned as given (an explicit choice is kept)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16() else "fp32"
+
+
+def auto_dtype(dtype: str) -> str:
+    """``"auto"`` → ``"bfloat16"`` or ``"float32"``, as ``auto_precision`` decides."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bf16() else "float32"

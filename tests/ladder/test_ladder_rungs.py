@@ -95,6 +95,16 @@ def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
     assert quick.rungs.lora.max_steps == Lora.quick["max_steps"] and quick.limit_test == 16
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_ladder_evaluates_in_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    from oficina import measure
+
+    monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+    assert LadderConfig(out="x").dtype == ("bfloat16" if native else "float32")
+    assert LadderConfig(out="x", dtype="bfloat16").dtype == "bfloat16"
+    assert LadderConfig(out="x", dtype="float32").dtype == "float32"
+
+
 def test_zero_shot(ctx):
     r = ZeroShot(ZeroShot.Settings()).run(ctx)
     check_measured(r, ctx)

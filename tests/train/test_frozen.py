@@ -197,3 +197,30 @@ def test_lora_bf16_run_stopped_and_resumed_matches_an_uninterrupted_run_bitwise(
     resumed = run(tmp_path / "split", resume=True)
     assert resumed["steps"] == 6
     assert resumed["loss_curve"] == whole["loss_curve"]
+
+
+@pytest.mark.parametrize("native, stored", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(
+    tiny_lm, tmp_path, monkeypatch, native, stored
+):
+    # The default: bf16 on AVX-512 BF16 / AMX CPUs, fp32 on AVX2 alone, where emulated bf16
+    # made a SmolLM2 step 5x slower (2026-11-30).
+    from oficina import measure
+    from oficina.train.data import load_jsonl_dataset
+
+    monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    ds = load_jsonl_dataset(_rows(tmp_path), tok, 64, "sft", TEMPLATE, None)
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_lm))
+    q = next(p for n, p in model.named_parameters() if "q_proj.base_layer.weight" in n)
+    seen = []
+
+    class Spy(SFT):
+        def __call__(self, m, batch):
+            seen.append(q.dtype)
+            return super().__call__(m, batch)
+
+    args = TrainArgs(lr=1e-2, batch_size=4, warmup_steps=1)
+    assert args.precision == "auto"
+    fit(model, Spy(), ds, None, args, 2, tmp_path / "run")
+    assert seen == [stored, stored]

@@ -35,6 +35,7 @@ from oficina.ladder.recommend import recommend
 from oficina.ladder.report import write
 from oficina.ladder.result import RungResult
 from oficina.ladder.rungs import REGISTRY, Rung
+from oficina.measure import auto_dtype
 from oficina.workspace import atomic_write_text, start_run
 
 # The config schema, the order and the quick profile, read from the registry.
@@ -144,11 +145,14 @@ class LadderConfig(VerbConfig):
         100_000, ge=0, description="expected requests over the deployment, for total cost"
     )
     seed: int = Field(0, description="seed for splits, sampling, example selection and training")
-    # bf16 scored the demo's test items 1.75x faster than float32 here, with the same 48 of 48
-    # predictions (largest label log-prob difference 0.47): what a deployment on this CPU runs.
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "bfloat16",
-        description="precision every rung is evaluated and priced in (quantize: int8 weights)",
+    # bf16 scored the demo's test items 1.75x faster than float32 on an AVX-512 BF16 CPU, with the
+    # same 48 of 48 predictions (largest label log-prob difference 0.47): what a deployment there
+    # runs. On an AVX2-only CPU bf16 is emulated (a training step 5x slower), so auto picks fp32.
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        validate_default=True,
+        description="precision every rung is evaluated and priced in (quantize: int8 weights); "
+        "auto: bfloat16 where the CPU computes it natively (AVX-512 BF16, AMX), else float32",
     )
     seeds: list[int] | None = Field(
         None,
@@ -169,6 +173,11 @@ class LadderConfig(VerbConfig):
         1000, ge=100, description="bootstrap resamples for the paired comparisons of rungs"
     )
     rungs: Rungs = Field(default_factory=Rungs)  # type: ignore[valid-type]
+
+    @field_validator("dtype")
+    @classmethod
+    def _resolve_dtype(cls, v: str) -> str:
+        return auto_dtype(v)  # "auto" resolved once: the recorded config says what ran
 
     @field_validator("seeds")
     @classmethod

@@ -34,7 +34,7 @@ from oficina.config import Section
 from oficina.ladder.context import LadderContext, TrainingFiles
 from oficina.ladder.result import Cost, RungResult, combine_seeds
 from oficina.ladder.search import LoraSearchSettings, SearchSettings, run_search
-from oficina.measure import param_counts, peak_memory
+from oficina.measure import auto_precision, param_counts, peak_memory
 
 # ---------------------------------------------------------------------------- the interface
 
@@ -159,8 +159,10 @@ class FewShot(Rung):
 class RagSettings(RungSettings):
     k: int = Field(3, ge=1, description="passages retrieved per query")
     mode: Literal["bm25", "dense", "hybrid"] = Field("hybrid", description="retriever")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="embedding precision (bf16: ~2.3x faster index build on AMX CPUs)"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description="embedding precision (bf16: ~2.3x faster index build on AMX CPUs; "
+        "auto: bf16 where the CPU computes it natively)",
     )
     passage_chars: int = Field(
         300, ge=50, description="characters of each retrieved passage put in the prompt"
@@ -182,7 +184,7 @@ class Retrieval:
         from oficina.rag.retrieve import Index
 
         self.k, self.mode, self.chars = c.k, c.mode, c.passage_chars
-        self.dir = ctx.out / f"rag-index-{c.precision}"
+        self.dir = ctx.out / f"rag-index-{auto_precision(c.precision)}"
         with peak_memory() as build:
             docs, _ = read_documents([ctx.corpus])
             embedder = Embedder("minilm-l6", precision=c.precision)
@@ -226,7 +228,7 @@ class Rag(Rung):
     name = "rag"
     description = "the base model with passages retrieved from the domain corpus"
     Settings = RagSettings
-    quick = {"k": 2, "precision": "bf16"}
+    quick = {"k": 2, "precision": "auto"}
     needs_docs = True
 
     def run(self, ctx: LadderContext) -> RungResult:
@@ -279,7 +281,7 @@ class FewShotRag(Rag):
     name = "few_shot_rag"
     description = "the base model with labelled examples and retrieved passages in the prompt"
     Settings = FewShotRagSettings
-    quick = {"shots": 2, "k": 2, "precision": "bf16"}
+    quick = {"shots": 2, "k": 2, "precision": "auto"}
     needs_docs = True
 
     def run(self, ctx: LadderContext) -> RungResult:
@@ -860,7 +862,7 @@ class LoraRag(Lora):
     name = "lora_rag"
     description = "LoRA trained with retrieved passages in its prompts, then asked with them"
     Settings = LoraRagSettings
-    quick = {**Lora.quick, "k": 2, "precision": "bf16"}
+    quick = {**Lora.quick, "k": 2, "precision": "auto"}
     needs_docs = True
     # Room for the passages: at rag's defaults (3 x 300 characters) a prompt is ~300 tokens,
     # and a cut prompt would train on passages the evaluation shows whole.

@@ -11,6 +11,8 @@ float32): on a CPU with AMX MiniLM embeds ~2.3x faster and every vector keeps a 
 >= 0.9999 with the float32 one, but near-ties between passages can swap (on the demo questions
 dense recall@5 is unchanged, the calibrated hybrid's cross-validated figure loses one question
 of 75), so float32 — the vectors sentence-transformers gives — stays the default.
+``precision="auto"`` is bf16 where the CPU computes it natively, float32 elsewhere
+(``oficina.measure.native_bf16``: on AVX2 alone bf16 is emulated and slower).
 
     from oficina.models.embed import Embedder
     emb = Embedder()                       # minilm-l6
@@ -24,6 +26,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from oficina.measure import auto_precision
 
 
 def _pooling_mode(path: Path) -> str:
@@ -58,9 +62,9 @@ class Embedder:
         from oficina.models.sources import resolve
         from oficina.workspace import content_hash
 
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.precision = precision
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.precision = auto_precision(precision)
         self.name = str(spec)
         self.path = resolve(str(spec))
         check_model_dir(self.path)
