@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import chromium_path
 
+from oficina import measure
 from oficina.cli import main
 
 
@@ -108,6 +109,9 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     assert s["recommended"] == "zero_shot" and s["met_target"]
     # The latency pass timed every rung, each through its own probe (none broke), as served.
     assert s["meta"]["latency"]["rungs"].keys() == by.keys()
+    # the precision "auto" chose for this CPU is recorded and shown
+    assert s["meta"]["dtype"] == measure.auto_dtype("auto")
+    assert f"evaluated in {s['meta']['dtype']}" in (out / "report.html").read_text()
     assert all("error" not in v for v in s["meta"]["latency"]["rungs"].values())
     assert all(r["inference_cost"]["scoring_s_per_item"] > 0 for r in by.values())
     assert "Recommendation: zero_shot" in (out / "summary.md").read_text()

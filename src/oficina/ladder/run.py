@@ -316,6 +316,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "wall_time_s": round(time.time() - t_start, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
             "cpu_count": os.cpu_count(),
+            "dtype": cfg.dtype,  # what "auto" chose on this CPU (bf16 only where it is native)
             "labels": task.labels,
             "baselines": ctx.baselines,
             "latency": latency,
