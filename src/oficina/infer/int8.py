@@ -153,7 +153,7 @@ class Int8Linear(nn.Module):
         # One row on the dynamic kernel, eager or compiled alike: the op finds fbgemm's packed
         # weight outside the graph (``_packed_for``). ``dynamic_available`` is settled before
         # a compile traces this (``Engine.compile_decode``), so the trace reads a constant.
-        if x2.shape[0] == 1 and DECODE_KERNEL == "dynamic" and dynamic_available():
+        if x2.shape[0] == 1 and one_row_kernel() == "dynamic":
             y = torch.ops.oficina.int8_linear_dynamic(
                 x2.float(), self.weight, self.weight_scale, self.bias, REDUCE_RANGE
             )
@@ -309,6 +309,12 @@ def dynamic_available() -> bool:
         except (RuntimeError, AttributeError, NotImplementedError, AssertionError):
             _DYNAMIC_OK = False
     return _DYNAMIC_OK
+
+
+def one_row_kernel() -> str:
+    """What a one-row call runs now: ``DECODE_KERNEL``, or "weight-only" where the dynamic
+    kernel is missing (``dynamic_available``)."""
+    return "dynamic" if DECODE_KERNEL == "dynamic" and dynamic_available() else "weight-only"
 
 
 def fake_quant_rows(x: torch.Tensor, reduce_range: bool = REDUCE_RANGE) -> torch.Tensor:
