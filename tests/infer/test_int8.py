@@ -457,10 +457,12 @@ def int8_dir(tiny_lm, tmp_path):
 
 
 def test_an_int8_engine_has_narrow_weights(int8_dir):
-    """Its one-row decode steps run on engine.DECODE_THREADS (see test_decode_batch)."""
+    """An explicit OFICINA_DECODE_THREADS applies to its one-row decode steps, and its int8
+    layers get one thread on the dynamic kernel by default (see test_decode_batch)."""
     from oficina.infer.engine import Engine
 
-    assert Engine.from_spec(str(int8_dir)).narrow_weights
+    e = Engine.from_spec(str(int8_dir))
+    assert e.narrow_weights and e.int8_layers
 
 
 def _stored(int8_dir) -> dict:

@@ -628,11 +628,12 @@ PREFILL_CHUNK = 256
 # sets that many for every model with int8 or 16-bit weights (float32 keeps torch's count), 0 =
 # torch's count always. A one-row step is ~120 small matmuls, and on 2 threads each wakes the
 # second OpenMP thread (tens of us, PASSIVE waiting: src/oficina/cli.py) for little work to
-# share: fbgemm's dynamic kernel, the fastest int8 path, gained from one thread on a quiet and
-# on a loaded machine alike, while bfloat16 and weight-only int8 lost on a quiet one (their
-# kernels stream more bytes a weight, which two cores do faster) and gained only when other
-# jobs held the second core — SmolLM2, 2 cores, benchmarks/generate.py --both-threads
-# (README, issue 16: RESULTS). Prefill, scoring, batched steps and training keep torch's count.
+# share. SmolLM2, 2 cores, benchmarks/generate.py --both-threads, 2026-11-30, one thread vs 2:
+# fbgemm's dynamic kernel, the fastest int8 path, gained on a quiet machine (load ~1: 1.27x
+# eager), with the machine as it was (load ~5: 1.16x eager, 1.07x compiled) and beside a busy
+# loop (load ~4: 1.20x, 1.07x); bfloat16 lost quiet (0.84x) and was within 5% loaded;
+# weight-only int8 lost quiet (0.92x), tied beside the busy loop (1.01x, 1.00x) and won only as
+# it was (1.11x, 1.14x). Prefill, scoring, batched steps and training keep torch's count.
 # Set per step and restored: the count (OpenMP's, and MKL's, which is process-wide) is changed
 # only inside it.
 _SETTING = os.environ.get("OFICINA_DECODE_THREADS", "auto")

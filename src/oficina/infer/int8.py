@@ -27,7 +27,8 @@ SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/deco
   ``torch.ops.oficina.int8_linear_dynamic``, which takes tensors only and finds the packed
   weight (an opaque object torch.compile cannot trace) in a table outside the module, so a
   compiled decode step (``Engine.compile_decode``) runs fbgemm too, in one graph with the rest
-  of the step: batch-1 int8 decoding without the per-op Python of the eager forward.
+  of the step: batch-1 int8 decoding without the per-op Python of the eager forward. The op's
+  kernel is C++ (``int8_op.cpp``) where it can be built, else Python (``_register_kernel``).
 * 2..``SMALL_M`` rows (batched decoding; and any one row with ``DECODE_KERNEL =
   "weight-only"``): ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
   gpt-fast and torchao use), fed bf16 activations: its float32 variant is a reference loop ~12x
