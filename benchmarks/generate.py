@@ -24,11 +24,13 @@ same number of tokens; prefill of the short prompt included) for:
   * with ``--unfused``, Oficina float32 and int8 (and, with ``--compile``, their compiled
     steps) also on engines loaded with ``fuse=False``: q/k/v and gate/up as separate matmuls,
     as before ``oficina.infer.fuse`` — the before/after of the fusion, measured in turn;
-  * with ``--both-threads``, every Oficina batch-1 figure of int8 and bfloat16 also with its
-    decode steps on torch's thread count (``oficina.infer.engine.DECODE_THREADS = 0``; by default
-    their one-row steps run on one thread; float32's always on torch's), a compiled step on its own copy of the model so that its graph is compiled for
-    that count (inductor fixes it at compile time), and llama.cpp on one thread too — the
-    before/after of one-thread decoding, in one run.
+  * with ``--both-threads``, every Oficina batch-1 figure of int8 and bfloat16 twice: its
+    one-row decode steps on one thread and on torch's count (``oficina.infer.engine.
+    DECODE_THREADS`` = 1 and 0, instead of the default rule of ``Engine.decode_threads``:
+    one thread for the dynamic int8 kernel only; float32's always on torch's), a compiled step
+    on its own copy of the model for each count so that its graph is compiled for that count
+    (inductor fixes it at compile time), and llama.cpp on one thread too — one thread against
+    two for every path, in one run.
 Each figure is the best of ``--repeats`` runs taken in turn (the machines are shared: the best
 run is the one least disturbed), with the load average before and after.
 """
@@ -138,6 +140,7 @@ def main() -> None:
             engines["int8, unfused"] = Engine.from_spec(args.int8, fuse=False)
     threads = torch.get_num_threads()
     all_threads = f", decode on {threads} threads"  # the label of DECODE_THREADS = 0 figures
+    one_thread = ", decode on 1 thread"  # DECODE_THREADS = 1
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
         # int8: one graph per one-row kernel (the kernel switch is guarded on)
         for name in [n for n in engines if n.split(",")[0] in ("float32", "int8")]:
@@ -152,9 +155,9 @@ def main() -> None:
     prompts = [f32.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     one = prompts[:1]
 
-    def on_all_threads(fn):
+    def on_threads(fn, n: int):
         def run() -> float:
-            before, engine_mod.DECODE_THREADS = engine_mod.DECODE_THREADS, 0
+            before, engine_mod.DECODE_THREADS = engine_mod.DECODE_THREADS, n
             try:
                 return fn()
             finally:
@@ -174,11 +177,14 @@ def main() -> None:
             ours = [(f"Oficina {name}", lambda e=eng: oficina_rate(e, one, n))]
         if name.endswith(all_threads):  # a compiled twin: all its figures on all threads
             ours = [
-                (label.replace(all_threads, "") + all_threads, on_all_threads(fn))
+                (label.replace(all_threads, "") + all_threads, on_threads(fn, 0))
                 for label, fn in ours
             ]
-        elif args.both_threads and "compiled" not in name and eng.narrow_weights:  # eager
-            ours += [(label + all_threads, on_all_threads(fn)) for label, fn in ours]
+        elif args.both_threads and eng.narrow_weights:  # on one thread (the compiled: its own)
+            alone = [(label + one_thread, on_threads(fn, 1)) for label, fn in ours]
+            if "compiled" not in name:  # eager: both counts on the same engine
+                alone += [(label + all_threads, on_threads(fn, 0)) for label, fn in ours]
+            ours = alone
         runs += ours
         if name in ("float32", "bfloat16"):
             runs.append((f"transformers generate {name}", lambda e=eng: hf_rate(e, one[0], n)))
@@ -214,10 +220,10 @@ def main() -> None:
         print(f"llama.cpp: llama-cpp-python {version}, {threads} threads unless labelled")
     elif not args.no_llama:
         print("llama.cpp: not measured (llama-cpp-python is not installed: make llama)")
-    print(
-        f"Oficina: int8/bf16 batch-1 decode steps on {engine_mod.DECODE_THREADS or threads} "
-        f"thread(s) (OFICINA_DECODE_THREADS), everything else on {threads}, unless labelled"
-    )
+    rule = "one thread for the dynamic int8 kernel, torch's count otherwise"
+    if engine_mod.DECODE_THREADS is not None:  # OFICINA_DECODE_THREADS set
+        rule = f"{engine_mod.DECODE_THREADS or threads} thread(s) for int8/bf16"
+    print(f"Oficina: batch-1 decode steps on {rule}; everything else on {threads}, unless labelled")
 
 
 def llama_runs(eng, prompt: str, n: int, threads: tuple[int | None, ...] = (None,)) -> list:

@@ -463,33 +463,69 @@ def _forwards_threads(engine, prompts: list[str], n: int) -> list[tuple[int, int
     return seen
 
 
-def test_one_row_decode_steps_run_on_decode_threads_and_nothing_else_does(
-    engine, tiny_lm, monkeypatch
-):
-    """``DECODE_THREADS`` (1) threads for a one-row decode step of a model with narrow weights
-    (here bfloat16) only: its prefill, batched steps, a float32 model's steps keep torch's
-    count, restored after each step; 0 leaves every step alone. The compiled step
+def test_one_row_steps_on_the_dynamic_int8_kernel_run_on_one_thread_by_default(engine, monkeypatch):
+    """By default (``DECODE_THREADS`` None, "auto") a one-row decode step whose int8 layers run
+    fbgemm's dynamic kernel runs on one thread, and only it: its prefill and two-row steps keep
+    torch's count, restored after each step; on the weight-only kernel (the default, or where
+    the dynamic one is missing) every step keeps torch's count. The compiled step
     (``_decode_forward``) gets the same."""
     from oficina.infer import engine as engine_mod
+    from oficina.infer import int8
     from oficina.infer.engine import Engine
 
-    narrow = Engine.from_spec(str(tiny_lm), "bfloat16", name="tiny-bf16")
-    assert narrow.narrow_weights and not engine.narrow_weights
-    alone = _forwards_threads(narrow, [LONG], 5)
-    assert [t for q, t in alone if q > 1] == [2]  # the prefill
-    assert [t for q, t in alone if q == 1] == [1] * 4  # 5 tokens: 1 from the prefill, 4 steps
-    two = _forwards_threads(narrow, [LONG, "def foo(x):"], 5)
-    assert {t for _, t in two} == {2}  # two rows: prefill and decode on torch's count
-    assert {t for _, t in _forwards_threads(engine, [LONG], 5)} == {2}  # float32
+    if not int8.dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    assert engine_mod.DECODE_THREADS is None  # OFICINA_DECODE_THREADS unset
+    q = Engine(int8.quantize_int8(engine.model), engine.tokenizer, name="tiny-int8")
+    assert q.int8_layers and q.narrow_weights
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")  # OFICINA_INT8_DECODE=dynamic
+    alone = _forwards_threads(q, [LONG], 5)
+    assert [t for n, t in alone if n > 1] == [2]  # the prefill
+    assert [t for n, t in alone if n == 1] == [1] * 4  # 5 tokens: 1 from the prefill, 4 steps
+    assert {t for _, t in _forwards_threads(q, [LONG, "def foo(x):"], 5)} == {2}  # two rows
 
     calls = []
 
     def step(**kw):  # stands for the compiled step: the model itself, counted
         calls.append(kw["input_ids"].shape)
-        return narrow.model(**kw)
+        return q.model(**kw)
 
-    monkeypatch.setattr(narrow, "_decode_forward", step)
-    assert {t for q, t in _forwards_threads(narrow, [LONG], 3) if q == 1} == {1}
+    monkeypatch.setattr(q, "_decode_forward", step)
+    assert {t for n, t in _forwards_threads(q, [LONG], 3) if n == 1} == {1}
     assert len(calls) == 2  # both decode steps went through it
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "weight-only")
+    assert {t for _, t in _forwards_threads(q, [LONG], 3)} == {2}
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
+    monkeypatch.setattr(int8, "_DYNAMIC_OK", False)  # fbgemm missing: weight-only runs
+    assert {t for _, t in _forwards_threads(q, [LONG], 3)} == {2}
+
+
+def test_bfloat16_and_float32_decode_steps_keep_torchs_count_by_default(engine, tiny_lm):
+    """By default a one-row decode step of a bfloat16 or float32 model runs on torch's count."""
+    from oficina.infer.engine import Engine
+
+    narrow = Engine.from_spec(str(tiny_lm), "bfloat16", name="tiny-bf16")
+    assert narrow.narrow_weights and not narrow.int8_layers
+    assert {t for _, t in _forwards_threads(narrow, [LONG], 5)} == {2}
+    assert {t for _, t in _forwards_threads(engine, [LONG], 5)} == {2}  # float32
+
+
+def test_a_set_decode_thread_count_applies_to_int8_and_16_bit_models(engine, tiny_lm, monkeypatch):
+    """``OFICINA_DECODE_THREADS=n``: n threads for a one-row decode step of any model with
+    int8 or 16-bit weights, whatever its kernel; float32 keeps torch's count; 0 = torch's count
+    for every step, the dynamic int8 kernel's too."""
+    from oficina.infer import engine as engine_mod
+    from oficina.infer import int8
+    from oficina.infer.engine import Engine
+
+    narrow = Engine.from_spec(str(tiny_lm), "bfloat16", name="tiny-bf16")
+    q = Engine(int8.quantize_int8(engine.model), engine.tokenizer, name="tiny-int8")
+    monkeypatch.setattr(engine_mod, "DECODE_THREADS", 1)
+    for e in (narrow, q):  # q on the weight-only kernel (the default)
+        alone = _forwards_threads(e, [LONG], 5)
+        assert [t for n, t in alone if n > 1] == [2]  # the prefill
+        assert [t for n, t in alone if n == 1] == [1] * 4
+    assert {t for _, t in _forwards_threads(engine, [LONG], 5)} == {2}  # float32
     monkeypatch.setattr(engine_mod, "DECODE_THREADS", 0)
-    assert {t for _, t in _forwards_threads(narrow, [LONG], 3)} == {2}
+    monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
+    assert {t for _, t in _forwards_threads(q, [LONG], 3)} == {2}

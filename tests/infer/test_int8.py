@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,7 +76,15 @@ def test_int8_linear_output_is_close_to_the_float_linear(rows, dtype):
         assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_int8_linear_follows_new_weights_loaded_in_place():
+@pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])
+def test_int8_linear_follows_new_weights_loaded_in_place(kernel, monkeypatch):
+    """Weights loaded, replaced or written in place are what the next call computes with, on
+    either one-row kernel (the dynamic one's packed copy is rebuilt)."""
+    from oficina.infer import int8
+
+    if kernel == "dynamic" and not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    monkeypatch.setattr(int8, "DECODE_KERNEL", kernel)
     a, b = Int8Linear.from_linear(_linear(0)), Int8Linear.from_linear(_linear(1))
     x = torch.randn(1, a.in_features)
     with torch.no_grad():
@@ -81,6 +92,10 @@ def test_int8_linear_follows_new_weights_loaded_in_place():
         a.load_state_dict(b.state_dict())  # copies into a's tensors in place
         assert torch.equal(a(x), b(x))
         a.weight_scale = b.weight_scale.clone()  # replaced
+        assert torch.equal(a(x), b(x))
+        a.weight = Int8Linear.from_linear(_linear(8)).weight  # replaced, same shape
+        assert not torch.equal(a(x), b(x))
+        a.weight = b.weight.clone()
         assert torch.equal(a(x), b(x))
         # each tensor written in place, no load_state_dict: the one-row kernel's packed copy
         # follows too
@@ -93,6 +108,15 @@ def test_int8_linear_follows_new_weights_loaded_in_place():
             want = Int8Linear(a.in_features, a.out_features)
             want.load_state_dict(a.state_dict())  # a fresh layer with a's tensors
             assert torch.allclose(a(x), want(x), atol=1e-6)
+
+
+def _fbgemm_calls(fn):
+    """(``fn()``, how many times fbgemm's dynamic linear ran in it): counted by the profiler,
+    which sees the calls from a compiled graph and from either kernel of the op (C++ or
+    Python)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, sum(e.count for e in prof.key_averages() if e.key == "quantized::linear_dynamic")
 
 
 def _dequantized(q: Int8Linear) -> torch.Tensor:
@@ -133,6 +157,49 @@ def test_one_row_dynamic_kernel_equals_its_reference(seed, bias, monkeypatch):
         rows = q(x2)
     woq = torch._weight_int8pack_mm(x2[0].bfloat16(), q.weight, q.weight_scale.bfloat16())
     assert torch.equal(rows[0], woq.float() + b)
+
+
+def test_the_op_runs_its_cpp_kernel_where_a_compiler_is_found():
+    """``oficina::int8_linear_dynamic``'s CPU kernel is the C++ one (``int8_op.cpp``, built
+    once and cached) when a compiler is found, else the Python one (next test)."""
+    from oficina.infer import int8
+
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    found = shutil.which(os.environ.get("CXX", "c++")) is not None
+    assert int8.OP_KERNEL == ("C++" if found else "Python")
+
+
+def test_the_op_runs_its_python_kernel_where_the_cpp_one_cannot_be_built(tmp_path, repo_root):
+    """Where the C++ kernel cannot be built (here: its cache is not a directory) the op runs
+    its Python kernel, with a warning: the dynamic-kernel tests of this file, compiled ones
+    included, pass on it too, in a process of their own."""
+    if not dynamic_available():
+        pytest.skip("fbgemm's dynamic int8 linear is not in this torch")
+    (tmp_path / "cache").write_text("not a directory")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache")}
+    tests = "dynamic_kernel_equals or follows or compiles_whole"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", tests, __file__],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "int8_op.cpp not used" in done.stdout and " passed" in done.stdout
+
+
+def test_no_compiler_is_a_build_error(tmp_path, monkeypatch):
+    """Without a compiler ``native.build`` says so (``native.load`` then returns None and
+    the op keeps its Python kernel, as above)."""
+    from oficina.infer import native
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        native.build("int8_op.cpp")
+    assert not list(tmp_path.rglob("*.so"))
 
 
 def test_dynamic_kernel_falls_back_to_weight_only_when_missing(monkeypatch):
@@ -255,15 +322,12 @@ def test_compiled_int8_decode_step_runs_the_dynamic_kernel_and_equals_eager(
 
     monkeypatch.setattr(int8, "DECODE_KERNEL", "dynamic")
     q = _quantize_dir(tiny_lm, tmp_path / "int8")
-    calls, packed_for = [], int8._packed_for
-    monkeypatch.setattr(int8, "_packed_for", lambda *a: (calls.append(1), packed_for(*a))[1])
     step = torch.compile(q.forward, dynamic=True)
     ids = torch.tensor([[7]])
     with torch.no_grad():
         got = step(input_ids=ids).logits
-        n = len(calls)
-        again = step(input_ids=ids).logits  # compiled by now: only the graph runs
-        assert len(calls) - n == len(int8_modules(q)) and torch.equal(again, got)
+        again, n = _fbgemm_calls(lambda: step(input_ids=ids).logits)  # only the graph runs
+        assert n == len(int8_modules(q)) and torch.equal(again, got)
         eager = q(input_ids=ids).logits
 
         def reference(self, x):
@@ -393,10 +457,12 @@ def int8_dir(tiny_lm, tmp_path):
 
 
 def test_an_int8_engine_has_narrow_weights(int8_dir):
-    """Its one-row decode steps run on engine.DECODE_THREADS (see test_decode_batch)."""
+    """An explicit OFICINA_DECODE_THREADS applies to its one-row decode steps, and its int8
+    layers get one thread on the dynamic kernel by default (see test_decode_batch)."""
     from oficina.infer.engine import Engine
 
-    assert Engine.from_spec(str(int8_dir)).narrow_weights
+    e = Engine.from_spec(str(int8_dir))
+    assert e.narrow_weights and e.int8_layers
 
 
 def _stored(int8_dir) -> dict:
@@ -480,20 +546,17 @@ def test_compiled_int8_engine_decodes_as_the_eager_one(kernel, tiny_lm, tmp_path
     eager.prefix_cache = None  # both prefill the prompt themselves
     compiled = Engine(eager.model, eager.tokenizer, name="compiled")
     compiled.compile_decode()
-    calls, packed_for = [], int8._packed_for
-    monkeypatch.setattr(int8, "_packed_for", lambda *a: (calls.append(1), packed_for(*a))[1])
     p = SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=5)
-    got = compiled.generate(["def foo(x):"], p)[0]
-    n = len(calls)
-    want = eager.generate(["def foo(x):"], p)[0]
+    got, n = _fbgemm_calls(lambda: compiled.generate(["def foo(x):"], p)[0])
+    want, m = _fbgemm_calls(lambda: eager.generate(["def foo(x):"], p)[0])
     if kernel == "weight-only":
-        assert got.token_ids == want.token_ids and n == len(calls) == 0
+        assert got.token_ids == want.token_ids and n == m == 0
         lp = [t.logprob for t in want.logprobs]
         assert [t.logprob for t in got.logprobs] == pytest.approx(lp, abs=1e-4)
         return
     # 9 decode steps through every int8 layer, and the prefill's lm_head, which computes the
     # last position only (one row), in both engines
-    assert n == len(calls) - n == 9 * len(int8_modules(eager.model)) + 1
+    assert n == m == 9 * len(int8_modules(eager.model)) + 1
     assert got.token_ids[0] == want.token_ids[0]  # from the same eager prefill
     top = [v for _, v in want.logprobs[1].top]  # sorted values: no near-tie can reorder them
     assert [v for _, v in got.logprobs[1].top] == pytest.approx(top, abs=1e-2)

@@ -51,7 +51,7 @@ import torch
 from oficina.errors import UserError
 from oficina.infer import scoring
 from oficina.infer.fuse import fuse_projections
-from oficina.infer.int8 import RECIPE, dynamic_available, load_int8
+from oficina.infer.int8 import RECIPE, Int8Linear, dynamic_available, load_int8, one_row_kernel
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.layout import relayout_for_decode
 from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
@@ -262,11 +262,14 @@ class Engine:
         self.eos_ids = eos
         self._model_hash: str | None = None
         self._decode_forward = None  # set by compile_decode
-        # int8 or 16-bit weights: its one-row decode steps run on DECODE_THREADS threads
+        # int8 or 16-bit weights: an explicit OFICINA_DECODE_THREADS applies to its one-row
+        # decode steps; int8 layers: their one-row calls may run the dynamic kernel, which gets
+        # one thread by default (decode_threads)
         self.narrow_weights = any(
             t.dtype in (torch.int8, torch.bfloat16, torch.float16)
             for t in (*model.parameters(), *model.buffers())
         )
+        self.int8_layers = any(isinstance(m, Int8Linear) for m in model.modules())
         # KV of prompt prefixes reused across calls (oficina.infer.prefix_cache); None = off.
         # Only a model loaded from files gets it: its identity (model_hash) is its files, while an
         # in-memory model may be trained between two calls, which a memoised hash would not see.
@@ -320,6 +323,13 @@ class Engine:
                 dynamo_config.use_recursive_dict_tags_for_guards = before
 
         self._decode_forward = step
+
+    def decode_threads(self) -> int:
+        """torch threads of this engine's one-row decode steps now (0: torch's count); the rule
+        and its measurements are at ``DECODE_THREADS``."""
+        if DECODE_THREADS is not None:
+            return DECODE_THREADS if self.narrow_weights else 0
+        return 1 if self.int8_layers and one_row_kernel() == "dynamic" else 0
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -612,23 +622,30 @@ class Engine:
 # row's numbers do not depend on what else shares the batch.
 PREFILL_CHUNK = 256
 
-# Threads of a decode step with one row of a model with int8 or 16-bit weights: 1
-# (``OFICINA_DECODE_THREADS``; 0 = torch's count, as every other forward). Such a step is ~120
-# small matmuls, and on 2 threads each wakes the second OpenMP thread (tens of us, PASSIVE waiting:
-# src/oficina/cli.py) for little work to share. SmolLM2, 2 cores, benchmarks/generate.py
-# --both-threads, 2026-11-30 (two runs, load ~4): int8 compiled dynamic 55.6 / 53.1 vs 46.7 / 47.1
-# tok/s, int8 eager 1.05-1.12x, bfloat16 1.04-1.15x faster on one thread; float32 (4 bytes a
-# weight to stream) was not: compiled 23.3 / 22.1 vs 23.4 / 23.4, eager within 2%, so float32
-# keeps torch's count. Prefill, scoring, batched steps and training keep it too. Set per step
-# and restored: the count (OpenMP's, and MKL's, which is process-wide) is 1 only inside it.
+# Threads of a decode step with one row (``Engine.decode_threads``). By default
+# (``OFICINA_DECODE_THREADS`` unset or "auto") one thread where its int8 layers run fbgemm's
+# dynamic kernel (``OFICINA_INT8_DECODE=dynamic``), torch's count everywhere else; a whole number
+# sets that many for every model with int8 or 16-bit weights (float32 keeps torch's count), 0 =
+# torch's count always. A one-row step is ~120 small matmuls, and on 2 threads each wakes the
+# second OpenMP thread (tens of us, PASSIVE waiting: src/oficina/cli.py) for little work to
+# share. SmolLM2, 2 cores, benchmarks/generate.py --both-threads, 2026-11-30, one thread vs 2:
+# fbgemm's dynamic kernel, the fastest int8 path, gained on a quiet machine (load ~1: 1.27x
+# eager), with the machine as it was (load ~5: 1.16x eager, 1.07x compiled) and beside a busy
+# loop (load ~4: 1.20x, 1.07x); bfloat16 lost quiet (0.84x) and was within 5% loaded;
+# weight-only int8 lost quiet (0.92x), tied beside the busy loop (1.01x, 1.00x) and won only as
+# it was (1.11x, 1.14x). Prefill, scoring, batched steps and training keep torch's count.
+# Set per step and restored: the count (OpenMP's, and MKL's, which is process-wide) is changed
+# only inside it.
+_SETTING = os.environ.get("OFICINA_DECODE_THREADS", "auto")
 try:
-    DECODE_THREADS = int(os.environ.get("OFICINA_DECODE_THREADS", "1"))
+    DECODE_THREADS: int | None = None if _SETTING in ("", "auto") else int(_SETTING)
 except ValueError:
     DECODE_THREADS = -1
-if DECODE_THREADS < 0:
+if DECODE_THREADS is not None and DECODE_THREADS < 0:
     raise UserError(
-        f"OFICINA_DECODE_THREADS={os.environ.get('OFICINA_DECODE_THREADS')!r}: use a whole "
-        "number of threads for one-row decode steps (1, the default), or 0 for torch's count",
+        f"OFICINA_DECODE_THREADS={_SETTING!r}: use 'auto' (the default: one thread for the "
+        "dynamic int8 kernel, torch's count otherwise), a whole number of threads for one-row "
+        "decode steps of int8 and 16-bit models, or 0 for torch's count",
         exit_code=2,  # a setting, as OFICINA_PREFIX_CACHE_MB's
     )
 
@@ -802,10 +819,10 @@ class DecodeBatch:
         extra = {}
         if self.engine.adapter_name is not None:
             extra["adapter_names"] = [r.adapter for r in rows]
-        # a one-row decode step runs on DECODE_THREADS threads (see there); the compiled step's
-        # one-row graph is then also compiled for that many (inductor fixes its count at compile)
-        one_thread = decode and len(rows) == 1 and self.engine.narrow_weights
-        with _threads(DECODE_THREADS if one_thread else 0):
+        # a one-row decode step runs on the engine's decode_threads() (see DECODE_THREADS); the
+        # compiled step's one-row graph is then also compiled for that many (inductor fixes its
+        # count at compile)
+        with _threads(self.engine.decode_threads() if decode and len(rows) == 1 else 0):
             out = fn(
                 input_ids=ids,
                 attention_mask=mask,

@@ -27,7 +27,8 @@ SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/deco
   ``torch.ops.oficina.int8_linear_dynamic``, which takes tensors only and finds the packed
   weight (an opaque object torch.compile cannot trace) in a table outside the module, so a
   compiled decode step (``Engine.compile_decode``) runs fbgemm too, in one graph with the rest
-  of the step: batch-1 int8 decoding without the per-op Python of the eager forward.
+  of the step: batch-1 int8 decoding without the per-op Python of the eager forward. The op's
+  kernel is C++ (``int8_op.cpp``) where it can be built, else Python (``_register_kernel``).
 * 2..``SMALL_M`` rows (batched decoding; and any one row with ``DECODE_KERNEL =
   "weight-only"``): ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
   gpt-fast and torchao use), fed bf16 activations: its float32 variant is a reference loop ~12x
@@ -153,9 +154,9 @@ class Int8Linear(nn.Module):
         # One row on the dynamic kernel, eager or compiled alike: the op finds fbgemm's packed
         # weight outside the graph (``_packed_for``). ``dynamic_available`` is settled before
         # a compile traces this (``Engine.compile_decode``), so the trace reads a constant.
-        if x2.shape[0] == 1 and DECODE_KERNEL == "dynamic" and dynamic_available():
+        if x2.shape[0] == 1 and one_row_kernel() == "dynamic":
             y = torch.ops.oficina.int8_linear_dynamic(
-                x2.float(), self.weight, self.weight_scale, self.bias
+                x2.float(), self.weight, self.weight_scale, self.bias, REDUCE_RANGE
             )
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x2.shape[0] <= SMALL_M:
@@ -227,7 +228,8 @@ def _pack_dynamic(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | Non
 # below takes only tensors — a packed weight is an opaque object that torch.compile cannot
 # trace — and a compiled decode step calls fbgemm exactly as eager does. An entry leaves with
 # its weight tensor (weakref.finalize), and is rebuilt when any of the tensors is replaced or
-# written in place.
+# written in place. This table is the Python kernel's; the C++ kernel keeps its own, by the
+# same rule (int8_op.cpp).
 _PACKED: dict[int, tuple[tuple, Any]] = {}
 
 
@@ -245,38 +247,75 @@ def _packed_for(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | 
 
 
 def _linear_dynamic(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    reduce_range: bool,
 ) -> torch.Tensor:
     """``x[M, K]`` float32 times int8 ``weight[N, K]`` (per-row ``scale``) plus ``bias``, on
     fbgemm's dynamic kernel: ``x`` is quantized to uint8 over its range at each call (one
-    scale for all M rows; the layer calls it with one row)."""
-    return torch.ops.quantized.linear_dynamic(x, _packed_for(weight, scale, bias), REDUCE_RANGE)
+    scale for all M rows; the layer calls it with one row). The op's Python kernel."""
+    return torch.ops.quantized.linear_dynamic(x, _packed_for(weight, scale, bias), reduce_range)
 
 
-# The op ``torch.ops.oficina.int8_linear_dynamic``: defined with torch.library's plain
+# The op ``torch.ops.oficina.int8_linear_dynamic``, defined with torch.library's plain
 # registration rather than ``torch.library.custom_op``, whose Python wrapper added ~8 us to each
-# of a decode step's ~200 calls (measured); the op has no autograd (inference only).
+# of a decode step's ~200 calls (measured); the op has no autograd (inference only). Its CPU
+# kernel is C++ (``int8_op.cpp``, built once by ``oficina.infer.native``) where a compiler is
+# found, else ``_linear_dynamic``: registered at the first ``dynamic_available()``, which every
+# caller asks first. In a compiled SmolLM2 step the Python kernel cost ~36 us a call, 121 calls,
+# mostly handing fbgemm's packed object from Python to C++ (README, issue 16); the C++ one packs
+# through the op ``oficina::int8_pack`` (``_pack_dynamic``, looked up at each call).
 _LIB = torch.library.Library("oficina", "FRAGMENT")
-_LIB.define("int8_linear_dynamic(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor")
-_LIB.impl("int8_linear_dynamic", _linear_dynamic, "CPU")
+_LIB.define(
+    "int8_linear_dynamic(Tensor x, Tensor weight, Tensor scale, Tensor? bias, bool reduce_range)"
+    " -> Tensor"
+)
+_LIB.define(
+    "int8_pack(Tensor weight, Tensor scale, Tensor? bias)"
+    " -> __torch__.torch.classes.quantized.LinearPackedParamsBase"
+)
+_LIB.impl("int8_pack", lambda w, s, b: _pack_dynamic(w, s, b), "CPU")
+OP_KERNEL: str | None = None  # "C++" or "Python", once registered
 
 
 @torch.library.register_fake("oficina::int8_linear_dynamic", lib=_LIB)
-def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+def _(x, weight, scale, bias, reduce_range):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+def _register_kernel() -> None:
+    global OP_KERNEL
+    if OP_KERNEL is None:
+        from oficina.infer import native
+
+        if native.load("int8_op.cpp") is not None:
+            OP_KERNEL = "C++"
+        else:
+            _LIB.impl("int8_linear_dynamic", _linear_dynamic, "CPU")
+            OP_KERNEL = "Python"
+
+
 def dynamic_available() -> bool:
-    """fbgemm's dynamic int8 linear runs in this torch (checked once, on a small layer)."""
+    """fbgemm's dynamic int8 linear runs in this torch (checked once, on a small layer,
+    through the op and the kernel it registers)."""
     global _DYNAMIC_OK
     if _DYNAMIC_OK is None:
         try:
-            packed = _pack_dynamic(torch.ones(8, 16, dtype=torch.int8), torch.ones(8), None)
-            y = torch.ops.quantized.linear_dynamic(torch.ones(1, 16), packed, REDUCE_RANGE)
+            _register_kernel()
+            w, s, x = torch.ones(8, 16, dtype=torch.int8), torch.ones(8), torch.ones(1, 16)
+            y = torch.ops.oficina.int8_linear_dynamic(x, w, s, None, REDUCE_RANGE)
             _DYNAMIC_OK = bool(torch.allclose(y, torch.full((1, 8), 16.0), rtol=0.02))
         except (RuntimeError, AttributeError, NotImplementedError, AssertionError):
             _DYNAMIC_OK = False
     return _DYNAMIC_OK
+
+
+def one_row_kernel() -> str:
+    """What a one-row call runs now: ``DECODE_KERNEL``, or "weight-only" where the dynamic
+    kernel is missing (``dynamic_available``)."""
+    return "dynamic" if DECODE_KERNEL == "dynamic" and dynamic_available() else "weight-only"
 
 
 def fake_quant_rows(x: torch.Tensor, reduce_range: bool = REDUCE_RANGE) -> torch.Tensor:
