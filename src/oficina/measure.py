@@ -172,3 +172,14 @@ def auto_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if native_bf16() else "float32"
+
+
+def emulated_bf16_note(what: str) -> str | None:
+    """One line warning that ``what`` runs in bf16 on a CPU that emulates it, else None."""
+    if native_bf16():
+        return None
+    return (
+        f"{what} runs in bf16, which this CPU emulates (no AVX-512 BF16 or AMX): expect it "
+        "several times slower than fp32 (35x for a LoRA step on an AVX2 EPYC); "
+        "'auto' picks fp32 here"
+    )

@@ -224,3 +224,19 @@ def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(
     assert args.precision == "auto"
     fit(model, Spy(), ds, None, args, 2, tmp_path / "run")
     assert seen == [stored, stored]
+
+
+def test_bf16_on_a_cpu_that_emulates_it_says_so(tiny_lm, tmp_path, monkeypatch, capsys):
+    from oficina import measure
+    from oficina.train.data import load_jsonl_dataset
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    ds = load_jsonl_dataset(_rows(tmp_path), tok, 64, "sft", TEMPLATE, None)
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_lm))
+    said = {}
+    for native in (False, True):
+        monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+        args = TrainArgs(lr=1e-2, batch_size=4, warmup_steps=1, precision="bf16")
+        fit(model, SFT(), ds, None, args, 1, tmp_path / f"run{native}")
+        said[native] = capsys.readouterr().out + capsys.readouterr().err
+    assert "this CPU emulates" in said[False] and "this CPU emulates" not in said[True]

@@ -35,7 +35,7 @@ from oficina.ladder.recommend import recommend
 from oficina.ladder.report import write
 from oficina.ladder.result import RungResult
 from oficina.ladder.rungs import REGISTRY, Rung
-from oficina.measure import auto_dtype
+from oficina.measure import auto_dtype, emulated_bf16_note
 from oficina.workspace import atomic_write_text, start_run
 
 # The config schema, the order and the quick profile, read from the registry.
@@ -233,6 +233,8 @@ def run_ladder(cfg: LadderConfig) -> dict:
         from rich.console import Console
 
         console = Console(stderr=True)
+        if cfg.dtype == "bfloat16" and (note := emulated_bf16_note("every rung's scoring")):
+            console.print(f"[yellow]{note}[/]")
         t_start = time.time()
         met = False
         ran: dict[str, Rung] = {}  # the rung objects that ran: the latency pass asks them

@@ -41,7 +41,7 @@ from pydantic import Field
 
 from oficina.config import Section
 from oficina.errors import UserError
-from oficina.measure import auto_precision, param_counts
+from oficina.measure import auto_precision, emulated_bf16_note, param_counts
 from oficina.train.attention import AttentionByLength
 from oficina.train.checkpoint import Checkpointer, unwrap
 from oficina.train.data import BatchStream, eval_batches
@@ -478,6 +478,8 @@ def _fit(
         rank,
     )
 
+    if args.precision == "bf16" and (note := emulated_bf16_note("training")):
+        _say(note, rank)
     trackers = _Trackers(args.report_to, run, args.model_dump()) if rank == 0 else None
     from tqdm import tqdm
 
