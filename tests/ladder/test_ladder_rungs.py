@@ -37,9 +37,10 @@ from oficina.workspace import start_run
 
 LABELS = ["alpha", "beta", "gamma"]
 TEXTS = [" ".join(t.split())[:240] for t in list(topics.values())[:30]]
-# LoRA on q, k, v, o of the tiny Llama (hidden 64, 4 heads of 16, 2 KV heads -> k, v out 32):
-# r * ((64+64) + (64+32) + (64+32) + (64+64)) = 448 r per layer, 2 layers.
-LORA_PARAMS_PER_RANK = 2 * 448
+# LoRA on every linear layer of the tiny Llama (hidden 64, 4 heads of 16, 2 KV heads -> k, v
+# out 32; MLP 128): attention r * ((64+64) + (64+32) + (64+32) + (64+64)) = 448 r, MLP
+# r * ((64+128) + (64+128) + (128+64)) = 576 r per layer, 2 layers.
+LORA_PARAMS_PER_RANK = 2 * (448 + 576)
 
 
 @pytest.fixture
