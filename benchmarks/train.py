@@ -732,6 +732,55 @@ def interleaved(settings: dict, run, steps: int, trials: int):
     return totals, first_losses
 
 
+def lora_steps(model, stream, first: int, n: int, dropout: float, bf16: bool):
+    """Train a fresh LoRA (r 8 on q/k/v/o, seed 0, AdamW at the ladder's 2e-3, clipped at 1)
+    on ``stream``'s batches ``first .. first+n-1`` as ``fit`` would (under bf16: autocast, the
+    frozen weights stored in bf16), then unload it: (seconds, real tokens, losses) of the steps."""
+    import oficina.train.objectives as objectives
+    from oficina.train.frozen import FrozenCast
+    from oficina.train.loop import TrainArgs, make_optimizer
+    from oficina.train.recipes import LoraArgs, _apply_lora
+
+    torch.manual_seed(0)
+    m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=dropout), "CAUSAL_LM").train()
+    frozen = FrozenCast(m, torch.bfloat16) if bf16 else None
+    opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
+    params = [p for p in m.parameters() if p.requires_grad]
+    seconds, tokens, losses = 0.0, 0, []
+    try:
+        for i in range(first, first + n):
+            batch = stream.batch(i)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                loss, _ = objectives.SFT()(m, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            seconds += time.perf_counter() - t0
+            tokens += int(batch["attention_mask"].sum())
+    finally:
+        if frozen is not None:
+            frozen.restore()
+        m.unload()  # the base again, for the next setting
+    return seconds, tokens, losses
+
+
+def steps_table(title: str, what: str, base: str, totals: dict, first_losses: dict) -> None:
+    """``interleaved``'s results as a table: tokens/s of each setting, its ratio to the first
+    setting's (named ``base`` in the header), and its first round's losses."""
+    s0, t0 = next(iter(totals.values()))
+    table(
+        title,
+        [what, "tokens/s", f"vs {base}", "losses (first trial)"],
+        [
+            [k, f"{t / s:,.0f}", f"{t / s / (t0 / s0):.2f}x", " ".join(f"{x:.3f}" for x in lo)]
+            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in totals)
+        ],
+    )
+
+
 def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     """What a LoRA step of the ladder's shape costs under each setting issue 14 looked at, in
     one process, interleaved (every other trial in reverse), each setting training a fresh
@@ -744,10 +793,7 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     ``train/attention.py``). Real tokens/s of the
     steps, and each setting's first-trial losses."""
     import oficina.train.objectives as objectives
-    from oficina.train.frozen import FrozenCast
-    from oficina.train.loop import TrainArgs, make_optimizer
     from oficina.train.memory import keep_freed_memory
-    from oficina.train.recipes import LoraArgs, _apply_lora
 
     undo_memory = keep_freed_memory()  # as fit runs
     model, stream = ladder_sft_batches()
@@ -761,45 +807,22 @@ def bench_lora_step(work: Path, steps: int, trials: int = 2) -> None:
     }
 
     def run(dropout: float, drop_mask: bool, attn: str, first: int, n: int):
-        torch.manual_seed(0)
-        m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=dropout), "CAUSAL_LM").train()
-        frozen = FrozenCast(m, torch.bfloat16)
-        opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
-        params = [p for p in m.parameters() if p.requires_grad]
         model.config._attn_implementation = attn
         objectives.mask_is_redundant = redundant if drop_mask else (lambda b: False)
-        seconds, tokens, losses = 0.0, 0, []
         try:
-            for i in range(first, first + n):
-                batch = stream.batch(i)
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16):
-                    loss, _ = objectives.SFT()(m, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                seconds += time.perf_counter() - t0
-                tokens += int(batch["attention_mask"].sum())
+            return lora_steps(model, stream, first, n, dropout=dropout, bf16=True)
         finally:
             objectives.mask_is_redundant = redundant
             model.config._attn_implementation = "sdpa"
-            frozen.restore()
-            m.unload()  # the base again, for the next setting
-        return seconds, tokens, losses
 
     totals, first_losses = interleaved(settings, run, steps, trials)
-    base = totals[next(iter(settings))]
-    base_tps = base[1] / base[0]
-    table(
+    steps_table(
         f"a LoRA step of the ladder's shape, {steps} steps x {trials} interleaved trials per "
         "setting (tokens/s over all trials)",
-        ["setting", "tokens/s", "vs before", "losses (first trial)"],
-        [
-            [k, f"{t / s:,.0f}", f"{t / s / base_tps:.2f}x", " ".join(f"{x:.3f}" for x in lo)]
-            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in settings)
-        ],
+        "setting",
+        "before",
+        totals,
+        first_losses,
     )
     undo_memory and undo_memory()
     bench_attention_layer()
@@ -813,11 +836,7 @@ def bench_precision(work: Path, steps: int, trials: int = 2) -> None:
     tokens with bfloat16 vs float32 weights (what the ladder's ``dtype`` picks), interleaved in
     one process. ``oficina.measure.native_bf16()`` says whether oneDNN runs bf16 natively
     (AVX-512 BF16, AMX); where it does not, bf16 is emulated."""
-    import oficina.train.objectives as objectives
     from oficina.measure import native_bf16
-    from oficina.train.frozen import FrozenCast
-    from oficina.train.loop import TrainArgs, make_optimizer
-    from oficina.train.recipes import LoraArgs, _apply_lora
 
     flags = Path("/proc/cpuinfo").read_text().split()
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
@@ -826,38 +845,16 @@ def bench_precision(work: Path, steps: int, trials: int = 2) -> None:
     model.config._attn_implementation = "eager"
 
     def run(bf16: bool, first: int, n: int):
-        torch.manual_seed(0)
-        m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=0.0), "CAUSAL_LM").train()
-        frozen = FrozenCast(m, torch.bfloat16) if bf16 else None
-        opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
-        seconds, tokens, losses = 0.0, 0, []
-        try:
-            for i in range(first, first + n):
-                batch = stream.batch(i)
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                    loss, _ = objectives.SFT()(m, batch)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                seconds += time.perf_counter() - t0
-                tokens += int(batch["attention_mask"].sum())
-        finally:
-            frozen and frozen.restore()
-            m.unload()
-        return seconds, tokens, losses
+        return lora_steps(model, stream, first, n, dropout=0.0, bf16=bf16)
 
     settings = {"fp32": (False,), "bf16 autocast, frozen weights bf16": (True,)}
     totals, first_losses = interleaved(settings, run, steps, trials)
-    fp32_tps = totals["fp32"][1] / totals["fp32"][0]
-    table(
+    steps_table(
         f"a LoRA step of the ladder's shape, {steps} steps x {trials} interleaved trials",
-        ["precision", "tokens/s", "vs fp32", "losses (first trial)"],
-        [
-            [k, f"{t / s:,.0f}", f"{t / s / fp32_tps:.2f}x", " ".join(f"{x:.3f}" for x in lo)]
-            for k, (s, t), lo in ((k, totals[k], first_losses[k]) for k in settings)
-        ],
+        "precision",
+        "fp32",
+        totals,
+        first_losses,
     )
     model.config._attn_implementation = "sdpa"
     ids = stream.batch(0)["input_ids"][:1, :128]

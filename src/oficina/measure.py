@@ -171,7 +171,7 @@ def auto_dtype(dtype: str) -> str:
     """``"auto"`` → ``"bfloat16"`` or ``"float32"``, as ``auto_precision`` decides."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if native_bf16() else "float32"
+    return {"bf16": "bfloat16", "fp32": "float32"}[auto_precision("auto")]
 
 
 def emulated_bf16_note(what: str) -> str | None:

@@ -172,9 +172,8 @@ def open_wal(path: Path, schema: str, **connect_args: Any) -> sqlite3.Connection
     processes opening 200 new files at once lost 3-7 opens). So only a file not yet in WAL is
     switched, and that and the schema are retried on a lock for the same 30 s.
     """
-    con = sqlite3.connect(path, timeout=30.0, **connect_args)
+    con = sqlite3.connect(path, timeout=30.0, **connect_args)  # the busy timeout
     con.row_factory = sqlite3.Row
-    con.execute("PRAGMA busy_timeout=30000")
     con.execute("PRAGMA foreign_keys=ON")
     if not _is_wal(path):
         retry_locked(lambda: con.execute("PRAGMA journal_mode=WAL"))

@@ -1,5 +1,5 @@
 // The CPU kernel of the op oficina::int8_linear_dynamic in C++ (oficina/infer/int8.py defines the
-// op, and has the same kernel in Python for machines without a compiler; int8_ext.py builds this).
+// op, and has the same kernel in Python for machines without a compiler; oficina/infer/native.py builds this).
 //
 // fbgemm's packed weight (a TorchScript object) is kept here, by the int8 weight tensor, and
 // passed to quantized::linear_dynamic without going through Python: in a compiled SmolLM2 decode

@@ -184,10 +184,11 @@ class Retrieval:
         from oficina.rag.retrieve import Index
 
         self.k, self.mode, self.chars = c.k, c.mode, c.passage_chars
-        self.dir = ctx.out / f"rag-index-{auto_precision(c.precision)}"
+        precision = auto_precision(c.precision)  # the index folder is named by what ran
+        self.dir = ctx.out / f"rag-index-{precision}"
         with peak_memory() as build:
             docs, _ = read_documents([ctx.corpus])
-            embedder = Embedder("minilm-l6", precision=c.precision)
+            embedder = Embedder("minilm-l6", precision=precision)
             build_index(docs, self.dir, embedder=embedder, progress=False)
         first = ctx.shared.setdefault(
             str(self.dir),
