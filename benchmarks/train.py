@@ -887,8 +887,12 @@ def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
     few steps at the rung's 3e-4, roundings flipping through the layers), the same batches.
     Settings: both models' logits over every position (before) or their output layers at the
     target positions only (``KD(fused=True)``), the teacher's linear weights float32 (autocast
-    re-casts them each forward; before) or stored in bf16 (what ``fit`` does now). Real
-    tokens/s, and each setting's losses beside the old path's."""
+    re-casts them each forward; before) or stored in bf16 (what ``fit`` does), and the
+    teacher's logits read from the cache ``KD`` fills in a run's first epoch (what every later
+    epoch does; warmed on the timed batches first). Precision as ``fit``'s ``auto`` decides: on
+    a CPU without native bf16 everything runs in float32 and the bf16-stored settings are left
+    out. Real tokens/s, and each setting's losses beside the old path's."""
+    from oficina.measure import auto_precision
     from oficina.train.frozen import FrozenCast
     from oficina.train.loop import TrainArgs, make_optimizer
     from oficina.train.memory import keep_freed_memory
@@ -899,27 +903,33 @@ def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
     teacher, stream = ladder_sft_batches()
     student = student_from_teacher(teacher, 10).train()
     start = {k: v.clone() for k, v in student.state_dict().items()}
-    settings = {  # name: (kept positions only, teacher stored in bf16)
-        "before: full logits, teacher float32": (False, False),
-        "kept positions, teacher float32": (True, False),
-        "full logits, teacher bf16": (False, True),
-        "now: kept positions, teacher bf16": (True, True),
+    bf16 = auto_precision("auto") == "bf16"
+    settings = {  # name: (kept positions only, teacher stored in bf16, its logits cached)
+        "before: full logits, teacher float32": (False, False, False),
+        "kept positions, teacher float32": (True, False, False),
+        "full logits, teacher bf16": (False, True, False),
+        "kept positions, teacher bf16": (True, True, False),
+        "now, epochs 2+: kept positions, teacher bf16, cached": (True, True, True),
     }
+    if not bf16:  # float32 throughout: nothing is stored in bf16
+        settings = {k.replace(", teacher bf16", ""): v for k, v in settings.items() if not v[1]}
+        settings["now, epochs 2+: kept positions, cached"] = (True, False, True)
+    warm = KD(teacher, 2.0, 0.5)  # the cached settings' objective, its cache filled below
 
-    def run(kept: bool, cast: bool, first: int, n: int):
+    def run(kept: bool, cast: bool, cached: bool, first: int, n: int):
         student.load_state_dict(start)
         opt = make_optimizer(student, TrainArgs(lr=3e-4))
         for g in opt.param_groups:
             g["lr"] = 0.0
         params = [p for p in student.parameters() if p.requires_grad]
-        objective = KD(teacher, 2.0, 0.5, fused=kept)
+        objective = warm if cached else KD(teacher, 2.0, 0.5, fused=kept, cache_mb=0)
         frozen = FrozenCast(teacher, torch.bfloat16) if cast else None
         seconds, tokens, losses = 0.0, 0, []
         try:
             for i in range(first, first + n):
                 batch = stream.batch(i)
                 t0 = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16):
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                     loss, _ = objective(student, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -933,13 +943,20 @@ def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
                 frozen.restore()
         return seconds, tokens, losses
 
+    frozen = FrozenCast(teacher, torch.bfloat16) if bf16 else None
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        for i in range(steps + 1):  # the warm-up's batch and the timed ones: the first epoch
+            warm(student, stream.batch(i))
+    if frozen:
+        frozen.restore()
     totals, first_losses = interleaved(settings, run, steps, trials)
     base_name = next(iter(settings))
     base_tps = totals[base_name][1] / totals[base_name][0]
     ref = first_losses[base_name]
     table(
         f"a KD step of the ladder's distill shape (student 10 layers, teacher SmolLM2-135M, "
-        f"batch 4, bf16), {steps} steps x {trials} interleaved trials per setting (tokens/s "
+        f"batch 4, {'bf16' if bf16 else 'float32'}), {steps} steps x {trials} interleaved "
+        "trials per setting (tokens/s "
         "over all trials; AdamW at lr 0: every step sees the same student)",
         ["setting", "tokens/s", "s/step", "vs before", "losses (first trial)", "max |d loss|"],
         [

@@ -122,3 +122,62 @@ def test_fit_stores_the_teacher_in_bf16_for_a_bf16_run_and_restores_it(tiny_lm, 
     fit(student, Spy(teacher, 2.0, 0.5), ds, None, args.model_copy(update={"precision": "fp32"}),
         1, tmp_path / "r2")  # fmt: skip
     assert seen == [(torch.float32, torch.float32)]
+
+
+def _head_rows(model) -> list[int]:
+    """Rows the model's output layer sees, call by call."""
+    seen: list[int] = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda mod, args, out: seen.append(args[0].shape[0])
+    )
+    return seen
+
+
+def _rows(batch: dict, idx: list[int]) -> dict:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def test_kd_runs_the_teacher_once_per_row_and_reads_its_logits_back_after(tiny_lm, other_lm):
+    """The teacher cache: a row seen before costs no teacher forward, a batch mixing seen and
+    new rows runs the teacher on the new ones only, and the loss and gradients equal an
+    uncached KD's, rows in any order."""
+    student = AutoModelForCausalLM.from_pretrained(tiny_lm).train()
+    teacher = AutoModelForCausalLM.from_pretrained(other_lm)
+    seen = _head_rows(teacher)
+    cached, plain = KD(teacher, 2.0, 0.5), KD(teacher, 2.0, 0.5, cache_mb=0)
+    batch = _batches(student.config.vocab_size)["right-padded"]
+    other = _batches(student.config.vocab_size)["right-padded"]
+    other["input_ids"] = (other["input_ids"] + 7) % student.config.vocab_size  # new rows
+    n0, n1 = (int((batch["targets"][i] != IGNORE).sum()) for i in (0, 1))
+    for step, (b, teacher_rows) in enumerate(
+        [
+            (_rows(batch, [0, 2]), [n0]),  # row 0 new; row 2 has no target
+            (_rows(batch, [1, 0]), [n1]),  # row 1 new, row 0 from the cache, in another order
+            (_rows(batch, [0, 1, 2]), []),  # all seen: the teacher does not run
+            (_rows(other, [1]), [n1]),  # same targets, other tokens: new
+        ]
+    ):
+        seen.clear()
+        loss, n, grads = _loss_and_grads(cached, student, b)
+        assert seen == teacher_rows, step
+        ref_loss, ref_n, ref_grads = _loss_and_grads(plain, student, b)
+        assert n == ref_n
+        torch.testing.assert_close(loss, ref_loss, rtol=LOSS_RTOL, atol=0, msg=str(step))
+        for k in grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    assert len(cached.cache) == 3 and not plain.cache
+    per_target = student.config.vocab_size * 4
+    assert cached.cache_bytes == (2 * n1 + n0) * per_target
+
+
+def test_kd_caches_no_more_than_its_budget(tiny_lm, other_lm):
+    student = AutoModelForCausalLM.from_pretrained(tiny_lm).train()
+    teacher = AutoModelForCausalLM.from_pretrained(other_lm)
+    seen = _head_rows(teacher)
+    batch = _batches(student.config.vocab_size)["right-padded"]
+    n0, n1 = (int((batch["targets"][i] != IGNORE).sum()) for i in (0, 1))
+    # room for row 0's logits, not row 1's as well
+    kd = KD(teacher, 2.0, 0.5, cache_mb=(n0 + 0.5) * student.config.vocab_size * 4 / 2**20)
+    for _ in range(2):
+        kd(student, batch)
+    assert seen == [n0 + n1, n1]

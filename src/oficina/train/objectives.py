@@ -9,7 +9,9 @@
 * ``KD``             forward KL(teacher || student) at temperature T, times T², mixed with the
                      cross-entropy on the real next token: ``alpha*KL + (1-alpha)*CE``. On
                      plain causal decoders both models' output layers run only at the target
-                     positions (for SFT rows: the few label tokens, not ~130 x 49k logits).
+                     positions (for SFT rows: the few label tokens, not ~130 x 49k logits),
+                     and the teacher's logits there are cached per row: from the second epoch
+                     on the teacher does not run at all (``TEACHER_CACHE_MB``).
                      Token-level KD needs one vocabulary; ``check_same_vocab`` says otherwise
                      and points at sequence-level distillation (teacher generations as SFT
                      targets, ``oficina distill --method sequence``).
@@ -152,6 +154,35 @@ def check_same_vocab(teacher_tok, student_tok, teacher_vocab: int, student_vocab
         )
 
 
+# Memory for the teacher's cached logits (float32, one vocabulary-wide row per target token:
+# 196 KB for SmolLM2's 49k). The ladder's demo distillation holds ~200 targets (80 rows of 1-3
+# label tokens): ~40 MB. Rows past the budget are not cached (they run the teacher every time);
+# nothing is evicted, as an LRU over epochs that cycle through more rows than fit would never
+# hit.
+TEACHER_CACHE_MB = 1024
+
+
+def _row_keys(batch: dict, keep: torch.Tensor) -> list[bytes | None]:
+    """One key per row for what the teacher's logits at its targets depend on: its real tokens,
+    where they sit (left padding shifts position ids) and which of them are targets. None for a
+    row without targets."""
+    ids, targets = batch["input_ids"], batch["targets"]
+    mask = batch.get("attention_mask")
+    keys: list[bytes | None] = []
+    for i in range(ids.shape[0]):
+        if not bool(keep[i].any()):
+            keys.append(None)
+            continue
+        real = mask[i].bool() if mask is not None else torch.ones_like(ids[i], dtype=torch.bool)
+        offset = int(real.int().argmax())
+        keys.append(
+            offset.to_bytes(4, "little")
+            + ids[i][real].numpy().tobytes()
+            + targets[i][real].numpy().tobytes()
+        )
+    return keys
+
+
 class KD(Objective):
     """alpha * T² * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, next token).
 
@@ -162,13 +193,28 @@ class KD(Objective):
     ``[tokens, vocab]`` logits of two models (for the ladder's SFT rows 1-3 of ~130 positions
     a row carry a target). Other models, and ``fused=False``, take the full logits.
 
+    On that fused path the teacher's logits at a row's targets are cached by the row's content
+    (``_row_keys``), up to ``cache_mb``: the teacher is frozen and deterministic, so a row seen
+    in an earlier epoch is not run through it again. The teacher's forward is about half of a
+    distillation step (a 135M teacher's 2N FLOPs a token against a 64M student's 6N), so every
+    epoch after the first costs about half (``benchmarks/train.py --what distill``). A row's
+    logits computed in another batch differ from this batch's only by float rounding.
+
     The teacher is frozen and only run under ``no_grad``; ``frozen_models()`` names it so
-    ``fit`` stores its linear weights in bf16 for a bf16 run (``train/frozen.py``).
+    ``fit`` stores its linear weights in bf16 for a bf16 run (``train/frozen.py``). The cache
+    belongs to one run: build a new ``KD`` for another (the key does not hold the precision).
     """
 
     name = "kd"
 
-    def __init__(self, teacher, temperature: float = 2.0, alpha: float = 0.5, fused: bool = True):
+    def __init__(
+        self,
+        teacher,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        fused: bool = True,
+        cache_mb: float = TEACHER_CACHE_MB,
+    ):
         if temperature <= 0:
             raise UserError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -177,32 +223,53 @@ class KD(Objective):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.T, self.alpha, self.fused = temperature, alpha, fused
+        self.cache: dict[bytes, torch.Tensor] = {}
+        self.cache_bytes, self.cache_limit = 0, int(cache_mb * 2**20)
 
     def frozen_models(self) -> list[nn.Module]:
         """Models this objective runs frozen, under ``no_grad``: the teacher."""
         return [self.teacher]
 
-    def _kept_logits(self, model, batch: dict, rows: torch.Tensor):
+    def _teacher_logits(self, decoder, head, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+        """The teacher's float32 logits at the kept positions (row-major), running it only on
+        the rows the cache does not hold."""
+        keys = _row_keys(batch, keep)
+        miss = [i for i, k in enumerate(keys) if k is not None and k not in self.cache]
+        fresh: dict[bytes, torch.Tensor] = {}
+        if miss:
+            idx = torch.tensor(miss)
+            sub = {k: batch[k].index_select(0, idx) for k in ("input_ids", "attention_mask", "targets") if k in batch}  # fmt: skip
+            sub_keep = keep.index_select(0, idx)
+            with torch.no_grad():
+                logits = head(_last_hidden(decoder, sub)[sub_keep]).float()
+            for i, part in zip(miss, logits.split(sub_keep.sum(1).tolist()), strict=True):
+                fresh[keys[i]] = part
+                size = part.numel() * part.element_size()
+                if self.cache_bytes + size <= self.cache_limit:
+                    self.cache[keys[i]] = part
+                    self.cache_bytes += size
+        parts = [fresh[k] if k in fresh else self.cache[k] for k in keys if k is not None]
+        if not parts:  # no targets: NaN loss downstream, as F.cross_entropy gives
+            return torch.zeros(0, head.weight.shape[0])
+        return torch.cat(parts)
+
+    def _kept_logits(self, model, batch: dict, rows: torch.Tensor, keep: torch.Tensor):
         """(teacher, student) float32 logits at the flat positions ``rows``, or None when
         either model is not a plain causal decoder."""
         s_parts = causal_lm_parts(model) if self.fused else None
         t_parts = causal_lm_parts(self.teacher) if s_parts is not None else None
         if t_parts is None:
             return None
-
-        def at_rows(decoder, head):
-            hidden = _last_hidden(decoder, batch)
-            return head(hidden.flatten(0, 1).index_select(0, rows)).float()
-
-        with torch.no_grad():
-            t = at_rows(*t_parts)
-        return t, at_rows(*s_parts)
+        t = self._teacher_logits(*t_parts, batch, keep.view_as(batch["targets"]))
+        decoder, head = s_parts
+        hidden = _last_hidden(decoder, batch)
+        return t, head(hidden.flatten(0, 1).index_select(0, rows)).float()
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, int]:
         targets = batch["targets"].flatten()
         keep = targets != IGNORE
         rows = keep.nonzero().squeeze(1)
-        kept = self._kept_logits(model, batch, rows)
+        kept = self._kept_logits(model, batch, rows, keep)
         if kept is not None:
             t_logits, s = kept
             s_all, ce_targets = s, targets.index_select(0, rows)
