@@ -20,7 +20,7 @@ from test_ladder_rungs import NO_SEARCH, ctx, task_files  # noqa: F401
 from oficina.evals.metrics import token_f1
 from oficina.evals.tasks import render_prompt
 from oficina.ladder.context import LadderContext
-from oficina.ladder.result import Cost
+from oficina.ladder.result import Cost, RungResult
 from oficina.ladder.run import LadderConfig, load_task
 from oficina.ladder.rungs import (
     PASSAGES,
@@ -95,6 +95,7 @@ def test_trained_rungs_train_on_sft_rows_of_a_generation_task(cls, qa, tiny_lm, 
     if cls is Distill:  # its teacher: the best fine-tuned model by the task's metric
         extra = {"keep_layers": 1}
         qa.finetuned = {"lora": (str(tiny_lm), None, 0.1), "full": (str(tiny_lm), None, 0.4)}
+        qa.results.append(RungResult(name="full", training=Cost(usd=2.5)))  # the teacher's
     rung = cls(cls.Settings(**SMALL, **extra))
     r = rung.run(qa)
     check_generated(r, qa)
@@ -106,6 +107,7 @@ def test_trained_rungs_train_on_sft_rows_of_a_generation_task(cls, qa, tiny_lm, 
     assert Path(cfg.data).parent == qa.out / "data"
     if cls is Distill:
         assert r.artifacts["teacher"] == str(tiny_lm) and r.params_total < qa.base_params()
+        assert r.built_on == "full" and r.training.usd > 2.5  # the teacher's training included
     else:  # a fine-tuned model, scored by the task's metric: a teacher and a quantization source
         assert qa.finetuned[cls.name][2] == pytest.approx(r.quality)
 
@@ -134,9 +136,10 @@ def test_a_search_scores_sft_rows_by_their_validation_loss(qa):
 
 
 def test_quantize_takes_the_best_model_fine_tuned_on_answers(qa):
-    Lora(Lora.Settings(**SMALL)).run(qa)
+    qa.results.append(Lora(Lora.Settings(**SMALL)).run(qa))  # as the ladder keeps it
     r = Quantize(Quantize.Settings()).run(qa)
     assert r.status == "ok" and "from lora" in r.description and len(r.per_item) == 6
+    assert r.built_on == "lora" and r.training.flops == qa.results[0].training.flops > 0
 
 
 RAG = {"k": 1, "mode": "bm25", "precision": "bf16"}

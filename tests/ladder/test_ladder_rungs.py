@@ -218,11 +218,30 @@ def test_cpt_lora_pretrains_on_the_documents_then_adapts(ctx):
     assert [s for s, _ in r.loss_curve] == [1, 2, 3, 4]  # 2 steps, then 2 annealing
 
 
-def test_distill_shrinks_the_best_fine_tuned_model(ctx, tiny_lm):
+def _finished(name: str, usd: float, seconds: float, flops: float, peak_mb: float):
+    """A finished trained rung's result, as the ladder keeps it, with a known training cost."""
+    from oficina.ladder.result import RungResult
+
+    cost = Cost(wall_time_s=seconds, flops=flops, peak_memory_mb=peak_mb, usd=usd)
+    return RungResult(name=name, training=cost)
+
+
+def test_distill_shrinks_the_best_fine_tuned_model_and_pays_for_it(ctx, tiny_lm):
     ctx.finetuned = {"lora": (str(tiny_lm), None, 0.2), "full": (str(tiny_lm), None, 0.5)}
+    ctx.results += [
+        _finished("lora", 1.0, 100.0, 1e9, 10.0),
+        _finished("full", 7.0, 700.0, 7e9, 1e6),
+    ]
     r = Distill(Distill.Settings(max_steps=2, batch_size=4, keep_layers=1, **NO_SEARCH)).run(ctx)
     check_measured(r, ctx)
     assert r.params_total < ctx.base_params() and r.artifacts["teacher"] == str(tiny_lm)
+    # deploying the student means training its teacher (the best: full) first
+    own = Cost(**r.training_run["final_cost"])
+    assert r.built_on == "full" and "taught by full" in r.description
+    assert r.training.usd == pytest.approx(own.usd + 7.0)
+    assert r.training.wall_time_s == pytest.approx(own.wall_time_s + 700.0)
+    assert r.training.flops == pytest.approx(own.flops + 7e9) and own.flops > 0
+    assert r.training.peak_memory_mb == 1e6  # the higher peak of the two
 
 
 def test_quantize_the_base_when_nothing_was_trained(ctx):
@@ -230,6 +249,20 @@ def test_quantize_the_base_when_nothing_was_trained(ctx):
     check_measured(r, ctx)
     assert "from zero_shot" in r.description and r.params_total == ctx.base_params()
     assert r.extra_metrics["weights_mb"] < r.extra_metrics["float_weights_mb"]
+    assert r.built_on is None and 0 < r.training.wall_time_s < 60
+
+
+def test_quantize_pays_for_the_fine_tune_it_quantizes(ctx, tiny_lm):
+    ctx.finetuned = {"lora": (str(tiny_lm), None, 0.6), "full": (str(tiny_lm), None, 0.5)}
+    ctx.results += [
+        _finished("lora", 3.0, 300.0, 3e9, 10.0),
+        _finished("full", 7.0, 700.0, 7e9, 10.0),
+    ]
+    r = Quantize(Quantize.Settings()).run(ctx)
+    check_measured(r, ctx)
+    assert r.built_on == "lora" and "from lora" in r.description
+    assert 3.0 < r.training.usd < 3.01 and 300.0 < r.training.wall_time_s < 360.0
+    assert r.training.flops == 3e9
 
 
 def test_question_answer_data_runs_the_prompting_and_trained_rungs(tiny_lm, tmp_path, monkeypatch):

@@ -402,6 +402,14 @@ class LadderContext:
         inf.tokens_per_s = self.tokens_per_s(tokens, latency_s)
         inf.usd_per_1k_requests = self.usd_for_seconds(latency_s * 1000.0)
 
+    def training_cost_of(self, name: str) -> Cost:
+        """The training cost (its search included) of the finished rung ``name``: what a rung made
+        from its model pays first."""
+        for r in self.results:
+            if r.name == name:
+                return r.training
+        raise ValueError(f"rung '{name}' has not run: nothing to build on")
+
     def best_finetuned(self) -> tuple[str, str, str | None]:
         """(rung, model dir or spec, adapter or None) of the most accurate fine-tuned rung so far."""
         if not self.finetuned:

@@ -261,7 +261,8 @@ def table_rows(
                 "vs recommended": "recommended"
                 if rec and r.name == rec.get("rung")
                 else _vs_pick((rec or {}).get("comparisons", {}).get(r.name)),
-                "train time": _fmt_s(r.training.wall_time_s) if r.training.wall_time_s else "0",
+                "train time": (_fmt_s(r.training.wall_time_s) if r.training.wall_time_s else "0")
+                + (f" (with {r.built_on}'s)" if r.built_on else ""),
                 "train FLOPs": f"{r.training.flops:.2e}" if r.training.flops else "0",
                 "train $": f"{r.training.usd:.4f}",
                 "train memory": f"{r.training.peak_memory_mb:,.0f} MB"
@@ -460,6 +461,7 @@ def write(
                 "seed_spread": seed_spread(r),
                 "total_usd": r.total_usd(requests) if r.measured else None,
                 "training_cost": r.training.model_dump(),
+                "built_on": r.built_on,
                 "inference_cost": r.inference.model_dump(),
                 "parameters": r.params_total,
                 "params_trainable": r.params_trainable,

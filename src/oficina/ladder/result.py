@@ -65,6 +65,10 @@ class RungResult(BaseModel):
     # "early stopping"), its best step and epoch, and the cost of the final training alone.
     training_run: dict[str, Any] = Field(default_factory=dict)
     training: Cost = Field(default_factory=Cost)
+    # The rung whose trained model this one is made from (distill's teacher, quantize's
+    # source): its training cost, search included, is part of ``training`` — deploying this
+    # rung means training that one first.
+    built_on: str | None = None
     inference: InferenceCost = Field(default_factory=InferenceCost)
     params_total: int = 0
     params_trainable: int = 0

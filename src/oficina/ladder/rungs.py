@@ -384,6 +384,7 @@ class Trained:
     # (model dir or spec, adapter or None): what is deployed, the adapter merged (latency pass)
     served: tuple[str, str | None] | None = None
     params: dict[str, int] = field(default_factory=dict)  # overrides of the counted parameters
+    built_on: str | None = None  # the rung whose model this one was made from (result.built_on)
 
 
 @dataclass
@@ -627,7 +628,9 @@ class TrainedRung(Rung):
             self.served = t.served
         training = t.cost
         if search is not None:  # a team pays for the search too
-            training = add_costs(t.cost, Cost(**search["cost"]))
+            training = add_costs(training, Cost(**search["cost"]))
+        if t.built_on is not None:  # and for the model this one was made from
+            training = add_costs(training, ctx.training_cost_of(t.built_on))
         r = self.result(
             ctx,
             t.engine,
@@ -641,6 +644,7 @@ class TrainedRung(Rung):
             params_changed=int(t.summary.get("params_trainable", 0)),
         )
         r.search = search if first else None
+        r.built_on = t.built_on
         r.training_run = {
             **self.budget(ctx, hp).outcome(t.summary),
             "final_cost": t.cost.model_dump(),
@@ -963,7 +967,7 @@ class Distill(RecipeRung):
         from oficina.train.recipes import DistillConfig
 
         d = self.training_files(ctx)
-        _, base, adapter = ctx.best_finetuned()
+        self.teacher_rung, base, adapter = ctx.best_finetuned()
         self.teacher = as_plain_model(ctx, base, adapter, name="teacher")
         budget = self.budget(ctx, hp)
         return "distill", DistillConfig(
@@ -987,10 +991,14 @@ class Distill(RecipeRung):
             engine=ctx.engine(s["out"]),
             summary=s,
             cost=cost,
-            detail=f"{hp['keep_layers']} layers, T={hp['temperature']}, alpha={hp['alpha']}",
+            detail=(
+                f"{hp['keep_layers']} layers, T={hp['temperature']}, alpha={hp['alpha']}, "
+                f"taught by {self.teacher_rung} (whose training cost is included)"
+            ),
             artifacts={"model": s["out"], "teacher": self.teacher},
             data={"labelled_examples": len(ctx.train)},
             served=(s["out"], None),
+            built_on=self.teacher_rung,
         )
 
 
@@ -1046,21 +1054,27 @@ class Quantize(Rung):
             eng = self.int8(plain, source, fp)
             q_bytes = state_bytes(eng.model)
         res = ctx.evaluate(eng, self.name)
+        training = Cost(
+            wall_time_s=work.wall_s,
+            peak_memory_mb=work.peak_mb,
+            usd=ctx.usd_for_seconds(work.wall_s),
+        )
+        built_on = None if source == "zero_shot" else source
+        if built_on is not None:  # int8 of a fine-tuned model: that training is paid first
+            training = add_costs(ctx.training_cost_of(built_on), training)
         r = self.result(
             ctx,
             eng,
             res,
-            f"from {source}: weights {q_bytes / 1e6:.0f} MB vs {float_bytes / 1e6:.0f} MB float",
-            training=Cost(
-                wall_time_s=work.wall_s,
-                peak_memory_mb=work.peak_mb,
-                usd=ctx.usd_for_seconds(work.wall_s),
-            ),
+            f"from {source}: weights {q_bytes / 1e6:.0f} MB vs {float_bytes / 1e6:.0f} MB float"
+            + (f"; {source}'s training cost included" if built_on else ""),
+            training=training,
             data={"labelled_examples": 0 if source == "zero_shot" else len(ctx.train)},
             artifacts={"from": plain},
         )
         # Quantized Linear layers hide their weights from .parameters(): count the float model's.
         r.params_total = param_counts(fp.model)[0]
+        r.built_on = built_on
         r.extra_metrics["weights_mb"] = q_bytes / 1e6
         r.extra_metrics["float_weights_mb"] = float_bytes / 1e6
         return r
