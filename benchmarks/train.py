@@ -732,6 +732,26 @@ def interleaved(settings: dict, run, steps: int, trials: int):
     return totals, first_losses
 
 
+def timed_steps(model, objective, opt, stream, first: int, n: int, bf16: bool):
+    """``fit``'s step (autocast under bf16, clipped at 1, AdamW) on ``stream``'s batches
+    ``first .. first+n-1``: (seconds, real tokens, losses) of the steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    seconds, tokens, losses = 0.0, 0, []
+    for i in range(first, first + n):
+        batch = stream.batch(i)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss, _ = objective(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        seconds += time.perf_counter() - t0
+        tokens += int(batch["attention_mask"].sum())
+    return seconds, tokens, losses
+
+
 def lora_steps(model, stream, first: int, n: int, dropout: float, bf16: bool):
     """Train a fresh LoRA (r 8 on q/k/v/o, seed 0, AdamW at the ladder's 2e-3, clipped at 1)
     on ``stream``'s batches ``first .. first+n-1`` as ``fit`` would (under bf16: autocast, the
@@ -745,26 +765,12 @@ def lora_steps(model, stream, first: int, n: int, dropout: float, bf16: bool):
     m = _apply_lora(model, LoraArgs(r=8, alpha=16, dropout=dropout), "CAUSAL_LM").train()
     frozen = FrozenCast(m, torch.bfloat16) if bf16 else None
     opt = make_optimizer(m, TrainArgs(lr=2e-3, weight_decay=0.0))
-    params = [p for p in m.parameters() if p.requires_grad]
-    seconds, tokens, losses = 0.0, 0, []
     try:
-        for i in range(first, first + n):
-            batch = stream.batch(i)
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                loss, _ = objectives.SFT()(m, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            seconds += time.perf_counter() - t0
-            tokens += int(batch["attention_mask"].sum())
+        return timed_steps(m, objectives.SFT(), opt, stream, first, n, bf16)
     finally:
         if frozen is not None:
             frozen.restore()
         m.unload()  # the base again, for the next setting
-    return seconds, tokens, losses
 
 
 def steps_table(title: str, what: str, base: str, totals: dict, first_losses: dict) -> None:
@@ -921,27 +927,13 @@ def bench_distill_step(work: Path, steps: int, trials: int = 2) -> None:
         opt = make_optimizer(student, TrainArgs(lr=3e-4))
         for g in opt.param_groups:
             g["lr"] = 0.0
-        params = [p for p in student.parameters() if p.requires_grad]
         objective = warm if cached else KD(teacher, 2.0, 0.5, fused=kept, cache_mb=0)
         frozen = FrozenCast(teacher, torch.bfloat16) if cast else None
-        seconds, tokens, losses = 0.0, 0, []
         try:
-            for i in range(first, first + n):
-                batch = stream.batch(i)
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                    loss, _ = objective(student, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                seconds += time.perf_counter() - t0
-                tokens += int(batch["attention_mask"].sum())
+            return timed_steps(student, objective, opt, stream, first, n, bf16)
         finally:
             if frozen:
                 frozen.restore()
-        return seconds, tokens, losses
 
     frozen = FrozenCast(teacher, torch.bfloat16) if bf16 else None
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
