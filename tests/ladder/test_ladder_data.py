@@ -85,6 +85,42 @@ def test_question_answer_rows_make_a_generation_task(tmp_path):
     assert sorted(ids) == list(range(1, 31))  # no row in two splits, the duplicate (31) dropped
 
 
+def test_the_split_shares_are_settings_and_part_of_what_a_rerun_reuses(tmp_path):
+    rows = [{"question": f"what is {i}?", "answer": f"number {i}"} for i in range(100)]
+    f = write_rows(tmp_path / "qa.jsonl", rows)
+    task = json.loads(
+        prepare_task(f, tmp_path / "d", test_fraction=0.4, validation_fraction=0.15).read_text()
+    )
+    assert task["sizes"] == {"train": 45, "validation": 15, "test": 40}
+    assert task["source"]["test_fraction"] == 0.4
+    # The same folder with other shares: refused, the splits kept.
+    with pytest.raises(UserError, match="another test_fraction"):
+        prepare_task(f, tmp_path / "d", test_fraction=0.2, validation_fraction=0.15)
+    # A folder split before the shares were settings was split with the defaults: reused.
+    old = json.loads((tmp_path / "d" / "task.json").read_text())
+    prepare_task(f, tmp_path / "e")
+    legacy = json.loads((tmp_path / "e" / "task.json").read_text())
+    for k in ("test_fraction", "validation_fraction"):
+        del legacy["source"][k]
+    (tmp_path / "e" / "task.json").write_text(json.dumps(legacy))
+    assert prepare_task(f, tmp_path / "e") == tmp_path / "e" / "task.json"
+    assert old["sizes"] != legacy["sizes"]
+
+
+def test_shares_that_leave_nothing_to_train_on_are_refused(tmp_path, capsys):
+    f = write_rows(tmp_path / "t.jsonl", labelled({"a": 12, "b": 12}))
+    out = tmp_path / "o"
+    argv = ["ladder", "--data", str(f), "--out", str(out), "--test-fraction", "0.8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "leave under 10% to train on" in err and err.count("\n") == 1
+    assert not out.exists()
+    # Per label, small labels round up: 3 examples at 0.5 + 0.35 leave none of 'c' to train on.
+    f = write_rows(tmp_path / "s.jsonl", labelled({"a": 12, "b": 12, "c": 3}))
+    with pytest.raises(UserError, match="no example of 'c' is left to train on"):
+        prepare_task(f, out, test_fraction=0.5, validation_fraction=0.35)
+
+
 def test_other_field_names(tmp_path):
     rows = [{"body": r["text"], "team": r["label"]} for r in labelled({"x": 10, "y": 10})]
     f = write_rows(tmp_path / "t.jsonl", rows)

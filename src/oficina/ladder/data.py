@@ -134,10 +134,15 @@ def check_counts(rows: list[dict], path: Path, kind: str = "classification") -> 
     return sorted(counts)
 
 
-def stratified_split(rows: list[dict], seed: int) -> dict[str, list[dict]]:
-    """Per label (rows without one are one group): shuffle (seeded), then 20% test, 10%
-    validation (at least one each), the rest training; each split is shuffled so its labels
-    interleave."""
+def stratified_split(
+    rows: list[dict],
+    seed: int,
+    test_fraction: float = TEST_FRACTION,
+    validation_fraction: float = VALIDATION_FRACTION,
+) -> dict[str, list[dict]]:
+    """Per label (rows without one are one group): shuffle (seeded), then ``test_fraction``
+    test, ``validation_fraction`` validation (at least one each), the rest training; each split
+    is shuffled so its labels interleave."""
     rng = random.Random(seed)
     by_label: dict[str, list[dict]] = {}
     for r in rows:
@@ -146,8 +151,8 @@ def stratified_split(rows: list[dict], seed: int) -> dict[str, list[dict]]:
     for label in sorted(by_label):
         items = list(by_label[label])
         rng.shuffle(items)
-        n_test = max(1, round(len(items) * TEST_FRACTION))
-        n_val = max(1, round(len(items) * VALIDATION_FRACTION))
+        n_test = max(1, round(len(items) * test_fraction))
+        n_val = max(1, round(len(items) * validation_fraction))
         splits["test"] += items[:n_test]
         splits["validation"] += items[n_test : n_test + n_val]
         splits["train"] += items[n_test + n_val :]
@@ -187,6 +192,8 @@ def prepare_task(
     label_field: str | None = None,
     kind: str = "auto",
     seed: int = 0,
+    test_fraction: float = TEST_FRACTION,
+    validation_fraction: float = VALIDATION_FRACTION,
 ) -> Path:
     """Split ``data`` into ``out_dir`` (or reuse the splits there) and return its task.json."""
     path, out_dir = Path(data), Path(out_dir)
@@ -199,11 +206,15 @@ def prepare_task(
         "label_field": label_field,
         "kind": kind,
         "seed": seed,
+        "test_fraction": test_fraction,
+        "validation_fraction": validation_fraction,
     }
     task_path = out_dir / "task.json"
     if task_path.is_file():
         old = json.loads(task_path.read_text()).get("source", {})
-        differ = [k for k in source if k != "path" and old.get(k) != source[k]]
+        # Splits written before the fractions were settings were made with the defaults.
+        was = {"test_fraction": TEST_FRACTION, "validation_fraction": VALIDATION_FRACTION, **old}
+        differ = [k for k in source if k != "path" and was.get(k) != source[k]]
         if not differ:
             return task_path  # the same file and settings: the same splits
         raise _bad(
@@ -212,7 +223,14 @@ def prepare_task(
         )
     kind, rows, dropped = read_labelled(path, text_field, label_field, kind)
     labels = check_counts(rows, path, kind)
-    splits = stratified_split(rows, seed)
+    splits = stratified_split(rows, seed, test_fraction, validation_fraction)
+    untrained = sorted(set(labels) - {r.get("label") for r in splits["train"]})
+    if not splits["train"] or untrained:
+        what = f"of '{untrained[0]}' " if untrained else ""
+        raise _bad(
+            f"{path}: after the test ({test_fraction}) and validation ({validation_fraction}) "
+            f"shares no example {what}is left to train on: lower the shares or add examples"
+        )
     for name, part in splits.items():
         atomic_write_text(
             out_dir / f"{name}.jsonl",

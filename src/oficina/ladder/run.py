@@ -24,12 +24,12 @@ import traceback
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
 from oficina.ladder.context import LadderContext, Task, check_template, metric_for
-from oficina.ladder.data import prepare_task
+from oficina.ladder.data import TEST_FRACTION, VALIDATION_FRACTION, prepare_task
 from oficina.ladder.latency import measure_latency, method_text
 from oficina.ladder.recommend import recommend
 from oficina.ladder.report import write
@@ -93,6 +93,18 @@ class LadderConfig(VerbConfig):
     )
     label_field: str | None = Field(
         None, description="--data: the field holding the label (generation: the reference answer)"
+    )
+    test_fraction: float = Field(
+        TEST_FRACTION,
+        gt=0,
+        lt=1,
+        description="--data: share of each label's examples held out for the test split",
+    )
+    validation_fraction: float = Field(
+        VALIDATION_FRACTION,
+        gt=0,
+        lt=1,
+        description="--data: share held out for validation (early stopping, the search)",
     )
     template: str | None = Field(
         None,
@@ -179,6 +191,15 @@ class LadderConfig(VerbConfig):
     def _resolve_dtype(cls, v: str) -> str:
         return auto_dtype(v)  # "auto" resolved once: the recorded config says what ran
 
+    @model_validator(mode="after")
+    def _room_to_train(self) -> LadderConfig:
+        if self.test_fraction + self.validation_fraction >= 0.9:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} + validation_fraction "
+                f"{self.validation_fraction} leave under 10% to train on: lower them"
+            )
+        return self
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
@@ -199,6 +220,8 @@ def load_task(cfg: LadderConfig) -> tuple[Task, str | None]:
             label_field=cfg.label_field,
             kind=cfg.kind,
             seed=cfg.seed,
+            test_fraction=cfg.test_fraction,
+            validation_fraction=cfg.validation_fraction,
         )
         corpus = cfg.docs
     else:
