@@ -192,8 +192,10 @@ def test_the_qa_demo_config_is_a_generation_task_answered_by_the_reference(
     cfg = load(LadderConfig, "examples/ladder-qa.yaml", {"out": str(tmp_path)})
     task, corpus = load_task(cfg)
     assert task.kind == "generation" and corpus == "examples/demo/reference.jsonl"
-    # 75 questions: test round(15) = 15, validation round(7.5) = 8, training the other 52.
-    assert task.split_sizes == {"train": 52, "validation": 8, "test": 15}
+    # 225 questions: test round(67.5) = 68 (test_fraction 0.3), validation round(22.5) = 22,
+    # training the other 135, of which the ladder trains on a seeded 64 (limit_train).
+    assert task.split_sizes == {"train": 135, "validation": 22, "test": 68}
+    assert len(task.test) == 68 and len(task.train) == 64
     docs = [json.loads(x)["text"] for x in Path(corpus).read_text().splitlines()]
     reference = " ".join(" ".join(d.split()) for d in docs)
     assert all(" ".join(r["answer"].split()) in reference for r in task.test)
