@@ -137,6 +137,24 @@ def test_generation_jsonl_with_a_malformed_line(tiny_lm, tmp_path, capsys):
     assert "perplexity" not in out["metrics"]  # generation items have no 'text' to score
 
 
+def test_chat_asks_generation_items_in_chat_turns(tiny_lm, tiny_engine, tmp_path, capsys):
+    rows = [{"id": "1", "question": "What is 2 + 2?", "answer": "4"}]
+    f = write_jsonl(tmp_path / "qa.jsonl", rows)
+    args = (str(tiny_lm), "--task", str(f), "--max-new-tokens", "2", "--perplexity", "off")
+    raw = _eval(capsys, *args)["inference"]["prompt_tokens_mean"]
+    chat = _eval(capsys, *args, "--chat")["inference"]["prompt_tokens_mean"]
+    # the same prompt, wrapped as the user turn: the template's tokens more
+    wrapped = tiny_engine.render_chat([{"role": "user", "content": "PROMPT"}])
+    extra = len(tiny_engine.encode(wrapped)) - len(tiny_engine.encode("PROMPT"))
+    assert chat - raw == pytest.approx(extra, abs=2) and extra > 4
+    # a classification label is scored after the raw prompt: refused, one line
+    cls = write_jsonl(
+        tmp_path / "cls.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    )
+    assert main(["eval", str(tiny_lm), "--task", str(cls), "--chat"]) == 2
+    assert "--chat asks generation tasks" in capsys.readouterr().err
+
+
 def test_multiple_choice_jsonl_and_a_perplexity_file(tiny_lm, tmp_path, capsys):
     f = write_jsonl(
         tmp_path / "mc.jsonl",

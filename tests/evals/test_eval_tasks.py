@@ -105,6 +105,38 @@ def test_render_prompt_by_hand():
         T.render_prompt("{question}", {"text": "q"})
 
 
+def test_examples_render_by_their_own_template_and_as_chat_turns(engine):
+    shots = [{"text": "a = 1", "label": "statement"}, {"text": "1 + 2", "label": "expression"}]
+    with_passage = "Context: {context}\n" + TEMPLATE
+    row = {"text": "x.y", "context": "P"}
+    # a query with its passage shows examples without theirs
+    assert T.render_prompt(with_passage, row, shots, example_template=TEMPLATE) == (
+        "Passage: a = 1\nSection: statement\n\n"
+        "Passage: 1 + 2\nSection: expression\n\n"
+        "Context: P\nPassage: x.y\nSection:"
+    )
+    # as chat turns: each example a user turn answered by the assistant, the query last
+    got = T.render_chat_prompt(engine, with_passage, row, shots, example_template=TEMPLATE)
+    assert got == (
+        "<|im_start|>user\nPassage: a = 1\nSection:<|im_end|>\n"
+        "<|im_start|>assistant\nstatement<|im_end|>\n"
+        "<|im_start|>user\nPassage: 1 + 2\nSection:<|im_end|>\n"
+        "<|im_start|>assistant\nexpression<|im_end|>\n"
+        "<|im_start|>user\nContext: P\nPassage: x.y\nSection:<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert T.render_chat_prompt(engine, TEMPLATE, row) == (
+        "<|im_start|>user\nPassage: x.y\nSection:<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # generation asks exactly that prompt
+    qa_shots = [{"text": x["text"], "answer": x["label"]} for x in shots]
+    res = T.generate_task(
+        engine, [{**row, "answer": "x"}], with_passage, qa_shots, chat=True,
+        example_template=TEMPLATE, reference_field="answer", max_new_tokens=1, bootstrap=100,
+    )  # fmt: skip
+    assert res["prompt_tokens_per_item"] == [len(engine.encode(got))]
+
+
 def test_fewshot_prompts_cost_more_tokens(engine, rows):
     zero = T.classify(engine, rows[:3], LABELS, TEMPLATE, bootstrap=50)
     few = T.classify(engine, rows[:3], LABELS, TEMPLATE, fewshot=rows[3:5], bootstrap=50)

@@ -38,8 +38,10 @@ from oficina.workspace import start_run
 TOPICS = list(topics)[:30]
 
 
-@pytest.fixture
-def qa(tiny_lm, tmp_path):
+@pytest.fixture(params=["auto"])
+def qa(request, tiny_lm, tmp_path):
+    """The QA context; ``chat`` auto (the tiny model has a chat template: prompts go as chat
+    turns) unless a test parametrizes it indirectly."""
     rows = [
         {
             "question": f"What does the reference say about {k}?",
@@ -54,7 +56,7 @@ def qa(tiny_lm, tmp_path):
     )
     cfg = LadderConfig(
         out=str(tmp_path / "out"), data=str(data), docs=str(docs), base_model=str(tiny_lm),
-        metric="token_f1",
+        metric="token_f1", chat=request.param,
     )  # fmt: skip
     task, corpus = load_task(cfg)
     assert task.kind == "generation"
@@ -81,14 +83,28 @@ def trained_rows(rung, qa, tmp_path) -> tuple[list[dict], list[dict], object]:
     return read_jsonl(Path(cfg.data)), read_jsonl(Path(cfg.val_data)), cfg
 
 
-def sft_of(template: str, rows: list[dict], extra=lambda r: {}) -> list[tuple[str, str]]:
-    """(prompt, completion) as the evaluation prompts: template rendered, " " + the answer."""
-    return [(render_prompt(template, {**r, **extra(r)}), " " + r["answer"]) for r in rows]
+def sft_of(qa, template: str, rows: list[dict], extra=lambda r: {}) -> list[dict]:
+    """The SFT rows the evaluation's prompts make: the template rendered (with ``extra``'s
+    fields) and the answer — as a user turn and the assistant's reply when the ladder asks in
+    chat turns, else as a prompt and " " + the answer."""
+    out = []
+    for r in rows:
+        prompt = render_prompt(template, {**r, **extra(r)})
+        if qa.chat:
+            turns = [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": r["answer"]},
+            ]
+            out.append({"id": r["id"], "messages": turns})
+        else:
+            out.append({"id": r["id"], "prompt": prompt, "completion": " " + r["answer"]})
+    return out
 
 
 SMALL = {"max_steps": 2, "batch_size": 4, **NO_SEARCH}
 
 
+@pytest.mark.parametrize("qa", ["auto", "off"], indirect=True)
 @pytest.mark.parametrize("cls", [Lora, Full, CptLora, Distill], ids=lambda c: c.name)
 def test_trained_rungs_train_on_sft_rows_of_a_generation_task(cls, qa, tiny_lm, tmp_path):
     extra = {"cpt_steps": 1, "seq_len": 64} if cls is CptLora else {}
@@ -100,10 +116,12 @@ def test_trained_rungs_train_on_sft_rows_of_a_generation_task(cls, qa, tiny_lm, 
     r = rung.run(qa)
     check_generated(r, qa)
     train, val, cfg = trained_rows(rung, qa, tmp_path)
-    # SFT rows: the prompt the evaluation asks, the reference answer as the completion.
+    # SFT rows: the prompt the evaluation asks, the reference answer as the completion, in
+    # chat turns when the evaluation asks in them (the tiny model has a template: auto -> on).
+    assert qa.chat is (qa.cfg.chat == "auto")
     assert cfg.template is None and getattr(cfg, "labels", None) is None
-    assert [(x["prompt"], x["completion"]) for x in train] == sft_of(qa.template, qa.train)
-    assert [(x["prompt"], x["completion"]) for x in val] == sft_of(qa.template, qa.val)
+    assert train == sft_of(qa, qa.template, qa.train)
+    assert val == sft_of(qa, qa.template, qa.val)
     assert Path(cfg.data).parent == qa.out / "data"
     if cls is Distill:
         assert r.artifacts["teacher"] == str(tiny_lm) and r.params_total < qa.base_params()
@@ -112,6 +130,7 @@ def test_trained_rungs_train_on_sft_rows_of_a_generation_task(cls, qa, tiny_lm, 
         assert qa.finetuned[cls.name][2] == pytest.approx(r.quality)
 
 
+@pytest.mark.parametrize("qa", ["auto", "off"], indirect=True)
 def test_the_loss_falls_on_the_answer_only(qa, tiny_lm, tmp_path):
     from oficina.models.sources import load_tokenizer
     from oficina.train.data import IGNORE, load_jsonl_dataset
@@ -120,10 +139,52 @@ def test_the_loss_falls_on_the_answer_only(qa, tiny_lm, tmp_path):
     tok = load_tokenizer(str(tiny_lm))
     ds = load_jsonl_dataset(cfg.data, tok, cfg.max_len, cfg.task, cfg.template, cfg.labels)
     assert ds.task == "sft" and len(ds.examples) == len(train)
-    for ex, row in zip(ds.examples, train, strict=True):
+    for ex, row, r in zip(ds.examples, train, qa.train, strict=True):
         target = [t for t in ex.labels if t != IGNORE]
-        assert target[-1] == tok.eos_token_id  # and it learns to stop after the answer
-        assert tok.decode(target[:-1]).strip() == row["completion"].strip()
+        if qa.chat:  # the reply and the end of its turn: it learns to stop as the template does
+            assert tok.decode(target) == r["answer"] + "<|im_end|>\n"
+            # ... after exactly the prompt it will be asked with
+            asked = qa.base_engine().render_chat(
+                [{"role": "user", "content": row["messages"][0]["content"]}]
+            )
+            assert ex.ids[: len(ex.ids) - len(target)] == qa.base_engine().encode(asked)
+        else:
+            assert target[-1] == tok.eos_token_id  # and it learns to stop after the answer
+            assert tok.decode(target[:-1]).strip() == row["completion"].strip()
+
+
+@pytest.mark.parametrize("qa", ["auto", "off", "on"], indirect=True)
+def test_every_prompting_rung_asks_in_chat_turns_when_the_ladder_does(qa):
+    from oficina.ladder.rungs import FewShot, ZeroShot
+
+    eng = qa.base_engine()
+
+    def tokens(prompt: str) -> int:
+        if qa.chat:
+            prompt = eng.render_chat([{"role": "user", "content": prompt}])
+        return len(eng.encode(prompt))
+
+    assert qa.chat is (qa.cfg.chat != "off")
+    zero = ZeroShot(ZeroShot.Settings()).run(qa)
+    raw = [render_prompt(qa.template, r) for r in qa.test]
+    assert zero.inference.prompt_tokens_mean == pytest.approx(
+        sum(tokens(p) for p in raw) / len(raw)
+    )
+    # the latency pass asks as the quality pass did
+    timed = ZeroShot(ZeroShot.Settings()).latency_probe(qa, zero)(qa.test[:2])
+    assert timed["prompt_tokens_per_item"] == [tokens(p) for p in raw[:2]]
+    # solved examples go inside the one user turn
+    few = FewShot(FewShot.Settings(shots=2, strategy="random")).run(qa)
+    assert few.inference.prompt_tokens_mean > zero.inference.prompt_tokens_mean
+
+
+def test_chat_on_is_refused_for_classification(ctx):  # noqa: F811
+    from oficina.errors import UserError
+
+    ctx.cfg = ctx.cfg.model_copy(update={"chat": "on"})
+    ctx._chat = None
+    with pytest.raises(UserError, match="chat: on is for generation tasks"):
+        _ = ctx.chat
 
 
 def test_a_search_scores_sft_rows_by_their_validation_loss(qa):
@@ -160,9 +221,9 @@ def test_lora_rag_trains_and_answers_with_the_retrieved_passages(qa, tmp_path):
     train, val, cfg = trained_rows(LoraRag(LoraRag.Settings(**SMALL, **RAG)), qa, tmp_path)
     # It trained on the prompts rag asks, each with its own row's passages, and the answers.
     template = PASSAGES + qa.template
-    assert [(x["prompt"], x["completion"]) for x in train] == sft_of(template, qa.train, passages)
-    assert [(x["prompt"], x["completion"]) for x in val] == sft_of(template, qa.val, passages)
-    assert all("Reference passages:\n[1] (topic: " in x["prompt"] for x in train)
+    assert train == sft_of(qa, template, qa.train, passages)
+    assert val == sft_of(qa, template, qa.val, passages)
+    assert all("Reference passages:\n[1] (topic: " in x["messages"][0]["content"] for x in train)
     # Asked with the passages too: rag's very prompts, token for token.
     assert r.inference.prompt_tokens_mean == rag.inference.prompt_tokens_mean
     # Its training pays for the index, as rag pays for it once; it teaches no passage-less rung.

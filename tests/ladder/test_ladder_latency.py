@@ -20,7 +20,7 @@ from oficina.ladder import latency
 from oficina.ladder.context import LadderContext
 from oficina.ladder.result import InferenceCost, RungResult
 from oficina.ladder.run import LadderConfig, load_task
-from oficina.ladder.rungs import FewShot, Lora, Quantize, Rag, ZeroShot
+from oficina.ladder.rungs import FewShot, FewShotRag, Lora, Quantize, Rag, ZeroShot
 from oficina.workspace import start_run
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -212,10 +212,11 @@ def test_a_rung_slow_in_the_latency_pass_loses_the_pick(tiny_lm, data, tmp_path,
 
 
 def probed(ctx, rung, result) -> tuple:
-    """(engine, rows, template, fewshot) that ``rung``'s probe hands the scorer."""
+    """(engine, rows, template, fewshot, example_template) that ``rung``'s probe hands the
+    scorer."""
     seen = []
-    ctx.score = lambda engine, rows, template=None, fewshot=None: (
-        seen.append((engine, rows, template, fewshot)) or {}
+    ctx.score = lambda engine, rows, template=None, fewshot=None, example_template=None: (
+        seen.append((engine, rows, template, fewshot, example_template)) or {}
     )
     rung.latency_probe(ctx, result)(ctx.test[2:4])  # not the items the rung scored first
     del ctx.score
@@ -229,7 +230,7 @@ def test_quantize_is_timed_on_its_int8_path_and_few_shot_with_its_examples(ctx):
     engine, *_ = probed(ctx, rung, rung.run(ctx))
     assert any(isinstance(m, Int8Linear) for m in engine.model.modules())
     few = FewShot(FewShot.Settings(shots=1, strategy="fixed"))
-    _, rows, _, fewshot = probed(ctx, few, few.run(ctx))
+    _, rows, _, fewshot, _ = probed(ctx, few, few.run(ctx))
     assert rows == ctx.test[2:4] and fewshot(rows[0]) == [ctx.train[0]]  # its shots, per row
 
 
@@ -241,10 +242,19 @@ def test_rag_is_timed_with_its_retrieval(ctx, tmp_path):
     )
     ctx.corpus = str(docs)
     rung = Rag(Rag.Settings(k=1, mode="bm25", precision="bf16"))
-    _, rows, template, _ = probed(ctx, rung, rung.run(ctx))
+    _, rows, template, fewshot, _ = probed(ctx, rung, rung.run(ctx))
     # The rows are retrieved for inside the probe: passages in each, the passages' template.
     assert [r["id"] for r in rows] == [r["id"] for r in ctx.test[2:4]]
     assert all(r["context"].startswith("[1] (topic: ") for r in rows)
-    assert template.startswith("Reference passages:\n{context}")
+    assert template.startswith("Reference passages:\n{context}") and fewshot is None
+    # few_shot_rag: its examples too, shown without passages (the task's own template)
+    few = FewShotRag(
+        FewShotRag.Settings(shots=1, strategy="fixed", k=1, mode="bm25", precision="bf16")
+    )
+    _, rows, template, fewshot, example_template = probed(ctx, few, few.run(ctx))
+    assert (
+        template.startswith("Reference passages:\n{context}") and example_template == ctx.template
+    )
+    assert fewshot(rows[0]) == [ctx.train[0]]
     for close in ctx.closers:
         close()

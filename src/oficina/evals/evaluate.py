@@ -92,6 +92,11 @@ class EvalConfig(VerbConfig):
     max_new_tokens: int = Field(
         32, ge=1, description="generation tasks: tokens to generate at most"
     )
+    chat: bool = Field(
+        False,
+        description="generation tasks: ask in the model's chat template, each few-shot example a "
+        "user turn and its answer (what oficina ladder does for generation tasks)",
+    )
     batch_size: int = Field(8, ge=1, description="prompts per forward pass")
     window: int = Field(
         1024,
@@ -543,7 +548,7 @@ def evaluate(
         res = T.generate_task(
             engine, rows, task.template, shots, prompt_field=task.prompt_field,
             reference_field=task.answer_field, text_field=task.text_field,
-            max_new_tokens=cfg.max_new_tokens, stop=task.stop, **common,
+            max_new_tokens=cfg.max_new_tokens, stop=task.stop, chat=cfg.chat, **common,
         )  # fmt: skip
         metrics = {
             k: {"value": res[k], "ci": res["ci"][k]} for k in ("exact_match", "token_f1", "rouge_l")
@@ -680,6 +685,11 @@ def run(cfg: EvalConfig) -> int:
                 "perplexity with: drop --perplexity",
                 exit_code=2,
             )
+    if cfg.chat and task.type != "generation":
+        raise UserError(
+            f"--chat asks generation tasks in chat turns; this task is {task.type}: drop --chat",
+            exit_code=2,
+        )
     texts: list[str] | None = None
     if head_dir is None:  # a head has no language-model output to score text with
         if cfg.perplexity == "task":

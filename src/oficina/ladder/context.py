@@ -183,6 +183,7 @@ class LadderContext:
         self.results: list[RungResult] = []
         self.shared: dict[str, Any] = {}  # what one rung builds and another reuses (an index)
         self._base_engine = None
+        self._chat: bool | None = None
         self.closers: list[Callable[[], None]] = []  # run when the ladder is done (open indexes)
         # rung -> (model dir or spec, adapter dir or None, quality): teachers and quantization pick from it
         self.finetuned: dict[str, tuple[str, str | None, float]] = {}
@@ -229,6 +230,30 @@ class LadderContext:
             self._base_engine = self.engine(self.cfg.base_model)
         return self._base_engine
 
+    @property
+    def chat(self) -> bool:
+        """Whether every prompt goes as the user turn of the base model's chat template (the
+        config's ``chat``; ``auto``: for generation tasks, when the model has one). Scoring,
+        the latency pass and the training rows all follow it, so every rung is asked alike."""
+        if self._chat is None:
+            mode = getattr(self.cfg, "chat", "off")
+            if mode == "off" or (mode == "auto" and self.kind != "generation"):
+                self._chat = False
+            elif self.kind != "generation":
+                raise UserError(
+                    "chat: on is for generation tasks (a classification label is scored right "
+                    "after the raw prompt's 'Answer:'): set chat: auto or off"
+                )
+            else:
+                has = self.base_engine().has_chat_template
+                if mode == "on" and not has:
+                    raise UserError(
+                        f"chat: on needs a model with a chat template and {self.cfg.base_model} "
+                        "has none: set chat: off"
+                    )
+                self._chat = has
+        return self._chat
+
     def base_params(self) -> int:
         return param_counts(self.base_engine().model)[0]
 
@@ -257,12 +282,14 @@ class LadderContext:
 
             def sft(r: dict) -> dict:
                 answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
-                row = {**r, **(extra(r) if extra else {})}
-                return {
-                    "id": r.get("id"),
-                    "prompt": render_prompt(tpl, row),
-                    "completion": " " + str(answer),
-                }
+                prompt = render_prompt(tpl, {**r, **(extra(r) if extra else {})})
+                if self.chat:  # the turns the model is asked in; the loss on the reply and its end
+                    turns = [
+                        {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": str(answer)},
+                    ]
+                    return {"id": r.get("id"), "messages": turns}
+                return {"id": r.get("id"), "prompt": prompt, "completion": " " + str(answer)}
 
             train, val = data / f"{name}-train.jsonl", data / f"{name}-validation.jsonl"
             _write_rows(train, [sft(r) for r in self.train])
@@ -283,17 +310,35 @@ class LadderContext:
         return TrainingFiles(train, val, tpl, self.labels)
 
     # -- evaluation shared by every rung ----------------------------------------
-    def score(self, engine, rows: list[dict], template: str | None = None, fewshot=None) -> dict:
+    def score(
+        self,
+        engine,
+        rows: list[dict],
+        template: str | None = None,
+        fewshot=None,
+        example_template: str | None = None,
+    ) -> dict:
         """Answer ``rows`` with ``engine`` as the task asks: classify by label log-likelihood,
-        or generate greedily (32 new tokens at most) and compare with the reference. What
-        ``evaluate`` scores and what the latency pass (``ladder.latency``) times."""
+        or generate greedily (32 new tokens at most; as chat turns when ``chat``) and compare
+        with the reference. ``fewshot`` picks solved examples, rendered by ``example_template``
+        (default ``template``). What ``evaluate`` scores and what the latency pass
+        (``ladder.latency``) times."""
         from oficina.evals.tasks import classify, generate_task
 
         template = template or self.template
         if self.kind == "classification":
-            return classify(engine, rows, self.labels, template, fewshot=fewshot)
+            return classify(
+                engine, rows, self.labels, template, fewshot, example_template=example_template
+            )
         return generate_task(
-            engine, rows, template, fewshot, reference_field="answer", max_new_tokens=32
+            engine,
+            rows,
+            template,
+            fewshot,
+            reference_field="answer",
+            max_new_tokens=32,
+            chat=self.chat,
+            example_template=example_template,
         )
 
     def evaluate(
@@ -303,13 +348,14 @@ class LadderContext:
         template: str | None = None,
         rows: list[dict] | None = None,
         fewshot=None,
+        example_template: str | None = None,
     ) -> dict:
         """Score ``engine`` on the test items (or ``rows``, the same items with more fields):
         classify by label log-likelihood, or generate greedily and compare with the reference."""
         rows = rows if rows is not None else self.test
         # This rung's own inference peak (not the process's: a training rung ran before it).
         with peak_memory() as mem:
-            res = self.score(engine, rows, template, fewshot)
+            res = self.score(engine, rows, template, fewshot, example_template)
         wall = mem.wall_s
         res.setdefault("latency_s_per_item", wall / max(1, len(rows)))
         res["peak_memory_mb"] = mem.peak_mb

@@ -488,7 +488,12 @@ def write(
     md = [f"# Adaptation ladder — {meta.get('task', '')}", ""]
     md.append(
         f"Base model `{meta.get('base_model')}`, target {meta.get('metric', 'accuracy')} ≥ {meta.get('target')}, "
-        f"{_items_text(meta)}, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h."
+        f"{_items_text(meta)}, costs on `{meta.get('hardware')}` at ${meta.get('usd_per_hour')}/h"
+        + (
+            ", every prompt sent as the user turn of the model's chat template."
+            if meta.get("chat")
+            else "."
+        )
     )
     md += [""] + md_table(rows, cols)
     flagged = [r for r in rungs if r.flags]
@@ -600,7 +605,7 @@ tr.flag td {{ background: #fff3f0; }} .cm {{ display: inline-block; vertical-ali
 <p>Base model <code>{e(str(meta.get("base_model")))}</code> · task <code>{e(str(meta.get("task")))}</code> ·
 target {e(str(meta.get("metric", "accuracy")))} ≥ {e(str(meta.get("target")))} on {e(_items_text(meta))} ·
 costs on <code>{e(str(meta.get("hardware")))}</code> at ${e(str(meta.get("usd_per_hour")))}/h for {e(f"{meta.get('requests', 0):,}")} requests ·
-profile {e(str(meta.get("profile")))} · evaluated in {e(str(meta.get("dtype", "?")))} · {e(str(meta.get("finished", "")))}</p>
+profile {e(str(meta.get("profile")))} · evaluated in {e(str(meta.get("dtype", "?")))}{" · prompts sent as chat turns" if meta.get("chat") else ""} · {e(str(meta.get("finished", "")))}</p>
 <div class="rec"><b>Recommendation: {e(str(rec["rung"]))}</b><br>{e(rec["reasoning"])}</div>
 <p style="font-size:13px">{e(SELECTION_RULE)}</p>
 <p style="font-size:13px">{e(latency_line)}</p>

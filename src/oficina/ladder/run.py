@@ -110,6 +110,15 @@ class LadderConfig(VerbConfig):
         None,
         description="prompt template with {text} (default: the task's, or one listing the labels for --data)",
     )
+    # SmolLM2-135M-Instruct answered 40 of the QA demo's test questions with token F1 0.074 from
+    # the raw prompt and 0.122 as its chat template's user turn (0.128 vs 0.152 with 3 retrieved
+    # passages; 2026-11-30): an instruction-tuned model is asked as it was tuned. Classification
+    # scores a label's log-likelihood right after "Answer:", which the raw prompt serves.
+    chat: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="send every prompt as the user turn of the model's chat template, and train "
+        "on the same turns (auto: on for generation tasks when the base model has a template)",
+    )
     task: str = Field(
         "examples/demo/task/task.json",
         description="task.json with labels and template; splits beside it",
@@ -342,6 +351,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
             "finished": time.strftime("%Y-%m-%d %H:%M"),
             "cpu_count": os.cpu_count(),
             "dtype": cfg.dtype,  # what "auto" chose on this CPU (bf16 only where it is native)
+            "chat": ctx.chat,  # what "auto" chose: prompts as chat turns or raw text
             "labels": task.labels,
             "baselines": ctx.baselines,
             "latency": latency,

@@ -211,9 +211,9 @@ class Retrieval:
             for i, h in enumerate(hits, 1)
         )
 
-    def rows(self, rows: list[dict], extra: Callable[[dict], dict] | None = None) -> list[dict]:
-        """``rows`` with their passages as ``context`` (and ``extra(row)``'s fields)."""
-        return [{**r, **(extra(r) if extra else {}), "context": self.passages(r)} for r in rows]
+    def rows(self, rows: list[dict]) -> list[dict]:
+        """``rows`` with their passages as ``context``."""
+        return [{**r, "context": self.passages(r)} for r in rows]
 
     def data(self) -> dict:
         return {"corpus_documents": self.n_docs, "chunks": self.index.count()}
@@ -236,25 +236,33 @@ class Rag(Rung):
         c = self.settings
         return self.with_passages(ctx, f"{c.k} {c.mode} passages", 0)
 
-    def prompt(self, ctx: LadderContext) -> tuple[str, Callable[[dict], dict]]:
-        """(what goes before the passages, row -> the fields it names): nothing, here."""
-        return "", lambda row: {}
+    def examples(self, ctx: LadderContext):
+        """row -> the solved examples shown before it (without passages): none, here."""
+        return None
 
     def latency_probe(self, ctx: LadderContext, result: RungResult) -> Callable[[list[dict]], dict]:
         # Retrieval is part of answering a request: timed with the model.
-        retrieval, (prefix, extra) = Retrieval(ctx, self.settings), self.prompt(ctx)
+        retrieval, pick = Retrieval(ctx, self.settings), self.examples(ctx)
         ctx.closers.append(retrieval.close)
-        eng, template = ctx.base_engine(), prefix + PASSAGES + ctx.template
-        return lambda rows: ctx.score(eng, retrieval.rows(rows, extra), template)
+        eng, template = ctx.base_engine(), PASSAGES + ctx.template
+        return lambda rows: ctx.score(eng, retrieval.rows(rows), template, pick, ctx.template)
 
     def with_passages(self, ctx, detail: str, labelled: int) -> RungResult:
-        """Evaluate the test rows with their retrieved passages (and the fields of ``prompt``'s
-        prefix) before the task; building the index is the rung's one-off cost."""
-        retrieval, (prefix, extra) = Retrieval(ctx, self.settings), self.prompt(ctx)
-        rows = retrieval.rows(ctx.test, extra)
-        template = prefix + PASSAGES + ctx.template
+        """Evaluate the test rows with their retrieved passages before the task (after the
+        solved examples of ``examples``, shown without passages); building the index is the
+        rung's one-off cost."""
+        retrieval, pick = Retrieval(ctx, self.settings), self.examples(ctx)
+        rows = retrieval.rows(ctx.test)
+        template = PASSAGES + ctx.template
         eng = ctx.base_engine()
-        res = ctx.evaluate(eng, self.name, template=template, rows=rows)
+        res = ctx.evaluate(
+            eng,
+            self.name,
+            template=template,
+            rows=rows,
+            fewshot=pick,
+            example_template=ctx.template,
+        )
         data = {"labelled_examples": labelled, **retrieval.data()}
         retrieval.close()
         return self.result(
@@ -291,20 +299,9 @@ class FewShotRag(Rag):
             ctx, f"{c.shots} {c.strategy} shots, {c.k} {c.mode} passages", len(ctx.train)
         )
 
-    def prompt(self, ctx: LadderContext) -> tuple[str, Callable[[dict], dict]]:
-        from oficina.evals.tasks import render_prompt
-
-        c = self.settings
-        pick = example_picker(ctx, c.shots, c.strategy)
-        answer = ctx.task.answer_field
-
-        def shots(row: dict) -> str:
-            # The examples as the few-shot rung shows them; the passages belong to the query.
-            return "\n\n".join(
-                render_prompt(ctx.template, ex) + " " + str(ex[answer]) for ex in pick(row)
-            )
-
-        return "{shots}\n\n", lambda row: {"shots": shots(row)}
+    def examples(self, ctx: LadderContext):
+        # The examples as the few-shot rung shows them; the passages belong to the query.
+        return example_picker(ctx, self.settings.shots, self.settings.strategy)
 
 
 # ---------------------------------------------------------------------------- trained rungs
