@@ -111,7 +111,7 @@ def test_quick_searches_nothing_and_the_demo_searches(repo_root):
     assert searched == ["lora", "full", "cpt_lora", "lora_rag", "distill"]
     assert all(getattr(quick.rungs, n).search.trials == 0 for n in searched)
     assert demo.rungs.lora.search.trials > 0 and demo.rungs.full.search.trials > 0
-    assert demo.rungs.cpt_lora.search.trials > 0
+    assert demo.rungs.cpt_lora.search.trials > 0 and demo.rungs.distill.search.trials > 0
     assert demo.rungs.lora.search.rank == [4, 16] and demo.rungs.lora.search.max_epochs is None
 
 
