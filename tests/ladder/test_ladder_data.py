@@ -173,6 +173,19 @@ def test_a_metric_of_the_other_kind_is_refused_before_anything_runs(tmp_path, ca
     assert not (tmp_path / "o" / "summary.json").exists() and not (tmp_path / "ws").exists()
 
 
+def test_chat_on_a_classification_task_is_refused_before_anything_runs(tmp_path, capsys):
+    f = write_rows(tmp_path / "t.jsonl", labelled({"a": 12, "b": 12}))
+    argv = ["ladder", "--data", str(f), "--out", str(tmp_path / "o"), "--chat", "on"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "chat: on is for generation tasks" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o" / "summary.json").exists() and not (tmp_path / "ws").exists()
+    assert main([*argv[:-2], "--chat", "sometimes"]) == 2  # not a choice: one line too
+    err = capsys.readouterr().err
+    assert "auto" in err and "Traceback" not in err
+
+
 def test_missing_data_file_and_bad_template(tmp_path, capsys):
     assert main(["ladder", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
     assert "data file not found" in capsys.readouterr().err

@@ -154,6 +154,16 @@ class Task:
         }
 
 
+def check_chat(mode: str, kind: str) -> None:
+    """Refuse ``chat: on`` where it cannot apply: before any rung runs, not when it is read."""
+    if mode == "on" and kind != "generation":
+        raise UserError(
+            "chat: on is for generation tasks (a classification label is scored right after "
+            "the raw prompt's 'Answer:'): set chat: auto or off",
+            exit_code=2,
+        )
+
+
 class LadderContext:
     """The shared state of one ladder run (``cfg`` is the verb's LadderConfig)."""
 
@@ -236,14 +246,10 @@ class LadderContext:
         config's ``chat``; ``auto``: for generation tasks, when the model has one). Scoring,
         the latency pass and the training rows all follow it, so every rung is asked alike."""
         if self._chat is None:
-            mode = getattr(self.cfg, "chat", "off")
-            if mode == "off" or (mode == "auto" and self.kind != "generation"):
+            mode = self.cfg.chat
+            check_chat(mode, self.kind)
+            if mode == "off" or self.kind != "generation":
                 self._chat = False
-            elif self.kind != "generation":
-                raise UserError(
-                    "chat: on is for generation tasks (a classification label is scored right "
-                    "after the raw prompt's 'Answer:'): set chat: auto or off"
-                )
             else:
                 has = self.base_engine().has_chat_template
                 if mode == "on" and not has:

@@ -28,7 +28,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from oficina.config import Section, VerbConfig
 from oficina.errors import UserError
-from oficina.ladder.context import LadderContext, Task, check_template, metric_for
+from oficina.ladder.context import LadderContext, Task, check_chat, check_template, metric_for
 from oficina.ladder.data import TEST_FRACTION, VALIDATION_FRACTION, prepare_task
 from oficina.ladder.latency import measure_latency, method_text
 from oficina.ladder.recommend import recommend
@@ -258,9 +258,11 @@ def run_ladder(cfg: LadderConfig) -> dict:
     out = Path(cfg.out)
     task, corpus = load_task(cfg)  # bad data stops here, before anything else is written
     metric_for(task, cfg.metric)
+    check_chat(cfg.chat, task.kind)
     out.mkdir(parents=True, exist_ok=True)
     with start_run("ladder", cfg) as run:
         ctx = LadderContext(cfg, run, task, corpus)
+        _ = ctx.chat  # "on" with a model without a template is refused here, before any rung
         run.add_input("task", str(task.path))
         if corpus:
             run.add_input("corpus", corpus)
