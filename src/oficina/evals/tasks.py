@@ -74,16 +74,18 @@ def render_prompt(
     if isinstance(fewshot, str):
         return fewshot + query
     shots = [
-        _format(example_template or template, ex, text_field) + delimiter + str(ex[answer_field])
-        for ex in _examples(fewshot, row)
+        q + delimiter + a
+        for q, a in _solved(fewshot, row, example_template or template, text_field, answer_field)
     ]
     return example_sep.join([*shots, query])
 
 
-def _examples(fewshot: Fewshot, row: dict) -> Sequence[dict]:
+def _solved(fewshot: Fewshot, row: dict, template: str, text_field: str, answer_field: str):
+    """The solved examples shown before ``row``, each as (its rendered prompt, its answer)."""
     if fewshot is None or isinstance(fewshot, str):
         return []
-    return fewshot(row) if callable(fewshot) else fewshot
+    examples = fewshot(row) if callable(fewshot) else fewshot
+    return [(_format(template, ex, text_field), str(ex[answer_field])) for ex in examples]
 
 
 def render_chat_prompt(
@@ -102,11 +104,8 @@ def render_chat_prompt(
     scored below none (token F1 0.117 vs zero-shot's 0.128, 2026-12-01): the turns are how an
     instruction-tuned model has seen examples answered."""
     msgs: list[dict] = []
-    for ex in _examples(fewshot, row):
-        msgs.append(
-            {"role": "user", "content": _format(example_template or template, ex, text_field)}
-        )
-        msgs.append({"role": "assistant", "content": str(ex[answer_field])})
+    for q, a in _solved(fewshot, row, example_template or template, text_field, answer_field):
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     query = _format(template, row, text_field)
     if isinstance(fewshot, str):
         query = fewshot + query
