@@ -186,6 +186,18 @@ def test_chat_on_a_classification_task_is_refused_before_anything_runs(tmp_path,
     assert "auto" in err and "Traceback" not in err
 
 
+def test_select_by_metric_on_a_generation_task_is_refused_before_anything_runs(tmp_path, capsys):
+    f = write_rows(
+        tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(30)]
+    )
+    argv = ["ladder", "--data", str(f), "--out", str(tmp_path / "o"), "--select-by", "metric"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "select_by: metric is for classification tasks" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
 def test_missing_data_file_and_bad_template(tmp_path, capsys):
     assert main(["ladder", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
     assert "data file not found" in capsys.readouterr().err

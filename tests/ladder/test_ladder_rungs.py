@@ -167,9 +167,25 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
         in t["rule"]
     )
     assert "warm-up, validation every 2 steps" in t["rule"]
-    assert t["rule"].endswith("best checkpoint kept, then annealed 2 steps (rate falling linearly "
-                              "to 0) and kept if the validation loss falls")  # fmt: skip
-    assert "stop after 3 evaluations (1 epoch) without a ≥ 1.0% fall" in t["rule"]
+    assert t["rule"].endswith(
+        "best checkpoint kept by validation accuracy (labels scored as on the test; ties to the "
+        "lower loss), then annealed 2 steps (rate falling linearly to 0) and kept if the "
+        "validation accuracy rises"
+    )
+    assert (
+        "stop after 3 evaluations (1 epoch) without a ≥ 1.0% rise of the validation accuracy"
+        in t["rule"]
+    )
+    # A classifier's checkpoint is picked by its validation accuracy (label scoring): one value
+    # per validation, each a share of the validation rows; the value kept is the best step's,
+    # or the anneal's when it was kept.
+    assert t["select_by"] == "accuracy" and ctx.select_by == "accuracy"
+    assert [s for s, _ in r.select_curve] == [s for s, _ in r.val_curve]
+    assert all(
+        round(v * len(ctx.val)) == pytest.approx(v * len(ctx.val)) for _, v in r.select_curve
+    )
+    kept = t["cooldown"]["accuracy"] if t["cooldown"]["kept"] else dict(r.select_curve)[2]
+    assert t["best_value"] == kept
     assert r.training.wall_time_s == t["final_cost"]["wall_time_s"] > 0  # no search to add
     # One training-loss point per step and a validation point at the end, from the trainer;
     # then the 2 annealing steps (a quarter of a 6-step epoch, rounded up) from the best weights.
@@ -404,3 +420,20 @@ def test_a_best_checkpoint_at_the_budget_counts_as_cut_off_only_if_it_still_fell
     assert not b.cut_by_budget(120, falling)  # best before the last evaluation
     assert b.outcome({"best_step": 160, "steps": 160, "val_curve": falling})["best_at_budget"]
     assert not b.outcome({"best_step": 160, "steps": 160, "val_curve": flat})["best_at_budget"]
+
+
+def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
+    """A classifier's checkpoints are picked by ``ctx.validation_metrics``: the same label
+    scoring as the test split's, on the validation rows, of the weights in training."""
+    from oficina.infer.engine import Engine
+
+    assert ctx.select_by == "accuracy"
+    engine = ctx.base_engine()
+    hook = ctx.validation_metrics(ctx.val)
+    got = hook(engine.model, [])
+    plain = Engine(engine.model, engine.tokenizer)  # the same weights, no prefix cache
+    want = ctx.score(plain, ctx.val)
+    assert got == {"accuracy": want["accuracy"], "macro_f1": want["macro_f1"]}
+    # A generation task, or select_by: loss, selects by the validation loss: no hook.
+    ctx.cfg = ctx.cfg.model_copy(update={"select_by": "loss"})
+    assert ctx.select_by == "loss" and ctx.validation_metrics(ctx.val) is None

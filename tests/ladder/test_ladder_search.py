@@ -20,7 +20,11 @@ from oficina.ladder.run import LadderConfig
 from oficina.ladder.rungs import REGISTRY, CptLora, Distill, Full, Lora
 
 
-def test_a_search_fills_its_trials_and_its_cost_is_added(ctx):  # noqa: F811
+@pytest.mark.parametrize("select_by", ["auto", "loss"])
+def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noqa: F811
+    # A classification task: auto judges trials by validation accuracy (label scoring, higher
+    # is better), loss by the validation loss.
+    ctx.cfg = ctx.cfg.model_copy(update={"select_by": select_by})
     # 21 rows in batches of 4: 6 steps an epoch; one epoch per trial and for the rung.
     s = Lora.Settings(
         max_epochs=1, batch_size=4, patience=0,
@@ -33,8 +37,19 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx):  # noqa: F811
     for t in trials:
         assert t["state"] == "COMPLETE" and set(t["params"]) == {"lr", "rank"}
         assert 1e-4 <= t["params"]["lr"] <= 1e-2 and 2 <= t["params"]["rank"] <= 8
-        assert t["value"] > 0 and t["steps"] == 6 and t["flops"] > 0
-    best = min(trials, key=lambda t: t["value"])
+        assert t["steps"] == 6 and t["flops"] > 0
+    if select_by == "loss":
+        assert all(t["value"] > 0 for t in trials)
+        best = min(trials, key=lambda t: t["value"])
+        assert "validation loss" in search["objective"]
+    else:  # 3 validation rows: accuracy in thirds, the highest wins
+        assert all(round(3 * t["value"]) == pytest.approx(3 * t["value"]) for t in trials)
+        top = max(t["value"] for t in trials)
+        best = trials[search["best"]]
+        assert best["value"] == top
+        assert search["objective"].startswith("validation accuracy (labels scored")
+        # each trial's curve is the accuracy it was pruned and ranked by
+        assert all(0 <= v <= 1 for t in trials for _, v in t["curve"])
     assert search["best"] == best["number"]
     # The rung trains with the best trial's values (the rank shows in what it trained).
     assert r.hyperparameters["lr"] == best["params"]["lr"]

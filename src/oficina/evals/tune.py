@@ -467,6 +467,8 @@ class Search:
     direction: str
     out: Path
     fingerprint: str
+    # The validation hook of every trial (FitHooks.eval_metrics) in place of the verb's own.
+    eval_metrics: Callable | None = None
 
 
 def _pruner(name: str, eval_every: int, trials: int, after: int | None = None):
@@ -506,9 +508,10 @@ def _sampler(s: Search, seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_start)
 
 
-def prepare(cfg: TuneConfig) -> Search:
+def prepare(cfg: TuneConfig, eval_metrics: Callable | None = None) -> Search:
     """Everything checked before any training starts: the verb config, the space, the metric,
-    the validation set and (separately, in ``run``) the storage."""
+    the validation set and (separately, in ``run``) the storage. ``eval_metrics`` (a caller's
+    validation hook) reports ``cfg.metric``, to be maximised."""
     raw = load_yaml(cfg.spec)
     space_raw = raw.pop("space", None)
     tune_raw = raw.pop("tune", None) or {}
@@ -543,6 +546,8 @@ def prepare(cfg: TuneConfig) -> Search:
                     f"space '{p.key}': {value!r} is not valid for {verb}: {e}"
                 ) from None
     metrics = reported_metrics(verb, base)
+    if eval_metrics is not None and cfg.metric != "val_loss":
+        metrics = {"val_loss": "minimize", cfg.metric: "maximize"}
     if cfg.metric not in metrics:
         raise ConfigError(
             f"metric '{cfg.metric}' is not reported by this {verb} run; it reports: "
@@ -571,7 +576,7 @@ def prepare(cfg: TuneConfig) -> Search:
             default=str,
         ).encode()
     ).hexdigest()[:16]
-    return Search(cfg, verb, base, entry, space, cfg.metric, direction, out, fp)
+    return Search(cfg, verb, base, entry, space, cfg.metric, direction, out, fp, eval_metrics)
 
 
 def _open_study(s: Search):
@@ -683,8 +688,8 @@ def run_trial(s: Search, trial) -> float:
         folds = [cover_validation(f, len(_rows(f.val_data))) for f in folds]
     else:
         folds = [cfg]
-    key = METRIC_KEYS[s.metric]
-    hooks_metrics = classification_metrics if s.metric != "val_loss" else None
+    key = METRIC_KEYS.get(s.metric, f"val_{s.metric}")
+    hooks_metrics = s.eval_metrics or (classification_metrics if s.metric != "val_loss" else None)
     cost = budget = 0
     scores, run_ids, curve = [], [], []
     try:
@@ -711,9 +716,13 @@ def run_trial(s: Search, trial) -> float:
                 raise _Pruned
             best_step = summary.get("best_step")
             score = evals.get(best_step, summary.get("best_val_loss"))
+            # the returned model's own: fit's best value counts a kept anneal too
             if key == "val_loss" and summary.get("best_val_loss") is not None:
-                # the returned model's own: fit's best_val_loss counts a kept anneal too
                 score = float(summary["best_val_loss"])
+            elif (
+                summary.get("select_by") == s.metric and summary.get("best_val_metric") is not None
+            ):
+                score = float(summary["best_val_metric"])
             scores.append(score)
     finally:
         trial.set_user_attr("budget_steps", max(budget, cost))
@@ -750,19 +759,23 @@ def run(cfg: TuneConfig) -> int:
     return 0
 
 
-def search(cfg: TuneConfig, entry: Callable | None = None) -> dict:
+def search(
+    cfg: TuneConfig, entry: Callable | None = None, eval_metrics: Callable | None = None
+) -> dict:
     """Run the study to its planned trials; its summary (as ``tune.json``).
 
     ``entry(config, hooks=...) -> summary`` trains one trial instead of the verb's recipe: a
     caller that wants each trial's own summary (the ladder's trained rungs: curves, FLOPs) wraps
-    the recipe and keeps what it returns.
+    the recipe and keeps what it returns. ``eval_metrics`` (``FitHooks.eval_metrics``) computes
+    the validation metric ``cfg.metric`` in each trial (maximised) in place of the verb's own:
+    the ladder scores SFT-trained classifiers by label log-likelihood.
     """
     import optuna
     from optuna.trial import TrialState
 
     from oficina.workspace import start_run
 
-    s = prepare(cfg)
+    s = prepare(cfg, eval_metrics)
     if entry is not None:
         s.entry = entry
     optuna.logging.set_verbosity(optuna.logging.WARNING)

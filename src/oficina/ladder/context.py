@@ -164,6 +164,16 @@ def check_chat(mode: str, kind: str) -> None:
         )
 
 
+def check_select_by(mode: str, kind: str) -> None:
+    """Refuse ``select_by: metric`` on a generation task: before any rung runs."""
+    if mode == "metric" and kind != "classification":
+        raise UserError(
+            "select_by: metric is for classification tasks (a generation task's metric would "
+            "need a generation pass at every validation): set select_by: auto or loss",
+            exit_code=2,
+        )
+
+
 class LadderContext:
     """The shared state of one ladder run (``cfg`` is the verb's LadderConfig)."""
 
@@ -259,6 +269,40 @@ class LadderContext:
                     )
                 self._chat = has
         return self._chat
+
+    @property
+    def select_by(self) -> str:
+        """What picks a trained rung's best weights, counts for its early stopping and judges
+        its search's trials: the task's metric (accuracy or macro-F1) on the validation split
+        scored by label log-likelihood as the test split is (classification; ``select_by:
+        auto`` or ``metric``), else the validation loss (``loss``; generation tasks, whose
+        metric would need a generation pass at every validation)."""
+        mode = self.cfg.select_by
+        check_select_by(mode, self.kind)
+        return self.metric if mode != "loss" and self.kind == "classification" else "loss"
+
+    def validation_metrics(
+        self, rows: list[dict], template: str | None = None
+    ) -> Callable[[Any, list[dict]], dict[str, float]] | None:
+        """The validation hook of a trained rung's training (``FitHooks.eval_metrics``) when
+        ``select_by`` is a metric: the model in training classifies ``rows`` (the validation
+        split as the rung asks it, ``template``) by label log-likelihood, as ``score`` does the
+        test split; None when the loss selects."""
+        if self.select_by == "loss":
+            return None
+        tokenizer = self.base_engine().tokenizer
+        template = template or self.template
+
+        def metrics(model, _batches: list[dict]) -> dict[str, float]:
+            from oficina.evals.tasks import classify
+            from oficina.infer.engine import Engine
+
+            # An engine around the weights in training: no prefix cache (they change between
+            # two validations), the tokenizer the base's.
+            res = classify(Engine(model, tokenizer, name="validation"), rows, self.labels, template)
+            return {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
+
+        return metrics
 
     def base_params(self) -> int:
         return param_counts(self.base_engine().model)[0]
@@ -437,6 +481,9 @@ class LadderContext:
             artifacts=artifacts or {},
             loss_curve=[tuple(p) for p in s.get("loss_curve", [])],
             val_curve=[tuple(p) for p in s.get("val_curve", [])],
+            select_curve=[tuple(p) for p in s.get("select_curve", [])]
+            if s.get("select_by", "loss") != "loss"
+            else [],
         )
 
     @staticmethod

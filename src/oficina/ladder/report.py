@@ -87,7 +87,8 @@ def _curves(rungs: list[RungResult]) -> str | None:
 
 
 def flops_curves(r: RungResult) -> list[tuple[str, list[float], list[float], bool]]:
-    """A trained rung's validation losses against the training FLOPs spent to reach them:
+    """A trained rung's validation values that picked its checkpoints (the loss, or the task's
+    metric: ``select_by``) against the training FLOPs spent to reach them:
     (label, FLOPs, losses, is the rung's model) per search trial, the trials one after the
     other (a trial starts where the last ended: the x axis is what the search has spent), then
     the final training when it was trained again. FLOPs per step are a training's FLOPs over
@@ -107,16 +108,16 @@ def flops_curves(r: RungResult) -> list[tuple[str, list[float], list[float], boo
         spent += float(flops or 0.0)
     final = (r.training_run or {}).get("final_cost") or {}
     steps = int((r.training_run or {}).get("steps") or 0)
-    if r.val_curve and steps and final.get("flops"):  # trained again (or never searched)
+    curve = r.select_curve or r.val_curve  # what the search's trials were judged by too
+    if curve and steps and final.get("flops"):  # trained again (or never searched)
         per = float(final["flops"]) / steps
-        out.append(
-            ("final", [spent + per * s for s, _ in r.val_curve], [v for _, v in r.val_curve], True)
-        )
+        out.append(("final", [spent + per * s for s, _ in curve], [v for _, v in curve], True))
     return out
 
 
 def _flops_plot(rungs: list[RungResult]) -> str | None:
-    """One panel per trained rung: its validation loss against cumulative training FLOPs."""
+    """One panel per trained rung: its validation loss (or metric) against cumulative training
+    FLOPs."""
     panels = [(r, c) for r in rungs if r.measured for c in [flops_curves(r)] if c]
     if not panels:
         return None
@@ -135,10 +136,10 @@ def _flops_plot(rungs: list[RungResult]) -> str | None:
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation loss")
-    fig.suptitle(
-        "validation loss vs training compute (each search trial, then the model)", fontsize=9
-    )
+    judged = {(r.training_run or {}).get("select_by", "loss") for r, _ in panels}
+    name = "validation loss" if judged == {"loss"} else "validation " + "/".join(sorted(judged))
+    axes[0][0].set_ylabel(name)
+    fig.suptitle(f"{name} vs training compute (each search trial, then the model)", fontsize=9)
     fig.tight_layout()
     return png_base64(fig)
 
@@ -379,7 +380,8 @@ def settings_lines(rungs: list[RungResult]) -> list[str]:
             c = s.get("cost") or {}
             source = (
                 f"lr{' and rank' if 'rank' in s.get('space', {}) else ''} chosen by a search of "
-                f"{len(s.get('trials', []))} trials on the validation loss ({s.get('pruned', 0)} "
+                f"{len(s.get('trials', []))} trials on the {s.get('judged_by', 'validation loss')} "
+                f"({s.get('pruned', 0)} "
                 f"pruned, {s.get('trial_steps', 0)} trial-steps, {_fmt_s(c.get('wall_time_s', 0))}, "
                 f"${c.get('usd', 0):.4f} counted in its training cost); {s.get('final', '')}"
             )
@@ -400,9 +402,11 @@ def settings_lines(rungs: list[RungResult]) -> list[str]:
 def _cooldown_text(c: dict | None) -> str:
     if not c:
         return ""
-    verdict = "kept" if c["kept"] else "not kept: no lower than the best"
+    verdict = "kept" if c["kept"] else "not kept: no better than the best"
+    metrics = "".join(f", {k} {v:.4f}" for k, v in c.items() if k in ("accuracy", "macro_f1"))
     return (
-        f"; annealed {c['steps']} steps from there: validation loss {c['val_loss']:.4f} ({verdict})"
+        f"; annealed {c['steps']} steps from there: validation loss {c['val_loss']:.4f}{metrics} "
+        f"({verdict})"
     )
 
 
@@ -477,6 +481,7 @@ def write(
                 "predictions": r.predictions,
                 "loss_curve": [list(p) for p in r.loss_curve],
                 "val_curve": [list(p) for p in r.val_curve],
+                "select_curve": [list(p) for p in r.select_curve],
                 "description": r.description,
             }
             for r in rungs

@@ -77,6 +77,9 @@ class RungResult(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict)
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)
     val_curve: list[tuple[int, float]] = Field(default_factory=list)
+    # The validation metric that picked the checkpoint (``training_run["select_by"]``) at each
+    # validation; empty when the loss picked it (val_curve is that curve).
+    select_curve: list[tuple[int, float]] = Field(default_factory=list)
     # A trained rung run with several training seeds (the thorough profile): one entry per seed,
     # {"seed", "quality", "extra_metrics", "training_cost", "steps", "best_step"}; ``quality`` is
     # then their mean (``combine_seeds``). Empty for a single training.

@@ -398,9 +398,10 @@ class Budget:
     min_delta: float
     schedule: str = "constant"
     cooldown_steps: int = 0
+    select_by: str = "loss"  # or the task's metric on the validation split (context.select_by)
 
     @classmethod
-    def of(cls, n_train: int, hp: dict[str, Any]) -> Budget:
+    def of(cls, n_train: int, hp: dict[str, Any], select_by: str = "loss") -> Budget:
         spe = max(1, math.ceil(n_train / int(hp["batch_size"])))
         steps = max(1, math.ceil(float(hp["max_epochs"]) * spe))
         if hp.get("max_steps"):
@@ -409,15 +410,24 @@ class Budget:
         return cls(
             steps, spe, min(every, steps), float(hp["max_epochs"]), int(hp["patience"]),
             float(hp["min_delta"]), str(hp.get("schedule", "constant")),
-            math.ceil(float(hp.get("cooldown_epochs", 0)) * spe),
+            math.ceil(float(hp.get("cooldown_epochs", 0)) * spe), select_by,
         )  # fmt: skip
+
+    @property
+    def judged_by(self) -> str:
+        """The selection value in words."""
+        if self.select_by == "loss":
+            return "validation loss"
+        name = {"macro_f1": "macro-F1"}.get(self.select_by, self.select_by)
+        return f"validation {name} (labels scored as on the test; ties to the lower loss)"
 
     def rule(self) -> str:
         epochs = self.patience * self.eval_every / self.steps_per_epoch
         stop = (
             f"stop after {self.patience} evaluations ({epochs:.3g} epoch"
             f"{'' if epochs == 1 else 's'}) without a "
-            f"≥ {self.min_delta:.1%} fall of the validation loss"
+            f"≥ {self.min_delta:.1%} {'fall' if self.select_by == 'loss' else 'rise'} of the "
+            f"{self.judged_by}"
             if self.patience
             else "no early stopping"
         )
@@ -428,14 +438,14 @@ class Budget:
         ) + f" after a {WARMUP_EPOCHS:g}-epoch warm-up"
         anneal = (
             f", then annealed {self.cooldown_steps} steps (rate falling linearly to 0) and kept "
-            "if the validation loss falls"
+            f"if the validation {'loss falls' if self.select_by == 'loss' else self.select_by + ' rises'}"
             if self.cooldown_steps
             else ""
         )
         return (
             f"trained in epochs, up to {self.max_epochs:g} epochs ({self.steps} steps, "
             f"{self.steps_per_epoch} per epoch), {lr}, validation every {self.eval_every} "
-            f"steps, {stop}, best checkpoint kept{anneal}"
+            f"steps, {stop}, best checkpoint kept by {self.judged_by}{anneal}"
         )
 
     def outcome(self, s: dict) -> dict[str, Any]:
@@ -451,9 +461,18 @@ class Budget:
             "stopped": stopped,
             "best_step": best,
             "best_epoch": None if best is None else round(best / self.steps_per_epoch, 2),
-            "best_at_budget": self.cut_by_budget(best, s.get("val_curve") or []),
+            "best_at_budget": self.cut_by_budget(best, self.selection_curve(s)),
+            "select_by": self.select_by,
+            "best_value": s.get("best_val_metric"),
             "cooldown": s.get("cooldown"),
         }
+
+    def selection_curve(self, s: dict) -> list:
+        """The (step, value) curve that picked the best checkpoint, as a loss (lower is
+        better): the validation loss, or the metric negated."""
+        if self.select_by == "loss" or not s.get("select_curve"):
+            return s.get("val_curve") or []
+        return [[step, -float(v)] for step, v in s["select_curve"]]
 
     def cut_by_budget(self, best: int | None, curve: list) -> bool:
         """Whether the budget, not the curve, chose the best checkpoint: it is the last
@@ -469,7 +488,7 @@ class Budget:
         if not earlier or not curve:
             return True
         before, last = min(earlier), float(curve[-1][1])
-        return before - last >= self.min_delta * before
+        return before - last >= self.min_delta * abs(before)
 
 
 class TrainedRung(Rung):
@@ -482,6 +501,7 @@ class TrainedRung(Rung):
         self.reuse: tuple[dict, Path] | None = None
         self.seed: int | None = None  # the training seed of the training under way
         self.served: tuple[str, str | None] | None = None  # the first seed's Trained.served
+        self._hook = None  # the validation hook (fit_hooks), its rows rendered once
 
     def training_seed(self, ctx: LadderContext) -> int:
         return ctx.cfg.seed if self.seed is None else self.seed
@@ -508,7 +528,18 @@ class TrainedRung(Rung):
         return run_search(self, ctx, hp, search)
 
     def budget(self, ctx: LadderContext, hp: dict[str, Any]) -> Budget:
-        return Budget.of(len(ctx.train), hp)
+        return Budget.of(len(ctx.train), hp, ctx.select_by)
+
+    def fit_hooks(self, ctx: LadderContext):
+        """The validation hook of this rung's trainings (``FitHooks``), when the task's metric
+        picks the best checkpoint: the validation rows asked as this rung asks the test's."""
+        from oficina.train.loop import FitHooks
+
+        if ctx.select_by == "loss":
+            return None
+        if self._hook is None:
+            self._hook = ctx.validation_metrics(*self.asked(ctx, ctx.val))
+        return FitHooks(eval_metrics=self._hook)
 
     def train_args(self, ctx: LadderContext, hp: dict[str, Any], budget: Budget, **extra):
         from oficina.train.loop import TrainArgs
@@ -530,6 +561,7 @@ class TrainedRung(Rung):
             eval_batches=max(1, math.ceil(len(ctx.val) / int(hp["batch_size"]))),
             patience=budget.patience,
             min_delta=budget.min_delta,
+            select_by=budget.select_by,
             seed=self.training_seed(ctx),
             save_every=10_000,
             log_every=max(1, budget.steps // 20),
@@ -684,7 +716,7 @@ class RecipeRung(TrainedRung):
 
         verb, cfg = self.recipe(ctx, hp, self.workdir(ctx, self.name))
         t0 = time.perf_counter()
-        s = verb_class(verb)[1](cfg)
+        s = verb_class(verb)[1](cfg, hooks=self.fit_hooks(ctx))
         return self.trained(ctx, hp, s, ctx.training_cost(time.perf_counter() - t0, s))
 
 

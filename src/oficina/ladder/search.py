@@ -1,8 +1,9 @@
 """A trained rung's budgeted hyperparameter search: a small ``oficina tune`` study.
 
 The study trains the rung's own recipe (``RecipeRung.recipe``) on the training split and scores
-each trial by its best validation loss on the validation split — the test split is never given
-to it — over the learning rate (log-uniform; and the LoRA rank for LoRA), with median pruning fed
+each trial by its best validation value on the validation split — the loss, or for a
+classification task its metric by label scoring (``LadderContext.select_by``); the test split
+is never given to it — over the learning rate (log-uniform; and the LoRA rank for LoRA), with median pruning fed
 from the same periodic validations, through ``oficina.evals.tune.search``. Each trial trains
 with the rung's stopping rule (epochs, patience, min_delta) at ``search.max_epochs``.
 
@@ -41,10 +42,12 @@ class SearchedRung(Protocol):
 
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]: ...
 
+    def fit_hooks(self, ctx: LadderContext) -> Any: ...
+
 
 class SearchSettings(Section):
-    """A budgeted learning-rate search (``oficina tune``) on the training split, scored by the
-    validation loss; ``trials: 0`` trains with the config's values."""
+    """A budgeted learning-rate search (``oficina tune``) on the training split, scored on the
+    validation split (the rungs' selection value); ``trials: 0`` trains with the config's values."""
 
     trials: int = Field(4, ge=0, description="trials of the search (0: use the config's values)")
     lr: list[float] | None = Field(
@@ -58,7 +61,7 @@ class SearchSettings(Section):
         "trial's model is the rung's, not trained again)",
     )
     pruner: Literal["median", "off"] = Field(
-        "median", description="stop trials whose validation loss trails the median of earlier ones"
+        "median", description="stop trials whose validation value trails the median of earlier ones"
     )
 
     @field_validator("lr")
@@ -136,7 +139,9 @@ def run_search(
             spec=str(spec),
             out=str(out),
             trials=settings.trials,
-            metric="val_loss",
+            # what fit picks each trial's checkpoint by (the validation loss, or the task's
+            # metric by label scoring: context.select_by) also ranks and prunes the trials
+            metric="val_loss" if ctx.select_by == "loss" else ctx.select_by,
             sampler="tpe",
             pruner=settings.pruner,
             storage=f"sqlite:///{out / 'study.db'}",
@@ -148,6 +153,7 @@ def run_search(
             prune_after=rung.budget(ctx, trial_hp).steps_per_epoch,
         ),
         entry=entry,
+        eval_metrics=None if (h := rung.fit_hooks(ctx)) is None else h.eval_metrics,
     )
     wall = time.perf_counter() - t0
     rows, _ = read_jsonl(out / "trials.jsonl", "trials file")
@@ -181,7 +187,9 @@ def run_search(
     )
     best = tuned.get("best")
     record: dict[str, Any] = {
-        "objective": "validation loss (validation split; the test split is never read)",
+        "objective": f"{rung.budget(ctx, hp).judged_by} (validation split; the test split is "
+        "never read)",
+        "judged_by": rung.budget(ctx, hp).judged_by,
         "space": {names[k]: [v["low"], v["high"]] for k, v in space.items()},
         "trial_epochs": trial_epochs,
         "trials": trials,

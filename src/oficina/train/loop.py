@@ -7,7 +7,9 @@ step; bf16 autocast (the fast path on CPUs with AMX; frozen linear weights — a
 teacher's, ``objective.frozen_models()`` — stored in bf16 for the run, ``train/frozen.py``) or
 fp32; eager attention on short batches, SDPA on long ones (``train/attention.py``); gradient clipping; a NaN/inf loss or gradient stops the step *before* the optimizer
 touches the weights; validation every
-``eval_every`` steps with the best weights kept, early stopping after ``patience`` evaluations
+``eval_every`` steps with the best weights kept — lowest validation loss, or the highest value
+of a metric the caller computes (``select_by``: the ladder picks classifiers by validation
+accuracy) —, early stopping after ``patience`` evaluations
 without an improvement of at least ``min_delta`` (relative) and a warning when validation loss
 rises by more than ``min_delta`` while training loss falls; optionally (``cooldown_steps``) an
 anneal of the best weights at the end, the rate falling linearly to 0, kept if validation falls;
@@ -79,24 +81,32 @@ class TrainArgs(Section):
     seed: int = Field(0, description="seed for initialisation, data order and dropout")
     eval_every: int = Field(50, ge=1, description="validate every N steps (and at the end)")
     eval_batches: int = Field(20, ge=1, description="at most this many validation batches")
+    select_by: str = Field(
+        "loss",
+        description="what picks the best weights, counts for patience and judges a cooldown: "
+        "'loss' (validation loss, lower is better) or a metric the caller's validation hook "
+        "returns, higher is better, ties to the lower loss (the ladder's classification rungs: "
+        "'accuracy' by label scoring)",
+    )
     patience: int = Field(
         0,
         ge=0,
-        description="stop after N evaluations without a val loss min_delta below the last "
-        "improvement (0 = never)",
+        description="stop after N evaluations without a min_delta improvement of the select_by "
+        "value over the last improvement (0 = never)",
     )
     min_delta: float = Field(
         0.0,
         ge=0,
         lt=1,
-        description="relative change of val loss that counts: an improvement smaller than this "
-        "is not one (patience), a rise smaller than this is no overfitting warning (0.01 = 1%)",
+        description="relative change that counts: an improvement of the select_by value smaller "
+        "than this is not one (patience), a val loss rise smaller than this is no overfitting "
+        "warning (0.01 = 1%)",
     )
     cooldown_steps: int = Field(
         0,
         ge=0,
         description="after training, anneal the best weights for N more steps with the learning "
-        "rate falling linearly to 0, validate, keep them if the validation loss fell (needs "
+        "rate falling linearly to 0, validate, keep them if the select_by value improved (needs "
         "validation data; 0 = off)",
     )
     save_every: int = Field(100, ge=1, description="write a resumable checkpoint every N steps")
@@ -264,7 +274,9 @@ class FitHooks:
     """What a caller such as ``oficina tune`` adds to each periodic validation.
 
     ``eval_metrics(model, val_batches) -> {name: value}`` adds metrics beside ``val_loss``
-    (logged as ``val_<name>``); ``on_eval(step, metrics) -> stop`` sees them all and returns
+    (logged as ``val_<name>``; the model is in eval mode, without autocast, on the default
+    attention kernel); ``TrainArgs.select_by`` may name one of them to pick the best weights
+    by. ``on_eval(step, metrics) -> stop`` sees them all and returns
     True to end training there (``FitResult.stopped == "on_eval"``: a pruned trial costs only
     the steps it ran). Under torchrun every rank must return the same answer.
     """
@@ -289,6 +301,11 @@ class FitResult:
     val_history: list[tuple[int, float]] = field(default_factory=list)
     # The anneal after training (``cooldown_steps``): from_step, steps, val_loss, kept.
     cooldown: dict | None = None
+    # What picked the best weights (``TrainArgs.select_by``), its value for the weights returned
+    # (the loss: best_val_loss) and its curve (step, value) — val_history when it is the loss.
+    select_by: str = "loss"
+    best_metric: float | None = None
+    select_history: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _say(msg: str, rank: int) -> None:
@@ -302,6 +319,21 @@ def significant_drop(ref: float | None, v: float, min_delta: float) -> bool:
     """Is ``v`` an improvement on ``ref`` by at least the relative ``min_delta``? (None: the
     first evaluation always is.)"""
     return ref is None or v < ref - min_delta * abs(ref)
+
+
+def selection_key(select_by: str, val_loss: float, metrics: dict[str, float]) -> list[float]:
+    """What the best weights minimise: [val loss], or [-metric, val loss] when ``select_by``
+    names a validation metric (higher is better; a tie goes to the lower loss). ``metrics`` are
+    the hook's, as logged (``val_<name>``)."""
+    if select_by == "loss":
+        return [val_loss]
+    value = metrics.get(f"val_{select_by}")
+    if value is None:
+        raise UserError(
+            f"train.select_by {select_by!r}: the validation hook returned no {select_by!r} "
+            f"(it returned {sorted(k[4:] for k in metrics) or 'nothing'}); use 'loss'"
+        )
+    return [-float(value), val_loss]
 
 
 def significant_rise(before: float, after: float, min_delta: float) -> bool:
@@ -416,6 +448,12 @@ def _fit(
     total, trainable = param_counts(model)
     if trainable == 0:
         raise UserError("the model has no trainable parameters")
+    if args.select_by != "loss" and val_ds is not None and hooks.eval_metrics is None:
+        raise UserError(
+            f"train.select_by {args.select_by!r} needs a validation hook that computes it (the "
+            "ladder's classification rungs give one); this run has only the validation loss: "
+            "use 'loss'"
+        )
     wrapped = _wrap(model, args.parallel, world)
     # bf16: frozen linear weights stored in bf16 for the run, as autocast would cast them on
     # every forward (the same operands; see train/frozen.py). After wrapping, so DDP broadcasts
@@ -453,9 +491,11 @@ def _fit(
         "micro": 0,
         "train_tokens": 0,
         "train_time_s": 0.0,
-        "best_val": None,
+        "best_val": None,  # the val loss of the best weights
+        "best_key": None,  # what picked them: selection_key
         "best_step": None,
-        "ref_val": None,  # the val loss of the last improvement by at least min_delta
+        "ref_val": None,  # the select_by value of the last improvement by at least min_delta
+        "select_history": [],
         "bad_evals": 0,
         "history": [],
         "val_history": [],
@@ -470,6 +510,8 @@ def _fit(
             state.update(loaded)
             if state["ref_val"] is None:  # a checkpoint written before min_delta existed
                 state["ref_val"] = state["best_val"]
+            if state["best_key"] is None and state["best_val"] is not None:  # before select_by
+                state["best_key"] = [state["best_val"]]
             _say(f"resumed from step {state['step']} ({ckpt.latest()})", rank)
     step = state["step"]
     _say(
@@ -541,6 +583,35 @@ def _fit(
         state["history"].append((step + 1, loss_val))
         return loss_val, gnorm, step_tokens
 
+    def validate() -> tuple[float, dict[str, float]]:
+        """(val loss, the hook's metrics as ``val_<name>``) of the weights the model holds."""
+        v = evaluate(train_model, eval_objective, val, args.precision, attention)
+        if not hooks.eval_metrics:
+            return v, {}
+        # The caller's code runs the model in eval mode, without autocast, on rows of any
+        # length (the default attention kernel).
+        if attention is not None:
+            attention.restore()
+        was = train_model.training
+        train_model.eval()
+        try:
+            with frozen.originals() if frozen else contextlib.nullcontext():
+                extra = hooks.eval_metrics(train_model, val)
+        finally:
+            train_model.train(was)
+        return v, {f"val_{k}": float(x) for k, x in extra.items()}
+
+    def described(v: float, extra: dict[str, float]) -> str:
+        text = f"val loss {v:.4f}"
+        if args.select_by != "loss":
+            text += f", val {args.select_by} {extra[f'val_{args.select_by}']:.4f}"
+        return text
+
+    def best_text() -> str:
+        key = state["best_key"]
+        value = key[0] if args.select_by == "loss" else -key[0]
+        return f"{value:.4f} at step {state['best_step']}"
+
     while step < max_steps:
         loss_val, gnorm, step_tokens = train_step(step)
         sched.step()
@@ -566,15 +637,18 @@ def _fit(
 
         at_end = step == max_steps
         if val and (step % args.eval_every == 0 or at_end):
-            v = evaluate(train_model, eval_objective, val, args.precision, attention)
+            v, extra = validate()
+            key = selection_key(args.select_by, v, extra)
             recent = [x for s, x in state["history"] if s > step - args.eval_every]
             train_avg = sum(recent) / max(len(recent), 1)
             state["val_history"].append((step, v))
+            state["select_history"].append((step, -key[0] if len(key) > 1 else key[0]))
             state["train_at_eval"].append(train_avg)
-            # The best weights are the lowest loss seen; patience counts only improvements of
-            # at least min_delta, so a model creeping by noise-sized steps is not "learning".
-            if state["best_val"] is None or v < state["best_val"]:
-                state["best_val"], state["best_step"] = v, step
+            # The best weights are the best select_by value seen; patience counts only
+            # improvements of at least min_delta, so a model creeping by noise-sized steps is
+            # not "learning".
+            if state["best_key"] is None or key < state["best_key"]:
+                state["best_val"], state["best_key"], state["best_step"] = v, key, step
                 # Where a cooldown starts from: the rates the next step would have taken, the
                 # optimizer's moments and the data position of this step, so that the anneal
                 # depends on the best step alone, not on where training went on to end.
@@ -583,17 +657,10 @@ def _fit(
                 if args.cooldown_steps:
                     best_opt = copy.deepcopy(opt.state_dict())
                 ckpt.save_best(model)
-            if significant_drop(state["ref_val"], v, args.min_delta):
-                state["ref_val"], state["bad_evals"] = v, 0
+            if significant_drop(state["ref_val"], key[0], args.min_delta):
+                state["ref_val"], state["bad_evals"] = key[0], 0
             else:
                 state["bad_evals"] += 1
-            extra = {}
-            if hooks.eval_metrics:  # the caller's code may run the model without autocast
-                if attention is not None:  # ... and on rows of any length
-                    attention.restore()
-                with frozen.originals() if frozen else contextlib.nullcontext():
-                    extra = hooks.eval_metrics(train_model, val)
-            extra = {f"val_{k}": x for k, x in extra.items()}
             if rank == 0:
                 run.log(
                     {"val_loss": round(v, 6), "train_loss_avg": round(train_avg, 6), **extra}, step
@@ -606,16 +673,14 @@ def _fit(
                 _say("warning: " + msg, rank)
                 if rank == 0:
                     run.log({"event": "overfitting_warning", "message": msg}, step)
-            _say(
-                f"step {step}: val loss {v:.4f} (best {state['best_val']:.4f} at step "
-                f"{state['best_step']})",
-                rank,
-            )
+            _say(f"step {step}: {described(v, extra)} (best {best_text()})", rank)
             if args.patience and state["bad_evals"] >= args.patience and not at_end:
                 stopped = "early_stopping"
+                ref = abs(state["ref_val"])
                 _say(
-                    f"early stopping at step {step}: no validation loss {args.min_delta:.1%} "
-                    f"below {state['ref_val']:.4f} in {args.patience} evaluations; keeping step "
+                    f"early stopping at step {step}: no validation {args.select_by} "
+                    f"{args.min_delta:.1%} {'below' if args.select_by == 'loss' else 'above'} "
+                    f"{ref:.4f} in {args.patience} evaluations; keeping step "
                     f"{state['best_step']}",
                     rank,
                 )
@@ -668,20 +733,23 @@ def _fit(
             bar.set_postfix(loss=f"{loss_val:.4f}")
             bar.update(1)
         bar.close()
-        v = evaluate(train_model, eval_objective, val, args.precision, attention)
-        kept = v < state["best_val"]
+        v, extra = validate()
+        key = selection_key(args.select_by, v, extra)
+        kept = key < state["best_key"]
         cooldown = {"from_step": state["best_step"], "steps": n, "val_loss": v, "kept": kept}
+        if args.select_by != "loss":
+            cooldown[args.select_by] = extra[f"val_{args.select_by}"]
         if rank == 0:
             run.log({"event": "cooldown", **cooldown}, step + n)
         if not kept:
             ckpt.load_best(model)
         else:  # the model holds the annealed weights; a kept checkpoint folder records them
-            state["best_val"] = v
+            state["best_val"], state["best_key"] = v, key
             if args.keep_checkpoints:
                 ckpt.save_best(model)
         _say(
-            f"cooldown: {n} steps from step {state['best_step']}'s weights, val loss {v:.4f} "
-            + ("(kept)" if kept else f"(not below {state['best_val']:.4f}: the best kept)"),
+            f"cooldown: {n} steps from step {state['best_step']}'s weights, {described(v, extra)} "
+            + ("(kept)" if kept else f"(not better than {best_text()}: the best kept)"),
             rank,
         )
     if rank == 0 and run.dir is not None:
@@ -690,6 +758,9 @@ def _fit(
         ckpt.clear()
     torch.use_deterministic_algorithms(was_deterministic)
     tt = max(state["train_time_s"], 1e-9)
+    best_key = state["best_key"]
+    # the select_by value of the weights returned (a metric is stored negated in its key)
+    best_metric = None if best_key is None else -best_key[0] if len(best_key) > 1 else best_key[0]
     hist = state["history"]
     return FitResult(
         steps=step,
@@ -705,4 +776,7 @@ def _fit(
         history=[tuple(x) for x in hist],
         val_history=[tuple(x) for x in state["val_history"]],
         cooldown=cooldown,
+        select_by=args.select_by,
+        best_metric=best_metric,
+        select_history=[tuple(x) for x in state["select_history"]],
     )

@@ -209,6 +209,11 @@ def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: Memo
             "loss_curve": [[int(k), float(v)] for k, v in result.history],
             "val_curve": [[int(k), float(v)] for k, v in result.val_history],
             "cooldown": result.cooldown,
+            # What picked the best weights: the loss, or a caller's metric (its value for the
+            # weights returned, and its curve).
+            "select_by": result.select_by,
+            "best_val_metric": result.best_metric,
+            "select_curve": [[int(k), float(v)] for k, v in result.select_history],
         }
     )
     # The run's record keeps the figures; its curves are already in its metrics.jsonl.

@@ -1,0 +1,118 @@
+"""``train.select_by``: the best weights, patience and a cooldown's verdict read a metric the
+caller's validation hook computes (higher is better, ties to the lower loss) instead of the
+validation loss. Losses and metrics are scripted, so no verdict depends on what the random model
+learns; the weights kept are checked by value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oficina.errors import UserError
+from oficina.train import loop
+from oficina.train.data import PackedDataset
+from oficina.train.loop import FitHooks, TrainArgs, fit, selection_key
+
+
+def scripted(monkeypatch, tiny_lm, shards, tmp_path, losses, accs, **kw):
+    """fit() validating every 2 steps; evaluation ``i`` returns ``losses[i]`` and the hook
+    ``accs[i]``; each evaluation records a fingerprint of the weights it saw."""
+    from transformers import AutoModelForCausalLM
+
+    it_loss, it_acc = iter(losses), iter(accs)
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: next(it_loss))
+    seen: list[torch.Tensor] = []
+    modes: list[bool] = []
+
+    def hook(model, _batches):
+        seen.append(next(model.parameters()).detach().clone())
+        modes.append(model.training)
+        return {"accuracy": next(it_acc)}
+
+    ds = PackedDataset(shards, "train")
+    args = TrainArgs(
+        batch_size=2, eval_every=2, eval_batches=1, warmup_steps=0, precision="fp32", lr=1e-2,
+        select_by="accuracy", **kw,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    n_steps = 2 * (len(losses) - (1 if kw.get("cooldown_steps") else 0))
+    r = fit(model, _objective(), ds, ds, args, n_steps, tmp_path / "o",
+            hooks=FitHooks(eval_metrics=hook))  # fmt: skip
+    return r, model, seen, modes
+
+
+def _objective():
+    from oficina.train.objectives import CausalLM
+
+    return CausalLM()
+
+
+def test_the_best_weights_are_the_highest_metric_not_the_lowest_loss(
+    monkeypatch, tiny_lm, shards, tmp_path
+):
+    # The loss keeps falling; accuracy peaks at the 2nd evaluation (step 4).
+    losses = [1.0, 0.9, 0.8, 0.7]
+    accs = [0.50, 0.75, 0.60, 0.70]
+    r, model, seen, modes = scripted(monkeypatch, tiny_lm, shards, tmp_path, losses, accs)
+    assert r.select_by == "accuracy" and r.best_step == 4 and r.best_metric == 0.75
+    assert r.best_val_loss == pytest.approx(0.9)  # the loss of the weights kept, not the lowest
+    assert r.select_history == [(2, 0.50), (4, 0.75), (6, 0.60), (8, 0.70)]
+    assert [s for s, _ in r.val_history] == [2, 4, 6, 8]
+    # The model returned holds the weights the hook scored at step 4, and the hook ran them in
+    # eval mode.
+    assert torch.equal(next(model.parameters()).detach(), seen[1])
+    assert not torch.equal(seen[1], seen[3])
+    assert modes == [False] * 4
+
+
+def test_a_tie_goes_to_the_lower_loss(monkeypatch, tiny_lm, shards, tmp_path):
+    r, *_ = scripted(monkeypatch, tiny_lm, shards, tmp_path, [1.0, 0.8, 0.9], [0.6, 0.6, 0.6])
+    assert r.best_step == 4 and r.best_val_loss == pytest.approx(0.8)
+
+
+def test_patience_counts_the_metric(monkeypatch, tiny_lm, shards, tmp_path):
+    # The loss falls every time; accuracy rises 0.50 -> 0.60, then creeps (+0.3%: under 1%)
+    # twice: two bad evaluations, stop at step 8 although the loss still falls.
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    accs = [0.50, 0.60, 0.6018, 0.6036, 0.9, 0.9]
+    r, *_ = scripted(
+        monkeypatch, tiny_lm, shards, tmp_path, losses, accs, patience=2, min_delta=0.01
+    )
+    assert r.stopped == "early_stopping" and r.steps == 8
+    assert r.best_step == 8 and r.best_metric == pytest.approx(0.6036)
+
+
+def test_a_cooldown_is_kept_when_the_metric_rises(monkeypatch, tiny_lm, shards, tmp_path):
+    # Two evaluations, then the anneal's: its loss is higher but its accuracy is better.
+    r, *_ = scripted(
+        monkeypatch, tiny_lm, shards, tmp_path, [1.0, 0.8, 0.95], [0.5, 0.6, 0.7],
+        cooldown_steps=2,
+    )  # fmt: skip
+    assert r.cooldown["kept"] and r.cooldown["accuracy"] == 0.7
+    assert r.best_metric == 0.7 and r.best_val_loss == pytest.approx(0.95)
+
+
+def test_a_cooldown_with_a_lower_metric_is_not_kept(monkeypatch, tiny_lm, shards, tmp_path):
+    r, model, seen, _ = scripted(
+        monkeypatch, tiny_lm, shards, tmp_path, [1.0, 0.8, 0.5], [0.5, 0.6, 0.55],
+        cooldown_steps=2,
+    )  # fmt: skip
+    assert not r.cooldown["kept"] and r.best_metric == 0.6
+    assert torch.equal(next(model.parameters()).detach(), seen[1])  # step 4's weights again
+
+
+def test_select_by_a_metric_without_a_hook_is_refused(tiny_lm, shards, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ds = PackedDataset(shards, "train")
+    args = TrainArgs(batch_size=2, eval_every=2, precision="fp32", select_by="accuracy")
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    with pytest.raises(UserError, match="select_by 'accuracy' needs a validation hook"):
+        fit(model, _objective(), ds, ds, args, 2, tmp_path / "o")
+
+
+def test_a_hook_without_the_metric_is_named():
+    with pytest.raises(UserError, match=r"returned no 'accuracy' \(it returned \['f1'\]\)"):
+        selection_key("accuracy", 1.0, {"val_f1": 0.3})
+    assert selection_key("loss", 0.7, {}) == [0.7]
+    assert selection_key("accuracy", 0.7, {"val_accuracy": 0.4}) == [-0.4, 0.7]
