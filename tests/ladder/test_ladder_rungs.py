@@ -168,9 +168,10 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     )
     assert "warm-up, validation every 2 steps" in t["rule"]
     assert t["rule"].endswith(
-        "best checkpoint kept by validation accuracy (labels scored as on the test; ties to the "
-        "lower loss), then annealed 2 steps (rate falling linearly to 0) and kept if the "
-        "validation accuracy rises"
+        "validation every 2 steps, stop after 3 evaluations (1 epoch) without a ≥ 1.0% rise of the "
+        "validation accuracy, best checkpoint kept by validation accuracy (labels scored as on "
+        "the test; ties to the lower loss), then annealed 2 steps (rate falling linearly to 0) "
+        "and kept if the validation accuracy rises"
     )
     assert (
         "stop after 3 evaluations (1 epoch) without a ≥ 1.0% rise of the validation accuracy"
@@ -437,3 +438,30 @@ def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     # A generation task, or select_by: loss, selects by the validation loss: no hook.
     ctx.cfg = ctx.cfg.model_copy(update={"select_by": "loss"})
     assert ctx.select_by == "loss" and ctx.validation_metrics(ctx.val) is None
+
+
+def test_a_metric_picked_checkpoint_is_cut_off_when_the_metric_still_rose():
+    """With ``select_by`` a metric, the budget check reads the metric's curve (higher is
+    better), not the loss: the session-17 demo LoRA's accuracy 0.375 -> 0.475 at its last epoch
+    while its loss had turned up (0.5519 -> 0.5574)."""
+    from oficina.ladder.rungs import Budget
+
+    hp = {"batch_size": 4, "max_epochs": 3, "evals_per_epoch": 1, "patience": 2, "min_delta": 0.01}
+    b = Budget.of(80, {**hp, "cooldown_epochs": 0.25}, "accuracy")
+    loss = [[20, 0.5701], [40, 0.5519], [60, 0.5574]]
+    rising = {"best_step": 60, "steps": 60, "val_curve": loss, "select_by": "accuracy",
+              "select_curve": [[20, 0.275], [40, 0.375], [60, 0.475]], "best_val_metric": 0.475}  # fmt: skip
+    flat = {**rising, "select_curve": [[20, 0.275], [40, 0.475], [60, 0.476]]}
+    assert b.outcome(rising)["best_at_budget"] and not b.outcome(flat)["best_at_budget"]
+    assert b.outcome(rising)["select_by"] == "accuracy" and b.outcome(rising)["best_value"] == 0.475
+    # by the loss, the same run's best step 60 would not even be the loss's best
+    assert not Budget.of(80, hp).outcome({**rising, "best_step": 40})["best_at_budget"]
+    assert "≥ 1.0% rise of the validation accuracy" in b.rule()
+    assert "kept if the validation accuracy rises" in b.rule()
+    by_loss = Budget.of(80, {**hp, "cooldown_epochs": 0.25}).rule()
+    assert (
+        "≥ 1.0% fall of the validation loss, best checkpoint kept by validation loss, then"
+        in by_loss
+    )
+    assert by_loss.endswith("kept if the validation loss falls")
+    assert Budget.of(80, hp, "macro_f1").value_name == "validation macro-F1"

@@ -414,20 +414,25 @@ class Budget:
         )  # fmt: skip
 
     @property
+    def value_name(self) -> str:
+        """The selection value's name: "validation loss", "validation accuracy"..."""
+        names = {"loss": "loss", "macro_f1": "macro-F1"}
+        return f"validation {names.get(self.select_by, self.select_by)}"
+
+    @property
     def judged_by(self) -> str:
-        """The selection value in words."""
+        """The selection value in words, with how a metric is scored."""
         if self.select_by == "loss":
-            return "validation loss"
-        name = {"macro_f1": "macro-F1"}.get(self.select_by, self.select_by)
-        return f"validation {name} (labels scored as on the test; ties to the lower loss)"
+            return self.value_name
+        return f"{self.value_name} (labels scored as on the test; ties to the lower loss)"
 
     def rule(self) -> str:
         epochs = self.patience * self.eval_every / self.steps_per_epoch
+        better = "fall" if self.select_by == "loss" else "rise"
         stop = (
             f"stop after {self.patience} evaluations ({epochs:.3g} epoch"
             f"{'' if epochs == 1 else 's'}) without a "
-            f"≥ {self.min_delta:.1%} {'fall' if self.select_by == 'loss' else 'rise'} of the "
-            f"{self.judged_by}"
+            f"≥ {self.min_delta:.1%} {better} of the {self.value_name}"
             if self.patience
             else "no early stopping"
         )
@@ -438,7 +443,7 @@ class Budget:
         ) + f" after a {WARMUP_EPOCHS:g}-epoch warm-up"
         anneal = (
             f", then annealed {self.cooldown_steps} steps (rate falling linearly to 0) and kept "
-            f"if the validation {'loss falls' if self.select_by == 'loss' else self.select_by + ' rises'}"
+            f"if the {self.value_name} {better}s"
             if self.cooldown_steps
             else ""
         )
