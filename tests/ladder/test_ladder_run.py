@@ -21,6 +21,7 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
         "--corpus", str(repo_root / "examples/demo/reference.jsonl"),
         "--limit-test", "6", "--limit-train", "8", "--rungs.few_shot.shots", "1", "--rungs.few_shot_rag.shots", "1",
         "--rungs.lora.max-steps", "2", "--rungs.full.max-steps", "2", "--rungs.cpt_lora.max_steps", "2",
+        "--rungs.lora.cooldown_epochs", "0.25",  # --quick skips the anneal; a flag still wins
         "--rungs.cpt_lora.cpt_steps", "2", "--rungs.distill.max-steps", "2", "--rungs.distill.keep_layers", "1",
         "--rungs.lora_rag.enabled", "true", "--rungs.lora_rag.max_steps", "2",
         "--rungs.few_shot_rag.enabled", "true", "--rungs.cpt_lora.enabled", "true",
@@ -102,6 +103,8 @@ def test_every_rung_runs_and_the_report_renders(tiny_lm, tmp_path, repo_root):
     assert [p[0] for p in by["lora"]["loss_curve"]] == [1, 2, 3]
     assert by["lora"]["val_curve"][-1][0] == 2
     assert by["lora"]["training_run"]["cooldown"]["steps"] == 1
+    assert by["full"]["training_run"]["cooldown"] is None  # --quick's: no anneal
+    assert [p[0] for p in by["full"]["loss_curve"]] == [1, 2]
     assert set(s["tied_with"]) <= set(by) - {s["recommended"]}
     assert set(s["comparisons"]) == set(by) - {s["recommended"]}
     # Target 0 and no traffic: every rung meets the bar and only training costs count, so the

@@ -125,6 +125,9 @@ def test_quick_searches_nothing_and_the_demo_searches(repo_root):
     searched = [n for n, cls in REGISTRY.items() if "search" in cls.Settings.model_fields]
     assert searched == ["lora", "full", "cpt_lora", "lora_rag", "distill"]
     assert all(getattr(quick.rungs, n).search.trials == 0 for n in searched)
+    # ... nor anneals (2 steps and a validation per trained rung), which the demo does
+    assert all(getattr(quick.rungs, n).cooldown_epochs == 0 for n in searched)
+    assert demo.rungs.lora.cooldown_epochs == 0.25
     assert demo.rungs.lora.search.trials > 0 and demo.rungs.full.search.trials > 0
     assert demo.rungs.cpt_lora.search.trials > 0 and demo.rungs.distill.search.trials > 0
     assert demo.rungs.lora.search.rank == [4, 16] and demo.rungs.lora.search.max_epochs is None

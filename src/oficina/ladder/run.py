@@ -76,7 +76,7 @@ class LadderConfig(VerbConfig):
     )
     quick: bool = Field(
         False,
-        description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, bf16 embeddings, 2-4 steps per trained rung; replaces the config file's values, flags still win",
+        description="CI profile (< 5 minutes on 2 cores): 16 test items, 32 training items, 2 shots, 2-4 steps per trained rung, no search and no anneal; replaces the config file's values, flags still win",
     )
     thorough: bool = Field(
         False,

@@ -730,7 +730,12 @@ class Lora(RecipeRung):
     name = "lora"
     description = "low-rank adapters trained on the labelled set (PEFT)"
     Settings = LoraSettings
-    quick = {"max_epochs": 1.0, "max_steps": 4, "batch_size": 4, "search": {"trials": 0}}
+    # --quick: no search and no anneal (2 more steps and a validation per trained rung: ~40 s of
+    # the QA ladder's quick run on 2 AVX2 cores)
+    quick = {
+        "max_epochs": 1.0, "max_steps": 4, "batch_size": 4, "cooldown_epochs": 0,
+        "search": {"trials": 0},
+    }  # fmt: skip
 
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
         return "finetune", self.lora_config(ctx, ctx.cfg.base_model, hp, out)
@@ -764,7 +769,10 @@ class Full(RecipeRung):
     name = "full"
     description = "every parameter fine-tuned on the labelled set"
     Settings = FullSettings
-    quick = {"max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "search": {"trials": 0}}
+    quick = {
+        "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cooldown_epochs": 0,
+        "search": {"trials": 0},
+    }  # fmt: skip
 
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
         from oficina.train.recipes import FinetuneConfig
@@ -816,7 +824,7 @@ class CptLora(RecipeRung):
     Settings = CptSettings
     quick = {
         "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "cpt_steps": 2, "seq_len": 128,
-        "search": {"trials": 0},
+        "cooldown_epochs": 0, "search": {"trials": 0},
     }  # fmt: skip
     needs_docs = True
 
@@ -994,7 +1002,7 @@ class Distill(RecipeRung):
     Settings = DistillSettings
     quick = {
         "max_epochs": 1.0, "max_steps": 3, "batch_size": 4, "keep_layers": 8,
-        "search": {"trials": 0},
+        "cooldown_epochs": 0, "search": {"trials": 0},
     }  # fmt: skip
 
     def recipe(self, ctx: LadderContext, hp: dict[str, Any], out: Path) -> tuple[str, Any]:
