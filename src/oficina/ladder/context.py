@@ -154,24 +154,29 @@ class Task:
         }
 
 
-def check_chat(mode: str, kind: str) -> None:
-    """Refuse ``chat: on`` where it cannot apply: before any rung runs, not when it is read."""
-    if mode == "on" and kind != "generation":
-        raise UserError(
-            "chat: on is for generation tasks (a classification label is scored right after "
-            "the raw prompt's 'Answer:'): set chat: auto or off",
-            exit_code=2,
-        )
+# Settings that apply to one kind of task: (setting, value) -> (that kind, why, what to set).
+ONE_KIND = {
+    ("chat", "on"): (
+        "generation",
+        "a classification label is scored right after the raw prompt's 'Answer:'",
+        "auto or off",
+    ),
+    ("select_by", "metric"): (
+        "classification",
+        "a generation task's metric would need a generation pass at every validation",
+        "auto or loss",
+    ),
+}
 
 
-def check_select_by(mode: str, kind: str) -> None:
-    """Refuse ``select_by: metric`` on a generation task: before any rung runs."""
-    if mode == "metric" and kind != "classification":
-        raise UserError(
-            "select_by: metric is for classification tasks (a generation task's metric would "
-            "need a generation pass at every validation): set select_by: auto or loss",
-            exit_code=2,
-        )
+def check_for_kind(cfg: Any, kind: str) -> None:
+    """Refuse a setting that cannot apply to this kind of task (``ONE_KIND``): before any rung
+    runs, not when it is read."""
+    for (name, value), (only, why, instead) in ONE_KIND.items():
+        if getattr(cfg, name) == value and kind != only:
+            raise UserError(
+                f"{name}: {value} is for {only} tasks ({why}): set {name}: {instead}", exit_code=2
+            )
 
 
 class LadderContext:
@@ -257,7 +262,7 @@ class LadderContext:
         the latency pass and the training rows all follow it, so every rung is asked alike."""
         if self._chat is None:
             mode = self.cfg.chat
-            check_chat(mode, self.kind)
+            check_for_kind(self.cfg, self.kind)
             if mode == "off" or self.kind != "generation":
                 self._chat = False
             else:
@@ -278,7 +283,7 @@ class LadderContext:
         auto`` or ``metric``), else the validation loss (``loss``; generation tasks, whose
         metric would need a generation pass at every validation)."""
         mode = self.cfg.select_by
-        check_select_by(mode, self.kind)
+        check_for_kind(self.cfg, self.kind)
         return self.metric if mode != "loss" and self.kind == "classification" else "loss"
 
     def validation_metrics(
@@ -481,9 +486,7 @@ class LadderContext:
             artifacts=artifacts or {},
             loss_curve=[tuple(p) for p in s.get("loss_curve", [])],
             val_curve=[tuple(p) for p in s.get("val_curve", [])],
-            select_curve=[tuple(p) for p in s.get("select_curve", [])]
-            if s.get("select_by", "loss") != "loss"
-            else [],
+            select_curve=[tuple(p) for p in s.get("select_curve", [])],
         )
 
     @staticmethod

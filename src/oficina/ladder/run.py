@@ -31,8 +31,7 @@ from oficina.errors import UserError
 from oficina.ladder.context import (
     LadderContext,
     Task,
-    check_chat,
-    check_select_by,
+    check_for_kind,
     check_template,
     metric_for,
 )
@@ -275,8 +274,7 @@ def run_ladder(cfg: LadderConfig) -> dict:
     out = Path(cfg.out)
     task, corpus = load_task(cfg)  # bad data stops here, before anything else is written
     metric_for(task, cfg.metric)
-    check_chat(cfg.chat, task.kind)
-    check_select_by(cfg.select_by, task.kind)
+    check_for_kind(cfg, task.kind)
     out.mkdir(parents=True, exist_ok=True)
     with start_run("ladder", cfg) as run:
         ctx = LadderContext(cfg, run, task, corpus)

@@ -475,7 +475,7 @@ class Budget:
     def selection_curve(self, s: dict) -> list:
         """The (step, value) curve that picked the best checkpoint, as a loss (lower is
         better): the validation loss, or the metric negated."""
-        if self.select_by == "loss" or not s.get("select_curve"):
+        if not s.get("select_curve"):  # the loss chose
             return s.get("val_curve") or []
         return [[step, -float(v)] for step, v in s["select_curve"]]
 

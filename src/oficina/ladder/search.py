@@ -186,10 +186,10 @@ def run_search(
         usd=ctx.training_usd(wall, flops),
     )
     best = tuned.get("best")
+    judged_by = rung.budget(ctx, hp).judged_by
     record: dict[str, Any] = {
-        "objective": f"{rung.budget(ctx, hp).judged_by} (validation split; the test split is "
-        "never read)",
-        "judged_by": rung.budget(ctx, hp).judged_by,
+        "objective": f"{judged_by} (validation split; the test split is never read)",
+        "judged_by": judged_by,
         "space": {names[k]: [v["low"], v["high"]] for k, v in space.items()},
         "trial_epochs": trial_epochs,
         "trials": trials,

@@ -302,7 +302,8 @@ class FitResult:
     # The anneal after training (``cooldown_steps``): from_step, steps, val_loss, kept.
     cooldown: dict | None = None
     # What picked the best weights (``TrainArgs.select_by``), its value for the weights returned
-    # (the loss: best_val_loss) and its curve (step, value) — val_history when it is the loss.
+    # (the loss: best_val_loss) and its curve (step, value) when a metric (the loss's is
+    # val_history).
     select_by: str = "loss"
     best_metric: float | None = None
     select_history: list[tuple[int, float]] = field(default_factory=list)
@@ -642,7 +643,8 @@ def _fit(
             recent = [x for s, x in state["history"] if s > step - args.eval_every]
             train_avg = sum(recent) / max(len(recent), 1)
             state["val_history"].append((step, v))
-            state["select_history"].append((step, -key[0] if len(key) > 1 else key[0]))
+            if args.select_by != "loss":  # for the loss it is val_history
+                state["select_history"].append((step, -key[0]))
             state["train_at_eval"].append(train_avg)
             # The best weights are the best select_by value seen; patience counts only
             # improvements of at least min_delta, so a model creeping by noise-sized steps is
