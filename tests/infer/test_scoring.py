@@ -87,6 +87,36 @@ def test_scores_equal_the_naive_reference(engine):
         assert got == pytest.approx(want, abs=1e-4) and g == greedy
 
 
+def test_an_end_token_is_scored_apart_after_each_continuation(engine):
+    """``end_id``: the answers keep their own scores; each also gets log p(end | context +
+    answer), what a fine-tune's loss adds for the EOS it learned to stop with."""
+    eos = engine.tokenizer.eos_token_id
+    plain, _, _ = engine.score_continuations(CONTEXTS, CONTS, batch_size=4, max_rows=2)
+    ended, _, _ = engine.score_continuations(CONTEXTS, CONTS, batch_size=4, max_rows=2, end_id=eos)
+    for row_p, row_e, ctx, conts in zip(plain, ended, CONTEXTS, CONTS, strict=True):
+        for p, e, cont in zip(row_p, row_e, conts, strict=True):
+            assert (e.logprob, e.n_tokens, e.greedy) == pytest.approx(
+                (p.logprob, p.n_tokens, p.greedy), abs=1e-4
+            )
+            assert p.end_logprob is None
+            # One naive forward over context + answer + EOS: the EOS's log-prob at the end.
+            with torch.no_grad():
+                ids = _joined(engine.tokenizer, ctx, cont) + [eos]
+                lp = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0].float(), -1)
+            assert e.end_logprob == pytest.approx(float(lp[-2, eos]), abs=1e-4)
+
+
+def _joined(tok, context: str, cont: str) -> list[int]:
+    """Context + continuation ids by lm-eval's split rule (as ``loglikelihood_naive``)."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, cont = context[:-n], context[-n:] + cont
+    if not context:
+        return [tok.bos_token_id, *tok(cont, add_special_tokens=False)["input_ids"]]
+    ctx_ids = tok(context)["input_ids"]
+    return ctx_ids + tok(context + cont)["input_ids"][len(ctx_ids) :]
+
+
 def test_the_split_rule_is_lm_evals_not_separate_encoding(engine):
     """The cut word: the continuation is the joint encoding's tail, not its own encoding."""
     tok = engine.tokenizer

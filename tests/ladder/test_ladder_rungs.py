@@ -201,6 +201,31 @@ def test_lora_returns_its_curves_and_what_it_trained_with(ctx):
     assert saved["lora_dropout"] == 0.0 and saved["r"] == 8
 
 
+def test_lora_is_scored_as_served_merged_into_its_base(ctx, monkeypatch):
+    """The quality pass asks the model a deployment serves (the adapter merged, loaded from a
+    folder), not PEFT's unmerged layers: same answers, the base's parameters, no adapter."""
+    asked = []
+    evaluate = LadderContext.evaluate
+
+    def spy(self, engine, *a, **k):
+        asked.append(engine)
+        return evaluate(self, engine, *a, **k)
+
+    monkeypatch.setattr(LadderContext, "evaluate", spy)
+    s = Lora.Settings(max_steps=2, batch_size=4, lr=1e-2, cooldown_epochs=0, **NO_SEARCH)
+    r = Lora(s).run(ctx)
+    (engine,) = asked
+    assert not any("lora" in n for n, _ in engine.model.named_modules())
+    assert not list(ctx.out.glob("lora-served-*"))  # the merged folder does not stay behind
+    # The adapted model's answers, not the base's: its label scores are base + adapter's.
+    adapted = ctx.engine(ctx.cfg.base_model, adapter=r.artifacts["adapter"])
+    plain, want, got = (
+        sum(ctx.score(e, ctx.test)["scores"], []) for e in (ctx.base_engine(), adapted, engine)
+    )
+    assert got == pytest.approx(want, abs=1e-4) and got != pytest.approx(plain, abs=1e-4)
+    assert r.predictions == ctx.score(engine, ctx.test)["predictions"]
+
+
 def test_a_trained_rung_takes_its_hyperparameters_from_a_search(ctx):
     """The seam a hyperparameter search fills: what it returns is what the rung trains with."""
     trials = [{"lr": 1e-3, "rank": 2, "val_loss": 1.5}, {"lr": 3e-4, "rank": 8, "val_loss": 1.9}]
@@ -427,6 +452,9 @@ def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     """A classifier's checkpoints are picked by ``ctx.validation_metrics``: the same label
     scoring as the test split's, on the validation rows, of the weights in training."""
     from oficina.infer.engine import Engine
+    from oficina.train.data import eval_batches, load_jsonl_dataset
+    from oficina.train.loop import evaluate
+    from oficina.train.objectives import SFT
 
     assert ctx.select_by == "accuracy"
     engine = ctx.base_engine()
@@ -434,7 +462,13 @@ def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     got = hook(engine.model, [])
     plain = Engine(engine.model, engine.tokenizer)  # the same weights, no prefix cache
     want = ctx.score(plain, ctx.val)
-    assert got == {"accuracy": want["accuracy"], "macro_f1": want["macro_f1"]}
+    assert got["accuracy"] == want["accuracy"] and got["macro_f1"] == want["macro_f1"]
+    # The same passes give the validation loss fit would otherwise compute in a pass of its
+    # own: the SFT loss of the validation rows as training tokenizes them (label + EOS).
+    files = ctx.training_files()
+    rows = load_jsonl_dataset(str(files.val), engine.tokenizer, template=files.template)
+    loss = evaluate(engine.model, SFT(), eval_batches(rows, 4, None), "float32")
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
     # A generation task, or select_by: loss, selects by the validation loss: no hook.
     ctx.cfg = ctx.cfg.model_copy(update={"select_by": "loss"})
     assert ctx.select_by == "loss" and ctx.validation_metrics(ctx.val) is None

@@ -116,3 +116,30 @@ def test_a_hook_without_the_metric_is_named():
         selection_key("accuracy", 1.0, {"val_f1": 0.3})
     assert selection_key("loss", 0.7, {}) == [0.7]
     assert selection_key("accuracy", 0.7, {"val_accuracy": 0.4}) == [-0.4, 0.7]
+
+
+def test_a_hook_that_computes_the_loss_replaces_the_loss_pass(
+    monkeypatch, tiny_lm, shards, tmp_path
+):
+    """The ladder's label scoring yields the validation loss from the passes it runs anyway: a
+    ``loss`` among the hook's metrics is the validation loss, and fit runs no pass of its own."""
+    from transformers import AutoModelForCausalLM
+
+    def no_pass(*a, **k):
+        raise AssertionError("fit ran its own loss pass")
+
+    monkeypatch.setattr(loop, "evaluate", no_pass)
+    scripted_ = iter([(0.8, 0.5), (0.6, 0.5), (0.7, 0.9)])
+
+    def hook(model, _batches):
+        loss, acc = next(scripted_)
+        return {"loss": loss, "accuracy": acc}
+
+    ds = PackedDataset(shards, "train")
+    args = TrainArgs(batch_size=2, eval_every=2, eval_batches=1, warmup_steps=0, lr=1e-2,
+                     precision="fp32", select_by="accuracy")  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    r = fit(model, _objective(), ds, ds, args, 6, tmp_path / "o", hooks=FitHooks(eval_metrics=hook))
+    assert [v for _, v in r.val_history] == [0.8, 0.6, 0.7]
+    assert r.select_history == [(2, 0.5), (4, 0.5), (6, 0.9)]  # no "val_loss" metric twice
+    assert r.best_step == 6 and r.best_val_loss == pytest.approx(0.7)

@@ -122,18 +122,26 @@ def score_continuations(
     continuations: Sequence[Sequence[str]],
     batch_size: int = 8,
     max_rows: int = 32,
+    end_id: int | None = None,
 ) -> tuple[list[list[ContinuationScore]], list[int], int]:
     """Log-likelihood of each continuation after its context, by the engine's one kernel
-    (``Engine.score_continuations``: lm-eval's split rule, each context run once).
+    (``Engine.score_continuations``: lm-eval's split rule, each context run once; ``end_id``
+    a token read after each continuation too, for a local engine).
 
     Returns (scores[i][j] for context i, continuation j; prompt token count of each context;
     how many contexts had to be cut on the left to fit the model's context length). An engine
     without that kernel (a remote one) is scored through its ``loglikelihood``.
     """
     if not hasattr(engine, "score_continuations"):
+        if end_id is not None:
+            raise UserError(f"{engine!r} cannot score an end token after each answer")
         return _score_via_engine(engine, contexts, continuations)
     return engine.score_continuations(
-        list(contexts), [list(c) for c in continuations], batch_size=batch_size, max_rows=max_rows
+        list(contexts),
+        [list(c) for c in continuations],
+        batch_size=batch_size,
+        max_rows=max_rows,
+        end_id=end_id,
     )
 
 
@@ -189,7 +197,7 @@ def _flat(res: dict) -> dict:
 
 
 def _score_rows(engine, rows, template, shots, conts, text_field, answer_field, delimiter,
-                batch_size, example_template=None):  # fmt: skip
+                batch_size, example_template=None, end_id=None):  # fmt: skip
     """Render each row's prompt and score its continuations:
     (scores, prompt tokens per row, truncated prompts, wall seconds)."""
     prompts = [
@@ -205,7 +213,9 @@ def _score_rows(engine, rows, template, shots, conts, text_field, answer_field, 
         for r in rows
     ]
     t0 = time.perf_counter()
-    scores, n_prompt, truncated = score_continuations(engine, prompts, conts, batch_size=batch_size)
+    scores, n_prompt, truncated = score_continuations(
+        engine, prompts, conts, batch_size=batch_size, end_id=end_id
+    )
     return scores, n_prompt, truncated, time.perf_counter() - t0
 
 
@@ -245,6 +255,7 @@ def classify(
     alpha: float = 0.05,
     seed: int = 0,
     example_template: str | None = None,
+    end_id: int | None = None,
 ) -> dict:
     """Zero-/few-shot classification by the log-likelihood of each label after the prompt
     (``render_prompt``: ``example_template`` renders the solved examples, default ``template``).
@@ -252,6 +263,10 @@ def classify(
     Returns predictions, golds, ids, per_item (1 if correct), scores (log-prob of each label),
     accuracy and macro_f1 with ``ci`` (bootstrap intervals), per_label_f1, confusion,
     prompt_tokens (mean/max/total, and per item) and timing (wall, latency per item, tokens/s).
+    With ``end_id`` (the token a fine-tune learns to stop with) also ``label_loss``: the
+    token-weighted mean NLL of each gold label and that token after the prompt, the loss an
+    SFT validation of these rows computes (prompt + delimiter + label + end, loss on the last
+    two), from the same forward passes; the labels are still chosen without it.
     """
     labels = [str(x) for x in labels]
     if len(labels) < 2:
@@ -265,10 +280,15 @@ def classify(
     answers = [delimiter + lab for lab in labels]
     scores, n_prompt, truncated, wall = _score_rows(
         engine, rows, template, fewshot, [answers] * len(rows), text_field, label_field,
-        delimiter, batch_size, example_template,
+        delimiter, batch_size, example_template, end_id,
     )  # fmt: skip
     preds = [labels[_choose(s, labels, normalize)] for s in scores]
     golds = [str(r[label_field]) for r in rows]
+    extra = {}
+    if end_id is not None:
+        gold = [s[labels.index(g)] for s, g in zip(scores, golds, strict=True)]
+        nll = -sum(s.logprob + float(s.end_logprob or 0.0) for s in gold)
+        extra["label_loss"] = nll / max(1, sum(s.n_tokens + 1 for s in gold))
     per_item = [float(p == g) for p, g in zip(preds, golds, strict=True)]
     acc = M.with_ci(per_item, n=bootstrap, alpha=alpha, seed=seed)
     pairs = list(zip(preds, golds, strict=True))
@@ -287,6 +307,7 @@ def classify(
             **_choice_result(
                 rows, scores, per_item, n_prompt, truncated, wall, batch_size, alpha, normalize
             ),
+            **extra,
         }
     )
 

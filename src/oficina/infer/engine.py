@@ -584,12 +584,16 @@ class Engine:
         continuations: list[list[str]],
         batch_size: int = 8,
         max_rows: int = 32,
+        end_id: int | None = None,
     ) -> tuple[list[list[ContinuationScore]], list[int], int]:
-        """Each context's continuations scored, the context run once (``oficina.infer.scoring``).
+        """Each context's continuations scored, the context run once (``oficina.infer.scoring``;
+        ``end_id``: a token read after each continuation too).
 
         Returns (scores[i][j], context token counts, contexts cut on the left to fit).
         """
-        return scoring.score_continuations(self, contexts, continuations, batch_size, max_rows)
+        return scoring.score_continuations(
+            self, contexts, continuations, batch_size, max_rows, end_id=end_id
+        )
 
     def loglikelihood(
         self, requests: list[tuple[str, str]], batch_size: int = 8

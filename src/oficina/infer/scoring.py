@@ -57,6 +57,7 @@ class ContinuationScore:
     logprob: float  # sum of the continuation tokens' log-probabilities (nats)
     n_tokens: int
     greedy: bool  # every continuation token is the argmax
+    end_logprob: float | None = None  # log p(end_id | context + continuation), when asked
 
 
 def start_token(engine) -> int:
@@ -184,11 +185,14 @@ def score_continuations(
     continuations: Sequence[Sequence[str]],
     batch_size: int = 8,
     max_rows: int = 32,
+    end_id: int | None = None,
 ) -> tuple[list[list[ContinuationScore]], list[int], int]:
     """Log-likelihood of each continuation after its context, each context run once.
 
-    Returns (scores[i][j] for context i, continuation j; context token count of each context;
-    how many contexts were cut on the left to fit the model's context length).
+    ``end_id`` (a token, e.g. EOS) is read after every continuation too: its log-prob is each
+    score's ``end_logprob`` (the continuation's own ``logprob``, ``n_tokens`` and ``greedy``
+    leave it out). Returns (scores[i][j] for context i, continuation j; context token count of
+    each context; how many contexts were cut on the left to fit the model's context length).
     """
     model, tok = engine.model, engine.tokenizer
     max_len = engine.context_length
@@ -203,6 +207,8 @@ def score_continuations(
             raise UserError(
                 f"an empty continuation cannot be scored (continuations: {list(conts)!r})"
             )
+        if end_id is not None:
+            c_ids = [[*c, end_id] for c in c_ids]
         longest = max((len(c) for c in c_ids), default=0)
         if longest >= max_len:
             raise UserError(
@@ -240,6 +246,7 @@ def score_continuations(
 
             # First continuation token: read off the context's last position.
             partial: dict[tuple[int, int], tuple[float, bool]] = {}
+            ends: dict[tuple[int, int], float] = {}
             rows: list[tuple[int, int, int]] = []  # (batch row, item, continuation) needing more
             for r, i in enumerate(batch):
                 top = int(lp0[r].argmax())
@@ -273,15 +280,21 @@ def score_continuations(
                     c = cont_ids_all[i][j]
                     tgt = torch.tensor(c[1:])
                     lp_rows = lps[q, : len(c) - 1]
-                    s = float(lp_rows.gather(1, tgt.unsqueeze(1)).sum())
-                    g = bool((lp_rows.argmax(-1) == tgt).all())
+                    tok = lp_rows.gather(1, tgt.unsqueeze(1)).squeeze(1)
+                    hit = lp_rows.argmax(-1) == tgt
+                    if end_id is not None:  # the end token: its own figure, not the answer's
+                        ends[(i, j)] = float(tok[-1])
+                        tok, hit = tok[:-1], hit[:-1]
                     lp, g0 = partial[(i, j)]
-                    partial[(i, j)] = (lp + s, g0 and g)
+                    partial[(i, j)] = (lp + float(tok.sum()), g0 and bool(hit.all()))
                 del out, lps, c_cache
             del cache
+            end = int(end_id is not None)
             for i in batch:
                 results[i] = [
-                    ContinuationScore(partial[(i, j)][0], len(c), partial[(i, j)][1])
+                    ContinuationScore(
+                        partial[(i, j)][0], len(c) - end, partial[(i, j)][1], ends.get((i, j))
+                    )
                     for j, c in enumerate(cont_ids_all[i])
                 ]
     return results, [len(c) for c in ctx_ids_all], truncated

@@ -292,7 +292,9 @@ class LadderContext:
         """The validation hook of a trained rung's training (``FitHooks.eval_metrics``) when
         ``select_by`` is a metric: the model in training classifies ``rows`` (the validation
         split as the rung asks it, ``template``) by label log-likelihood, as ``score`` does the
-        test split; None when the loss selects."""
+        test split, and the same passes give the validation loss (the gold label and the EOS
+        the training rows end with, after the prompt: ``classify``'s ``label_loss``), so each
+        validation runs the rows once; None when the loss selects."""
         if self.select_by == "loss":
             return None
         tokenizer = self.base_engine().tokenizer
@@ -304,8 +306,13 @@ class LadderContext:
 
             # An engine around the weights in training: no prefix cache (they change between
             # two validations), the tokenizer the base's.
-            res = classify(Engine(model, tokenizer, name="validation"), rows, self.labels, template)
-            return {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
+            engine = Engine(model, tokenizer, name="validation")
+            eos = tokenizer.eos_token_id  # what train/data.py appends to every SFT row
+            res = classify(engine, rows, self.labels, template, end_id=eos)
+            out = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
+            if "label_loss" in res:  # a tokenizer without EOS: fit runs its own loss pass
+                out["loss"] = res["label_loss"]
+            return out
 
         return metrics
 

@@ -593,20 +593,7 @@ class TrainedRung(Rung):
         # The first seed's model (its inference cost is the result's) as it is deployed.
         if self.served is None:
             raise ValueError(f"rung {self.name} has no served model: it did not train")
-        spec, adapter = self.served
-        if adapter is None:
-            eng = ctx.engine(spec)
-        else:
-            # The adapter merged into a model folder (`oficina merge`) and loaded from it, as a
-            # deployment would. Merged in memory instead (PEFT merge_and_unload), the demo's
-            # LoRA scored the same items ~1.3-2x slower than that folder or the full
-            # fine-tune's, with the same weights.
-            with tempfile.TemporaryDirectory(dir=ctx.out, prefix=f"{self.name}-served-") as d:
-                from oficina.train.recipes import MergeConfig, merge
-
-                merge(MergeConfig(adapter=adapter, out=str(Path(d) / "model")))
-                eng = ctx.engine(str(Path(d) / "model"))
-                eng.model_hash  # noqa: B018 -- read from the folder before it goes
+        eng = served_engine(ctx, *self.served, name=self.name)
         return lambda rows: ctx.score(eng, *self.asked(ctx, rows))
 
     @abstractmethod
@@ -688,6 +675,26 @@ class TrainedRung(Rung):
         return r
 
 
+def served_engine(ctx: LadderContext, spec: str, adapter: str | None, name: str):
+    """The model as a deployment serves it: ``spec`` itself, or with ``adapter`` merged into a
+    model folder (``oficina merge``) and loaded from it. A trained rung's quality pass and the
+    latency pass both ask this model, so the quality reported is the served model's. Scored
+    unmerged (PEFT's extra matmuls on every adapted layer) the demo's LoRA answered its 155
+    test items at 0.58 s each instead of ~0.35, the QA LoRA 1.40 s instead of 0.69, lora_rag
+    2.89 instead of 1.67 (2026-12-01, 2 AVX2 cores, float32); merged in memory (PEFT
+    ``merge_and_unload``) it was ~1.3-2x slower than the folder, which is loaded with fused
+    projections (``Engine.from_spec``)."""
+    if adapter is None:
+        return ctx.engine(spec)
+    from oficina.train.recipes import MergeConfig, merge
+
+    with tempfile.TemporaryDirectory(dir=ctx.out, prefix=f"{name}-served-") as d:
+        merge(MergeConfig(adapter=adapter, out=str(Path(d) / "model")))
+        eng = ctx.engine(str(Path(d) / "model"))
+        eng.model_hash  # noqa: B018 -- read from the folder before it goes
+    return eng
+
+
 def add_costs(*costs: Cost) -> Cost:
     """Costs paid one after the other: times, FLOPs and dollars add; the peak is the highest."""
     return Cost(
@@ -743,7 +750,7 @@ class Lora(RecipeRung):
     def trained(self, ctx: LadderContext, hp: dict[str, Any], s: dict, cost: Cost) -> Trained:
 
         return Trained(
-            engine=ctx.engine(ctx.cfg.base_model, adapter=s["out"]),
+            engine=served_engine(ctx, ctx.cfg.base_model, s["out"], self.name),
             summary=s,
             cost=cost,
             detail=f"rank {hp['rank']}, {s['steps']} steps",
@@ -881,7 +888,7 @@ class CptLora(RecipeRung):
 
         cpt, cpt_cost = self.continued(ctx, hp)
         return Trained(
-            engine=ctx.engine(cpt["out"], adapter=s["out"]),
+            engine=served_engine(ctx, cpt["out"], s["out"], self.name),
             summary=s,
             cost=add_costs(cpt_cost, cost),
             detail=f"{cpt['steps']} CPT steps ({cpt['train_tokens']:,} tokens) + {s['steps']} LoRA steps",
