@@ -284,3 +284,9 @@ def test_search_trials_table_and_validation_loss_against_cumulative_flops(tmp_pa
     page = paths["html"].read_text()
     assert "<h2>Search trials</h2>" in page and "<td>PRUNED</td>" in page
     assert 'alt="Validation loss vs training FLOPs"' in page
+    # Trials judged by validation accuracy (a classifier's) say so in the column's name.
+    for r in (lora, full):
+        r.search = {**r.search, "judged_by": "validation accuracy (labels scored as on the test)"}
+    paths = write(tmp_path, rs, recommend(rs, 0.6, 1000), {"target": 0.6, "test_items": 10})
+    md = paths["markdown"].read_text()
+    assert "| rung | trial | lr | rank | state | val accuracy | steps | time | chosen |" in md

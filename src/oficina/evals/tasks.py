@@ -266,7 +266,8 @@ def classify(
     With ``end_id`` (the token a fine-tune learns to stop with) also ``label_loss``: the
     token-weighted mean NLL of each gold label and that token after the prompt, the loss an
     SFT validation of these rows computes (prompt + delimiter + label + end, loss on the last
-    two), from the same forward passes; the labels are still chosen without it.
+    two) when none is cut to a maximum length (here every prompt is whole, as the test is
+    asked), from the same forward passes; the labels are still chosen without it.
     """
     labels = [str(x) for x in labels]
     if len(labels) < 2:

@@ -152,9 +152,23 @@ def md_table(rows: list[dict], cols: list[str]) -> list[str]:
     ]
 
 
+def trials_value_column(rungs: list[RungResult]) -> str:
+    """The trials table's value column, named by what judged the searches ("val loss", "val
+    accuracy"; "val value" if they differ): a classifier's trials are judged by accuracy."""
+    judged = {
+        (r.search.get("judged_by") or "validation loss").split(" (")[0]
+        for r in rungs
+        if r.search and r.search.get("trials")
+    }
+    if len(judged) != 1:
+        return "val value"
+    return judged.pop().replace("validation ", "val ", 1)
+
+
 def trials_rows(rungs: list[RungResult]) -> list[dict]:
     """Every search trial of every trained rung: what it tried and what it got."""
     rows = []
+    value = trials_value_column(rungs)
     for r in rungs:
         search = r.search or {}
         for t in search.get("trials", []):
@@ -165,7 +179,7 @@ def trials_rows(rungs: list[RungResult]) -> list[dict]:
                     "trial": t["number"],
                     **{k: _short(v) for k, v in params.items()},
                     "state": t.get("state", ""),
-                    "val loss": "-" if t.get("value") is None else f"{t['value']:.4f}",
+                    value: "-" if t.get("value") is None else f"{t['value']:.4f}",
                     "steps": t.get("steps", ""),
                     "time": _fmt_s(float(t.get("seconds") or 0.0)),
                     "chosen": "yes" if search.get("best") == t["number"] else "",
