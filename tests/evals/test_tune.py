@@ -4,6 +4,7 @@ outputs, and a study that survives a SIGKILL (real processes on the workspace SQ
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -559,3 +560,47 @@ def test_a_three_trial_search_prunes_after_its_first_trial():
     behind = epochs.ask()
     behind.report(1.5, 10)
     assert behind.should_prune()
+
+
+def test_a_small_search_starts_from_points_that_fill_its_ranges():
+    """TPE's startup trials are independent random draws, and a 2-4 trial search is mostly its
+    startup: the demo's LoRA search once drew lr 7.1e-4 and 8.0e-4 of [2e-4, 2e-3]. The start
+    is a centred Latin hypercube: each range cut into n strata (log-scaled for a log range),
+    each trial in the middle of a different one."""
+    from oficina.evals.tune import _param, start_points
+
+    lr = _param("train.lr", {"type": "loguniform", "low": 2e-4, "high": 2e-3})
+    rank = _param("lora.r", {"type": "int", "low": 4, "high": 16})
+    size = _param("train.batch_size", [4, 8])
+    frac = _param("train.warmup_ratio", {"type": "float", "low": 0.0, "high": 0.2, "step": 0.05})
+    two = start_points([lr, rank, size, frac], 2, seed=0)
+    assert sorted(p["train.lr"] for p in two) == pytest.approx([2e-4 * 10**0.25, 2e-4 * 10**0.75])
+    assert sorted(p["lora.r"] for p in two) == [7, 13]  # 13 integers: the 4th and the 10th
+    assert sorted(p["train.batch_size"] for p in two) == [4, 8]
+    assert sorted(p["train.warmup_ratio"] for p in two) == [0.05, 0.15]  # of 5: the 2nd and the 4th
+    for n in (3, 4, 7):  # every stratum of every range taken once, whatever the seed
+        for seed in (0, 1):
+            pts = start_points([lr, rank], n, seed)
+            strata = sorted(int(n * math.log(p["train.lr"] / 2e-4) / math.log(10)) for p in pts)
+            assert strata == list(range(n))
+            assert len({p["lora.r"] for p in pts}) == n
+    # the seed pairs the strata, it does not move them
+    pairs = {tuple(sorted((p["train.lr"], p["lora.r"]) for p in start_points([lr, rank], 4, s)))
+             for s in range(6)}  # fmt: skip
+    assert len(pairs) > 1
+    assert {p["train.lr"] for p in start_points([lr], 4, 0)} == {
+        p["train.lr"] for p in start_points([lr], 4, 5)
+    }
+
+
+def test_a_tpe_study_runs_its_space_filling_start_first(tmp_path, pack):
+    from oficina.evals.tune import _param, start_points
+
+    cfg = tiny_config(tmp_path, pack)
+    out = tmp_path / "out"
+    assert main(["tune", str(cfg), "--trials", "2", "--pruner", "off", "--out", str(out)]) == 0
+    space = yaml.safe_load(cfg.read_text())["space"]
+    expected = start_points([_param(k, v) for k, v in space.items()], 2, seed=0)
+    assert [r["params"] for r in sorted(trials_of(out), key=lambda r: r["number"])] == expected
+    lrs = sorted(p["train.lr"] for p in expected)  # the quartiles of 1e-4..3e-2 in log space
+    assert lrs == pytest.approx([1e-4 * 300**0.25, 1e-4 * 300**0.75])
