@@ -418,6 +418,8 @@ def test_timeout_starts_no_trial_after_it(tmp_path, pack, capsys):
     assert "--timeout 1e-09s reached" in capsys.readouterr().out
     meta = json.loads((out / "tune.json").read_text())
     assert meta["finished"] <= 1 < meta["planned"] == 3  # the check runs before each trial
+    # the space-filling start queued 2 trials; one never drawn is not a row with no params
+    assert all(r["state"] != "WAITING" and r["params"] for r in trials_of(out))
 
 
 @pytest.mark.parametrize("pruner", ["halving", "hyperband"])
@@ -560,6 +562,23 @@ def test_a_three_trial_search_prunes_after_its_first_trial():
     behind = epochs.ask()
     behind.report(1.5, 10)
     assert behind.should_prune()
+    # spare: a trial behind the median is judged only once it falls below its own best
+    spared = optuna.create_study(direction="maximize", pruner=_pruner("median", 10, 3, 10, True))
+    done = spared.ask()
+    for step, v in ((10, 0.375), (20, 0.40), (30, 0.45)):
+        done.report(v, step)
+    spared.tell(done, 0.45)
+    slow = spared.ask()
+    slow.report(0.275, 10)
+    assert not slow.should_prune()  # behind, but one validation says nothing of its trend
+    slow.report(0.30, 20)
+    assert not slow.should_prune()  # behind, still rising
+    slow.report(0.25, 30)
+    assert slow.should_prune()  # fell below its best, and behind the median
+    ahead = spared.ask()
+    for step, v in ((10, 0.5), (20, 0.6), (30, 0.55)):
+        ahead.report(v, step)
+    assert not ahead.should_prune()  # fell, but ahead of the median
 
 
 def test_a_small_search_starts_from_points_that_fill_its_ranges():

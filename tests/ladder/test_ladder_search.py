@@ -21,10 +21,15 @@ from oficina.ladder.rungs import REGISTRY, CptLora, Distill, Full, Lora
 
 
 @pytest.mark.parametrize("select_by", ["auto", "loss"])
-def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noqa: F811
+def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by, monkeypatch):  # noqa: F811
     # A classification task: auto judges trials by validation accuracy (label scoring, higher
     # is better), loss by the validation loss.
     ctx.cfg = ctx.cfg.model_copy(update={"select_by": select_by})
+    import oficina.evals.tune as tune
+
+    pruners = []
+    real = tune._pruner
+    monkeypatch.setattr(tune, "_pruner", lambda *a: pruners.append(a) or real(*a))
     # 21 rows in batches of 4: 6 steps an epoch; one epoch per trial and for the rung.
     s = Lora.Settings(
         max_epochs=1, batch_size=4, patience=0,
@@ -34,6 +39,9 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noq
     search = r.search
     trials = search["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2]
+    # the ladder's trials are judged from one epoch on, and never while they improve
+    ((name, _, planned, after, spare),) = pruners
+    assert (name, planned, after, spare) == ("median", 3, 6, True)
     for t in trials:
         assert t["state"] == "COMPLETE" and set(t["params"]) == {"lr", "rank"}
         assert 1e-4 <= t["params"]["lr"] <= 1e-2 and 2 <= t["params"]["rank"] <= 8

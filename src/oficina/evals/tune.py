@@ -106,6 +106,11 @@ class TuneConfig(VerbConfig):
         description="the first training step at which the median pruner may judge a trial "
         "(default: the second validation)",
     )
+    spare_improving: bool = Field(
+        False,
+        description="never prune a trial whose last validation is at or above its best so far "
+        "(optuna's PatientPruner around the pruner): a slow starter still learning is not cut",
+    )
     keep_models: bool = Field(False, description="keep each trial's trained model on disk")
 
 
@@ -493,9 +498,24 @@ class Search:
     eval_metrics: Callable | None = None
 
 
-def _pruner(name: str, eval_every: int, trials: int, after: int | None = None):
+def _pruner(name: str, eval_every: int, trials: int, after: int | None = None, spare: bool = False):
     """Reports come at training steps eval_every, 2·eval_every, ...: the pruners' resource.
-    ``after``: the median pruner judges reports at that step or later."""
+    ``after``: the median pruner judges reports at that step or later. ``spare``: a trial is
+    judged only once its last validation falls below its own best so far (PatientPruner,
+    patience 0), so never at its first validation and never while it improves."""
+    import optuna
+
+    inner = _base_pruner(name, eval_every, trials, after)
+    if spare and name != "off":
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental" since optuna 2.8; pinned here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.PatientPruner(inner, patience=0)
+    return inner
+
+
+def _base_pruner(name: str, eval_every: int, trials: int, after: int | None):
     import optuna
 
     if name == "median":
@@ -649,7 +669,13 @@ def _open_study(s: Search):
         direction=s.direction,
         load_if_exists=True,
         sampler=_sampler(s, seed),
-        pruner=_pruner(s.cfg.pruner, s.base.train.eval_every, s.cfg.trials, s.cfg.prune_after),
+        pruner=_pruner(
+            s.cfg.pruner,
+            s.base.train.eval_every,
+            s.cfg.trials,
+            s.cfg.prune_after,
+            s.cfg.spare_improving,
+        ),
     )
     if "fingerprint" not in study.user_attrs:
         if s.cfg.sampler == "tpe" and not study.trials:  # a new study: its space-filling start
@@ -944,7 +970,9 @@ def _trial_rows(study, s: Search) -> list[dict]:
     rows = []
     decode = {p.key: p for p in s.space}
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
+        # surplus: a second worker's copy of the last trial; WAITING: queued and not yet drawn
+        # (the space-filling start, a killed trial's retry), no params until a worker runs it
+        if t.user_attrs.get("surplus") or t.state.name == "WAITING":
             continue
         ua = t.user_attrs
         rows.append(
