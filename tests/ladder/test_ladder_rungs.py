@@ -461,6 +461,9 @@ def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     from oficina.train.objectives import SFT
 
     assert ctx.select_by == "accuracy"
+    # float32: in bfloat16 (`auto` on an AVX-512 BF16 CPU) the hook's batches and evaluate's
+    # round differently, 2e-5 relative at OFICINA_TEST_SEED=3.
+    ctx.cfg = ctx.cfg.model_copy(update={"dtype": "float32"})
     engine = ctx.base_engine()
     hook = ctx.validation_metrics(ctx.val)
     got = hook(engine.model, [])
