@@ -1,16 +1,16 @@
-"""Two oficina processes on one machine: does the fine-tune beside a busy neighbour collapse?
+"""OpenMP's wait policy for oficina's processes: alone, and beside a busy neighbour.
 
-OpenMP's default wait policy spins a thread that waits for work; with two processes on two
-cores they spin against each other. The CLI sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user
-set it (src/oficina/cli.py). This script measures a LoRA fine-tune of SmolLM2 on the demo task
-(tokens/s from the run's summary) three ways, in one run:
+A waiting OpenMP thread either spins (fast to wake, but it burns a core) or sleeps (a futex
+wake-up per parallel region). With libgomp's default spin (~3 ms) or ``OMP_WAIT_POLICY=ACTIVE``
+two processes on two cores spin against each other; the CLI therefore sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the user set it (src/oficina/cli.py). This script measures a
+LoRA fine-tune of SmolLM2 on the demo task (tokens/s from the run's summary) under each wait
+setting, alone and beside a second busy ``oficina finetune`` with the same setting, in one run:
+the CLI's default, PASSIVE, ``GOMP_SPINCOUNT`` 10,000 (~0.1 ms of spin) and 300,000 (libgomp's
+default). ACTIVE is left out: beside a neighbour it took 11x PASSIVE's time (2026-11-29, README).
 
-  * alone (the CLI's default, PASSIVE);
-  * beside a second busy ``oficina finetune`` (both with the CLI's default, PASSIVE);
-  * beside the same neighbour, both with ``OMP_WAIT_POLICY=ACTIVE`` (what users got before).
-
-    python benchmarks/omp_wait.py            # 12 steps each, ~3-6 minutes on 2 cores
-    python benchmarks/omp_wait.py --steps 6  # quicker, noisier
+    python benchmarks/omp_wait.py                  # 12 steps each, ~12 minutes on 2 cores
+    python benchmarks/omp_wait.py --no-neighbour   # alone only
 """
 
 from __future__ import annotations
@@ -49,21 +49,28 @@ def finetune(out: Path, steps: int) -> list[str]:
     ]
 
 
-def env_with(policy: str | None) -> dict:
+def env_with(policy: str | None, spin: int | None = None) -> dict:
+    """The environment of one fine-tune: the CLI's own defaults unless a policy or a spin count
+    (``GOMP_SPINCOUNT``: how long libgomp's waiting thread spins before it sleeps; it overrides
+    what the policy implies, ~100,000 spins a millisecond) is given."""
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)  # the CLI's own default unless a policy is given
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(name, None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
+    if spin is not None:
+        env["GOMP_SPINCOUNT"] = str(spin)
     return env
 
 
-def run_one(tmp: Path, steps: int, policy: str | None, neighbour: bool) -> float:
-    """tokens/s of one fine-tune, optionally with a busy neighbour running the whole time."""
+def run_one(tmp: Path, steps: int, env: dict, neighbour: bool) -> float:
+    """tokens/s of one fine-tune, optionally with a busy neighbour (same environment) running
+    the whole time."""
     bg = None
     if neighbour:
         bg = subprocess.Popen(
             finetune(tmp / "bg", 100000),
-            env=env_with(policy),
+            env=env,
             cwd=ROOT,  # the example config names its data relative to the repository
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -72,7 +79,7 @@ def run_one(tmp: Path, steps: int, policy: str | None, neighbour: bool) -> float
     try:
         done = subprocess.run(
             finetune(tmp / "fg", steps),
-            env=env_with(policy),
+            env=env,
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -92,26 +99,39 @@ def run_one(tmp: Path, steps: int, policy: str | None, neighbour: bool) -> float
     return float(done.group(1).replace(",", ""))
 
 
+# (label, OMP_WAIT_POLICY, GOMP_SPINCOUNT); None: what the CLI sets by default
+WAYS = [
+    ("CLI default", None, None),
+    ("PASSIVE + GOMP_SPINCOUNT=0 (the same wait)", "PASSIVE", 0),
+    ("spin 10,000 (~0.1 ms)", None, 10_000),
+    ("spin 300,000 (libgomp's default, ~3 ms)", None, 300_000),
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument(
+        "--no-neighbour", action="store_true", help="only the fine-tunes alone (half the time)"
+    )
     args = ap.parse_args()
     print(machine())
+    rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.environ.setdefault("OFICINA_HOME", str(tmp / "ws"))
-        alone = run_one(tmp, args.steps, None, neighbour=False)
-        passive = run_one(tmp, args.steps, None, neighbour=True)
-        active = run_one(tmp, args.steps, "ACTIVE", neighbour=True)
-    print(f"LoRA fine-tune of SmolLM2, {args.steps} steps, tokens/s:")
-    print(f"  alone (CLI default PASSIVE)                 {alone:8.1f}")
-    print(
-        f"  beside a busy oficina, PASSIVE (default)    {passive:8.1f}  ({passive / alone:.2f}x alone)"
-    )
-    print(
-        f"  beside a busy oficina, OMP_WAIT_POLICY=ACTIVE {active:6.1f}  ({active / alone:.2f}x alone)"
-    )
-    print(f"PASSIVE vs ACTIVE beside a neighbour: {passive / active:.2f}x")
+        for label, policy, spin in WAYS:
+            env = env_with(policy, spin)
+            alone = run_one(tmp, args.steps, env, neighbour=False)
+            beside = None if args.no_neighbour else run_one(tmp, args.steps, env, neighbour=True)
+            rows.append((label, alone, beside))
+            print(f"  {label}: alone {alone:.1f} tok/s, beside a neighbour {beside}", flush=True)
+    print(f"LoRA fine-tune of SmolLM2, {args.steps} steps, tokens/s (both processes alike):")
+    print(f"  {'':42s} {'alone':>8s} {'beside a busy oficina':>22s}")
+    base = rows[0][1]
+    for label, alone, beside in rows:
+        near = "" if beside is None else f"{beside:8.1f} ({beside / alone:.2f}x alone)"
+        print(f"  {label:42s} {alone:8.1f} ({alone / base:.2f}x) {near}")
 
 
 if __name__ == "__main__":
