@@ -11,6 +11,7 @@ default). ACTIVE is left out: beside a neighbour it took 11x PASSIVE's time (202
 
     python benchmarks/omp_wait.py                  # 12 steps each, ~12 minutes on 2 cores
     python benchmarks/omp_wait.py --no-neighbour   # alone only
+    python benchmarks/omp_wait.py --ways default one-thread   # is a second thread worth a process?
 """
 
 from __future__ import annotations
@@ -49,17 +50,19 @@ def finetune(out: Path, steps: int) -> list[str]:
     ]
 
 
-def env_with(policy: str | None, spin: int | None = None) -> dict:
-    """The environment of one fine-tune: the CLI's own defaults unless a policy or a spin count
+def env_with(policy: str | None, spin: int | None = None, threads: int | None = None) -> dict:
+    """The environment of one fine-tune: the CLI's own defaults unless a policy, a spin count
     (``GOMP_SPINCOUNT``: how long libgomp's waiting thread spins before it sleeps; it overrides
-    what the policy implies, ~100,000 spins a millisecond) is given."""
+    what the policy implies, ~100,000 spins a millisecond) or a thread count is given."""
     env = dict(os.environ)
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"):
         env.pop(name, None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     if spin is not None:
         env["GOMP_SPINCOUNT"] = str(spin)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -99,13 +102,17 @@ def run_one(tmp: Path, steps: int, env: dict, neighbour: bool) -> float:
     return float(done.group(1).replace(",", ""))
 
 
-# (label, OMP_WAIT_POLICY, GOMP_SPINCOUNT); None: what the CLI sets by default
-WAYS = [
-    ("CLI default", None, None),
-    ("PASSIVE + GOMP_SPINCOUNT=0 (the same wait)", "PASSIVE", 0),
-    ("spin 10,000 (~0.1 ms)", None, 10_000),
-    ("spin 300,000 (libgomp's default, ~3 ms)", None, 300_000),
-]
+# name -> (label, OMP_WAIT_POLICY, GOMP_SPINCOUNT, OMP_NUM_THREADS); None: the CLI's default.
+# "one-thread": is a second thread worth a process? Two one-thread fine-tunes side by side
+# (beside) against one two-thread fine-tune alone (the CLI default's "alone") says whether two
+# search trials would finish sooner in parallel than one after the other.
+WAYS = {
+    "default": ("CLI default", None, None, None),
+    "passive": ("PASSIVE + GOMP_SPINCOUNT=0 (the same wait)", "PASSIVE", 0, None),
+    "spin10k": ("spin 10,000 (~0.1 ms)", None, 10_000, None),
+    "spin300k": ("spin 300,000 (libgomp's default, ~3 ms)", None, 300_000, None),
+    "one-thread": ("one thread (OMP_NUM_THREADS=1), PASSIVE", None, None, 1),
+}
 
 
 def main() -> None:
@@ -114,20 +121,28 @@ def main() -> None:
     ap.add_argument(
         "--no-neighbour", action="store_true", help="only the fine-tunes alone (half the time)"
     )
+    ap.add_argument(
+        "--ways",
+        nargs="+",
+        choices=list(WAYS),
+        default=["default", "passive", "spin10k", "spin300k"],
+        help="which settings, in order (the first is the ratios' base)",
+    )
     args = ap.parse_args()
     print(machine())
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.environ.setdefault("OFICINA_HOME", str(tmp / "ws"))
-        for label, policy, spin in WAYS:
-            env = env_with(policy, spin)
+        for way in args.ways:
+            label, policy, spin, threads = WAYS[way]
+            env = env_with(policy, spin, threads)
             alone = run_one(tmp, args.steps, env, neighbour=False)
             beside = None if args.no_neighbour else run_one(tmp, args.steps, env, neighbour=True)
             rows.append((label, alone, beside))
             print(f"  {label}: alone {alone:.1f} tok/s, beside a neighbour {beside}", flush=True)
     print(f"LoRA fine-tune of SmolLM2, {args.steps} steps, tokens/s (both processes alike):")
-    print(f"  {'':42s} {'alone':>8s} {'beside a busy oficina':>22s}")
+    print(f"  {'':42s} {'alone':>15s} {'beside a busy oficina (alike)':>30s}")
     base = rows[0][1]
     for label, alone, beside in rows:
         near = "" if beside is None else f"{beside:8.1f} ({beside / alone:.2f}x alone)"
