@@ -47,6 +47,31 @@ def test_exception_marks_run_failed():
     assert r["status"] == "failed" and "bad" in r["error"]
 
 
+def test_a_signal_during_the_last_record_write_still_ends_the_record(monkeypatch):
+    """A second SIGTERM while a stopping server records its end (the drain test's cleanup did
+    this once): the record is written whole, and the signal still stops the process."""
+    from oficina.errors import Stopped
+
+    cuts = []
+
+    def write_meta_cut_once(self):
+        if self.status != "running" and not cuts:
+            cuts.append(self.status)
+            raise Stopped("SIGTERM")  # lands in the middle of finish()
+        real_write_meta(self)
+
+    real_write_meta = workspace.Run._write_meta
+    with pytest.raises(Stopped):
+        with workspace.start_run("serve") as run:
+            monkeypatch.setattr(workspace.Run, "_write_meta", write_meta_cut_once)
+            run.stopped_by = "SIGTERM"  # the server handled the first signal itself
+    assert cuts == ["stopped"]
+    r = workspace.get_run(run.id)
+    assert r["status"] == "stopped" and r["error"] == "stopped by SIGTERM"
+    meta = json.loads((run.dir / "run.json").read_text())
+    assert meta["status"] == "stopped" and meta["ended"] is not None
+
+
 def _worker(home, n):
     os.environ["OFICINA_HOME"] = home
     for i in range(n):

@@ -363,16 +363,28 @@ class Run:
         )
 
     def finish(self, status: str = "completed", error: str | None = None) -> None:
+        """Record the run's end in run.json and the database. A signal that lands during these
+        writes (Ctrl-C twice; a supervisor's second SIGTERM while a stopping server records
+        itself) is held until the record is whole, then goes on: it had left a served run
+        'running' with exit 0 (2026-12-02). Both writes are idempotent, so a cut one is redone."""
         self.status, self.error, self.ended = status, error, time.time()
-        self._write_meta()
-        con = connect(self.root)
-        try:
-            con.execute(
-                "UPDATE runs SET status=?, ended=?, summary=?, error=? WHERE id=?",
-                (status, self.ended, json.dumps(self.summary, default=str), error, self.id),
-            )
-        finally:
-            con.close()
+        interrupted: KeyboardInterrupt | None = None
+        while True:
+            try:
+                self._write_meta()
+                con = connect(self.root)
+                try:
+                    con.execute(
+                        "UPDATE runs SET status=?, ended=?, summary=?, error=? WHERE id=?",
+                        (status, self.ended, json.dumps(self.summary, default=str), error, self.id),
+                    )
+                finally:
+                    con.close()
+                break
+            except KeyboardInterrupt as e:  # errors.Stopped (SIGTERM) is one too
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
 
 
 @contextmanager

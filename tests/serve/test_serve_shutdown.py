@@ -98,8 +98,9 @@ def test_serve_drains_streams_and_exits_0_on_a_signal(endless_lm, tmp_path, sig)
             assert not t.is_alive(), "a stream did not end after the drain"
     finally:
         # Signal again only if it has not ended by itself (or was never signalled): a second
-        # signal while the server writes its run record can cut that write short — the record
-        # stayed 'running' once, with exit 0 (2026-12-02).
+        # signal as the CLI exits, after it has put back the default handler, kills it with
+        # -15. (One landing during the run record's last write is held by Run.finish:
+        # tests/test_workspace.py.)
         try:
             out = proc.communicate(timeout=60)[0]
         except subprocess.TimeoutExpired:
