@@ -102,6 +102,13 @@ def run_one(tmp: Path, steps: int, env: dict, neighbour: bool) -> float:
     return float(done.group(1).replace(",", ""))
 
 
+def _positive(text: str) -> int:
+    n = int(text) if text.isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of steps")
+    return n
+
+
 # name -> (label, OMP_WAIT_POLICY, GOMP_SPINCOUNT, OMP_NUM_THREADS); None: the CLI's default.
 # "one-thread": is a second thread worth a process? Two one-thread fine-tunes side by side
 # (beside) against one two-thread fine-tune alone (the CLI default's "alone") says whether two
@@ -116,7 +123,7 @@ WAYS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=_positive, default=12, help="timed steps per fine-tune")
     ap.add_argument(
         "--no-neighbour", action="store_true", help="only the fine-tunes alone (half the time)"
     )
