@@ -623,3 +623,57 @@ def test_a_tpe_study_runs_its_space_filling_start_first(tmp_path, pack):
     assert [r["params"] for r in sorted(trials_of(out), key=lambda r: r["number"])] == expected
     lrs = sorted(p["train.lr"] for p in expected)  # the quartiles of 1e-4..3e-2 in log space
     assert lrs == pytest.approx([1e-4 * 300**0.25, 1e-4 * 300**0.75])
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def test_workers_share_the_plan_each_trial_in_its_own_process(tmp_path, pack, capsys):
+    """--workers 2: two forked processes draw from one study; together they finish the plan
+    once (no trial twice, none lost), each trial's summary comes back to the caller, and each
+    worker trains with its share of the threads."""
+    from oficina.evals.tune import TuneConfig, search, verb_class
+
+    threads = {}
+
+    def entry(cfg, hooks=None):
+        import torch
+
+        threads[os.getpid()] = torch.get_num_threads()  # seen only in the worker's copy
+        s = verb_class("pretrain")[1](cfg, hooks=hooks)
+        return {**s, "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+    out = tmp_path / "out"
+    results: dict[int, dict] = {}
+    cfg = TuneConfig(spec=str(tiny_config(tmp_path, pack)), out=str(out), trials=4, workers=2)
+    meta = search(cfg, entry=entry, results=results)
+    assert "2 workers" in capsys.readouterr().out
+    rows = trials_of(out)
+    assert meta["finished"] == 4 and sorted(r["number"] for r in rows) == [0, 1, 2, 3]
+    pids = {int(r["worker"].split(":")[1]) for r in rows}
+    assert len(pids) == 2 and os.getpid() not in pids and not threads
+    assert sorted(results) == [0, 1, 2, 3]
+    for r in rows:  # the summary of the trial that ran in that worker
+        s = results[r["number"]]
+        assert s["pid"] == int(r["worker"].split(":")[1]) and s["steps"] == r["cost"]
+        assert s["threads"] == max(1, __import__("torch").get_num_threads() // 2)
+
+
+def test_a_workers_error_is_raised_by_the_caller_and_a_dead_worker_is_named(tmp_path, pack):
+    from oficina.errors import UserError
+    from oficina.evals.tune import TuneConfig, search
+
+    def refuse(cfg, hooks=None):
+        raise UserError("refused on purpose", exit_code=2)
+
+    cfg = TuneConfig(spec=str(tiny_config(tmp_path, pack)), out=str(tmp_path / "a"), trials=2)
+    with pytest.raises(UserError, match="refused on purpose") as e:
+        search(cfg.model_copy(update={"workers": 2}), entry=refuse)
+    assert e.value.exit_code == 2  # the worker's error as it was raised there
+
+    def die(cfg, hooks=None):
+        os._exit(9)  # as the OOM killer would: no word to the parent
+
+    cfg = cfg.model_copy(update={"workers": 2, "out": str(tmp_path / "b"), "study": "b"})
+    with pytest.raises(UserError, match=r"tune worker \d died \(exit code 9\)"):
+        search(cfg, entry=die)

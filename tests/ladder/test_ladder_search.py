@@ -9,7 +9,12 @@ they are.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+
 import pytest
+import torch
 
 # The tiny task of test_ladder_rungs (21 training rows, 3 validation, 6 test) and its context.
 from test_ladder_rungs import LORA_PARAMS_PER_RANK, ctx, task_files  # noqa: F401
@@ -63,7 +68,16 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noq
     # The search's cost is the sum of its trials' FLOPs, and it is the rung's training cost.
     cost = Cost(**search["cost"])
     assert cost.flops == pytest.approx(sum(t["flops"] for t in trials))
-    assert cost.wall_time_s >= sum(t["seconds"] for t in trials) > 0
+    # By default the trials train side by side, as many at once as torch has threads.
+    w = search["workers"]
+    assert w == min(3, torch.get_num_threads())
+    pids = {json.loads(x)["worker"] for x in (ctx.out / "search-lora/trials.jsonl").open()}
+    assert len(pids) == w and (w > 1) == (f"{socket.gethostname()}:{os.getpid()}" not in pids)
+    slack = 0.005 * len(trials)  # seconds are rounded to 0.01
+    assert cost.wall_time_s >= max(t["seconds"] for t in trials) - slack > 0
+    assert cost.wall_time_s >= sum(t["seconds"] for t in trials) / w - slack
+    for t in trials:  # a trial beside others is charged its share of the machine
+        assert t["usd"] == pytest.approx(ctx.training_usd(t["seconds"] / w, t["flops"]))
     assert r.training.flops == pytest.approx(cost.flops)
     assert r.training.wall_time_s == pytest.approx(cost.wall_time_s)
     assert r.training.usd == pytest.approx(cost.usd)
@@ -76,10 +90,14 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noq
 def test_a_shorter_search_budget_retrains_and_both_costs_count(ctx):  # noqa: F811
     s = Full.Settings(
         max_epochs=1, batch_size=4, patience=0,
-        search={"trials": 2, "lr": [1e-5, 1e-3], "max_epochs": 0.5},
+        search={"trials": 2, "lr": [1e-5, 1e-3], "max_epochs": 0.5, "workers": 1},
     )  # fmt: skip
     r = Full(s).run(ctx)
     search = r.search
+    # workers 1: the trials train one after the other in this process
+    rows = [json.loads(x) for x in (ctx.out / "search-full/trials.jsonl").open()]
+    assert {r["worker"] for r in rows} == {f"{socket.gethostname()}:{os.getpid()}"}
+    assert search["workers"] == 1
     assert [t["steps"] for t in search["trials"]] == [3, 3]  # half an epoch each
     assert "retrained at trial" in search["final"] and "(0.5 epochs)" in search["final"]
     assert r.training_run["steps"] == 6  # the rung's own budget: one epoch
