@@ -671,6 +671,17 @@ def test_a_workers_error_is_raised_by_the_caller_and_a_dead_worker_is_named(tmp_
         search(cfg.model_copy(update={"workers": 2}), entry=refuse)
     assert e.value.exit_code == 2  # the worker's error as it was raised there
 
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("cannot pickle")
+
+    def odd(cfg, hooks=None):
+        raise Unpicklable("a local exception class")
+
+    cfg = cfg.model_copy(update={"workers": 2, "out": str(tmp_path / "c"), "study": "c"})
+    with pytest.raises(UserError, match=r"tune worker \d: a local exception class"):
+        search(cfg, entry=odd)  # its text, not a worker that seems to have died
+
     def die(cfg, hooks=None):
         os._exit(9)  # as the OOM killer would: no word to the parent
 

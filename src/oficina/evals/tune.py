@@ -894,7 +894,7 @@ def search(
             work(s, study, keep.__setitem__)
         else:
             _work_in_processes(s, workers, keep)
-        summary = finish(study, s)
+        summary = {**finish(study, s), "workers": workers}
         rec.summary.update(summary)
         if (s.out / "best.yaml").is_file():
             rec.add_output("best", s.out / "best.yaml")
@@ -966,6 +966,7 @@ def _work_in_processes(s: Search, workers: int, results: dict[int, dict]) -> Non
     closures over its loaded task) go with them as they are. A worker's error is raised here
     once the others have been stopped; Ctrl-C or SIGTERM here stops them all."""
     import multiprocessing as mp
+    import pickle
     import queue as queue_mod
 
     import torch
@@ -982,10 +983,11 @@ def _work_in_processes(s: Search, workers: int, results: dict[int, dict]) -> Non
             work(s, study, lambda n, summary: q.put(("trial", n, summary)))
             q.put(("done", index, None))
         except BaseException as e:  # noqa: BLE001 -- handed to the parent, which raises it
-            try:
-                q.put(("error", index, e))
+            try:  # the queue pickles in a thread of its own, where a failure would be lost
+                pickle.dumps(e)
             except Exception:  # an exception that does not pickle: its text then
-                q.put(("error", index, ConfigError(f"tune worker {index}: {e}")))
+                e = ConfigError(f"tune worker {index}: {e}")
+            q.put(("error", index, e))
 
     procs = [ctx.Process(target=child, args=(i,), daemon=True) for i in range(workers)]
     try:

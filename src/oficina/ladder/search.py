@@ -107,15 +107,6 @@ def space_of(hp: dict[str, Any], settings: SearchSettings) -> dict[str, dict]:
     return space
 
 
-def workers_for(settings: SearchSettings) -> int:
-    """Trials at once: the setting, or as many as the trials up to torch's CPU threads."""
-    if settings.workers is not None:
-        return min(settings.workers, max(1, settings.trials))
-    import torch
-
-    return max(1, min(settings.trials, torch.get_num_threads()))
-
-
 def run_search(
     rung: SearchedRung, ctx: LadderContext, hp: dict[str, Any], settings: SearchSettings
 ) -> tuple[dict[str, Any], dict]:
@@ -142,7 +133,8 @@ def run_search(
     )
     # Each trial's own summary (FLOPs, curves, model dir), from whichever worker trained it.
     summaries: dict[int, dict] = {}
-    workers = workers_for(settings)
+    import torch
+
     held = current_mb() or 0.0  # resident in this process as its workers fork
     t0 = time.perf_counter()
     tuned = search(
@@ -172,12 +164,14 @@ def run_search(
             # tok/s against ~310 alone at 2 threads (benchmarks/search_workers.py, 2-core Xeon,
             # 2026-12-02). With both trials under way, the pruner has no finished trial to
             # compare with until one ends (a 2-trial search pruned nothing in that demo).
-            workers=workers,
+            # tune runs at most as many as the trials left; it says how many it ran
+            workers=settings.workers or torch.get_num_threads(),
         ),
         eval_metrics=None if (h := rung.fit_hooks(ctx)) is None else h.eval_metrics,
         results=summaries,
     )
     wall = time.perf_counter() - t0
+    workers = tuned["workers"]
     rows, _ = read_jsonl(out / "trials.jsonl", "trials file")
     names = {v: k for k, v in KEYS.items()}
     trials = []
@@ -202,12 +196,12 @@ def run_search(
     flops = sum(t["flops"] for t in trials)
     # Trials side by side hold their memory at once. A forked worker's peak counts what it
     # shares with this process (resident when it forked): that once, each worker's own on top.
-    peaks = sorted((float(s.get("peak_memory_mb", 0.0)) for s in summaries.values()), reverse=True)
-    shared = min([held, *peaks[:workers]]) if workers > 1 else 0.0
+    peaks = sorted((float(s.get("peak_memory_mb", 0)) for s in summaries.values()), reverse=True)
+    peaks = peaks[:workers] or [0.0]
     cost = Cost(
         wall_time_s=wall,
         flops=flops,
-        peak_memory_mb=max(peaks[:1] or [0.0]) + sum(p - shared for p in peaks[1:workers]),
+        peak_memory_mb=peaks[0] + sum(max(0.0, p - held) for p in peaks[1:]),
         usd=ctx.training_usd(wall, flops),
     )
     best = tuned.get("best")
