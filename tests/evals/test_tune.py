@@ -688,3 +688,39 @@ def test_a_workers_error_is_raised_by_the_caller_and_a_dead_worker_is_named(tmp_
     cfg = cfg.model_copy(update={"workers": 2, "out": str(tmp_path / "b"), "study": "b"})
     with pytest.raises(UserError, match=r"tune worker \d died \(exit code 9\)"):
         search(cfg, entry=die)
+
+
+def test_workers_popping_queued_trials_at_once_never_take_the_same_one(tmp_path):
+    """SQLite ignores SELECT ... FOR UPDATE and Python's sqlite3 opens a transaction only at
+    the first write, so two workers could both read trial 0 as WAITING and both run it (CI
+    saw the second's tell fail: "Trial#0 has already finished"). Four processes popping 60
+    queued trials as fast as they can: each trial is taken exactly once."""
+    import multiprocessing as mp
+
+    import optuna
+
+    from oficina.evals.tune import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="race")
+    for i in range(60):
+        study.enqueue_trial({"x": float(i)})
+    ctx = mp.get_context("fork")
+    q, go = ctx.Queue(), ctx.Event()
+
+    def pop() -> None:
+        mine = optuna.load_study(study_name="race", storage=open_storage(url))
+        go.wait()
+        taken = []
+        while (trial_id := mine._pop_waiting_trial_id()) is not None:
+            taken.append(trial_id)
+        q.put(taken)
+
+    procs = [ctx.Process(target=pop) for _ in range(4)]
+    for p in procs:
+        p.start()
+    go.set()
+    taken = [t for _ in procs for t in q.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert sorted(taken) == sorted(t._trial_id for t in study.trials)  # once each, none lost
