@@ -641,7 +641,9 @@ def test_workers_share_the_plan_each_trial_in_its_own_process(tmp_path, pack, ca
 
         threads[os.getpid()] = torch.get_num_threads()  # seen only in the worker's copy
         s = verb_class("pretrain")[1](cfg, hooks=hooks)
-        return {**s, "threads": torch.get_num_threads(), "pid": os.getpid()}
+        from oficina.train import loop
+
+        return {**s, "threads": torch.get_num_threads(), "pid": os.getpid(), "bar": loop.BAR_LINE}
 
     out = tmp_path / "out"
     results: dict[int, dict] = {}
@@ -657,6 +659,7 @@ def test_workers_share_the_plan_each_trial_in_its_own_process(tmp_path, pack, ca
         s = results[r["number"]]
         assert s["pid"] == int(r["worker"].split(":")[1]) and s["steps"] == r["cost"]
         assert s["threads"] == max(1, __import__("torch").get_num_threads() // 2)
+    assert {results[n]["bar"] for n in results} == {0, 1}  # a progress bar line per worker
 
 
 def test_a_workers_error_is_raised_by_the_caller_and_a_dead_worker_is_named(tmp_path, pack):

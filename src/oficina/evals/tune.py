@@ -1001,6 +1001,9 @@ def _work_in_processes(s: Search, workers: int, results: dict[int, dict]) -> Non
 
     def child(index: int) -> None:
         torch.set_num_threads(threads)
+        from oficina.train import loop
+
+        loop.BAR_LINE = index
         try:
             # A connection of the parent's pool must not be used from two processes.
             study = _open_study(s, worker=index)

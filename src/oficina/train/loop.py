@@ -126,6 +126,11 @@ class TrainingStopped(UserError):
     """A NaN/inf loss or gradient: the step was abandoned before the optimizer ran."""
 
 
+# The terminal line this process's progress bar owns: a forked tune worker sets its index
+# (evals/tune.py), so two trials training side by side draw two bars, not one line between them.
+BAR_LINE = 0
+
+
 # ---------------------------------------------------------------------------- distributed
 
 
@@ -529,7 +534,14 @@ def _fit(
     trackers = _Trackers(args.report_to, run, args.model_dump()) if rank == 0 else None
     from tqdm import tqdm
 
-    bar = tqdm(total=max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=max_steps,
+        initial=step,
+        disable=rank != 0,
+        unit="step",
+        dynamic_ncols=True,
+        position=BAR_LINE,
+    )
     params = [p for p in unwrap(model).parameters() if p.requires_grad]
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
     ddp = world > 1 and args.parallel == "ddp"
@@ -733,7 +745,14 @@ def _fit(
         if best_opt is not None:
             opt.load_state_dict(best_opt)
         state["micro"] = state.get("micro_at_best", state["micro"])
-        bar = tqdm(total=n, disable=rank != 0, unit="step", dynamic_ncols=True, desc="cooldown")
+        bar = tqdm(
+            total=n,
+            disable=rank != 0,
+            unit="step",
+            dynamic_ncols=True,
+            desc="cooldown",
+            position=BAR_LINE,
+        )
         for i in range(n):
             for g, lr0 in zip(opt.param_groups, start, strict=True):
                 g["lr"] = lr0 * (n - i) / n  # linear to lr0 / n at the last step
