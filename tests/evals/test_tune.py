@@ -727,3 +727,23 @@ def test_workers_popping_queued_trials_at_once_never_take_the_same_one(tmp_path)
     for p in procs:
         p.join()
     assert sorted(taken) == sorted(t._trial_id for t in study.trials)  # once each, none lost
+
+
+def test_time_left_counts_the_trials_other_workers_are_running():
+    """After this worker's trial, with another worker's trial 30 s into a 100 s pace: that
+    one needs ~70 s more, and the not-started ones are shared between the two workers."""
+    from datetime import timedelta
+
+    import optuna
+
+    from oficina.evals.tune import _time_left
+
+    study = optuna.create_study()
+    done = study.ask()
+    study.tell(done, 1.0)
+    other = study.ask()  # RUNNING in another worker
+    now = study.trials[other.number].datetime_start + timedelta(seconds=30)
+    assert _time_left(study, 2, 1, 100.0, now=now) == pytest.approx(70.0)  # was 100: 1 x pace
+    assert _time_left(study, 5, 1, 100.0, now=now) == pytest.approx(70.0 + 2 * 100.0)  # was 400
+    study.tell(other, 1.0)
+    assert _time_left(study, 5, 2, 100.0, now=now) == pytest.approx(300.0)  # alone: 3 x pace

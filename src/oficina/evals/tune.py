@@ -1064,7 +1064,7 @@ def _progress(study, s: Search, number: int, state, value, mine: int, t0: float)
     t = study.get_trials(deepcopy=False)[number]
     best = _best(study)
     elapsed = time.perf_counter() - t0
-    left = elapsed / mine * max(0, s.cfg.trials - finished)
+    left = _time_left(study, s.cfg.trials, finished, elapsed / mine)
     if state.name == "PRUNED":
         what = f"pruned at step {t.user_attrs.get('cost_steps')}"
     elif state.name == "FAIL":
@@ -1081,6 +1081,26 @@ def _progress(study, s: Search, number: int, state, value, mine: int, t0: float)
         f"{_fmt_s(elapsed)} elapsed, ~{_fmt_s(left)} left",
         flush=True,
     )
+
+
+def _time_left(study, planned: int, finished: int, per_trial: float, now=None) -> float:
+    """Seconds until the plan is done, at this worker's pace: the trials other workers are
+    running finish when they have had ``per_trial`` seconds, and the ones not started yet are
+    shared by every worker (the others and this one). With two workers side by side, the first
+    to finish no longer announces the second's whole trial as still to come."""
+    from datetime import datetime
+
+    from optuna.trial import TrialState
+
+    now = now or datetime.now()  # Optuna stamps datetime_start with the local naive time
+    running = [
+        (now - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None
+    ]
+    unstarted = max(0, planned - finished - len(running))
+    tail = max((per_trial - age for age in running), default=0.0)
+    return max(0.0, tail) + math.ceil(unstarted / (len(running) + 1)) * per_trial
 
 
 def _best(study):
