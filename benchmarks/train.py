@@ -841,12 +841,16 @@ def bench_precision(work: Path, steps: int, trials: int = 2) -> None:
     bf16 (what ``fit`` runs in bf16) vs plain float32, then a batch-1 scoring forward of 128
     tokens with bfloat16 vs float32 weights (what the ladder's ``dtype`` picks), interleaved in
     one process. ``oficina.measure.native_bf16()`` says whether oneDNN runs bf16 natively
-    (AVX-512 BF16, AMX); where it does not, bf16 is emulated."""
-    from oficina.measure import native_bf16
+    (AVX-512 BF16, AMX; where it does not, bf16 is emulated), ``fast_bf16()`` what ``auto``
+    follows (AMX: AVX-512 BF16 alone measured slower than float32)."""
+    from oficina.measure import auto_precision, fast_bf16, native_bf16
 
     flags = Path("/proc/cpuinfo").read_text().split()
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    print(f"CPU flags: {' '.join(have)}; oficina.measure.native_bf16() = {native_bf16()}")
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    print(
+        f"CPU flags: {' '.join(have)}; oficina.measure.native_bf16() = {native_bf16()}, "
+        f"fast_bf16() = {fast_bf16()}: auto = {auto_precision('auto')}"
+    )
     model, stream = ladder_sft_batches()
     model.config._attn_implementation = "eager"
 

@@ -58,13 +58,21 @@ def test_usd():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_cpu_and_keeps_an_explicit_choice(monkeypatch, native):
-    monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+    monkeypatch.setattr(measure, "_NATIVE_BF16", True)  # AVX-512 BF16 alone decides nothing
+    monkeypatch.setattr(measure, "_FAST_BF16", native)
     assert measure.auto_precision("auto") == ("bf16" if native else "fp32")
     assert measure.auto_dtype("auto") == ("bfloat16" if native else "float32")
     for explicit in ("bf16", "fp32"):
         assert measure.auto_precision(explicit) == explicit
     for explicit in ("bfloat16", "float32"):
         assert measure.auto_dtype(explicit) == explicit
+
+
+def test_fast_bf16_is_the_cpus_amx(monkeypatch):
+    # bf16 wins only with AMX tiles: AVX-512 BF16 alone ran a LoRA step 0.57x float32's speed.
+    monkeypatch.setattr(measure, "_FAST_BF16", None)
+    flags = open("/proc/cpuinfo").read().split()
+    assert measure.fast_bf16() == ("amx_tile" in flags)
 
 
 def test_native_bf16_agrees_with_the_cpu_flags(monkeypatch):

@@ -142,8 +142,8 @@ def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), per oneDNN.
 
     Where it does not (AVX2 only), bf16 math is emulated: on the 2-core AVX2 EPYC a SmolLM2 LoRA
-    step under bf16 autocast took 272 s against 53 s in float32 (2026-11-30, load ~4.7), while
-    on the AVX-512 BF16 machines bf16 scored the demo 1.75x faster than float32.
+    step under bf16 autocast took 272 s against 53 s in float32 (2026-11-30, load ~4.7). Native
+    is not faster: ``fast_bf16`` says where bf16 wins, which is what ``auto`` follows.
     """
     global _NATIVE_BF16
     if _NATIVE_BF16 is None:
@@ -159,12 +159,33 @@ def native_bf16() -> bool:
 _NATIVE_BF16: bool | None = None
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 is the faster precision here: where the CPU has AMX tiles. AVX-512 BF16
+    alone computes bf16 but does not win: on a 2-core Intel Xeon with AVX-512 BF16 and no AMX a
+    LoRA step of the ladder's shape ran 110 tokens/s in bf16 against 195 in float32 (0.57x) and
+    a scoring forward took 1.35x float32's (``benchmarks/train.py --what precision --steps 4``,
+    quiet, 2026-12-02), and the demo there ran 1 h 25 min in bf16. With AMX, bf16 is what makes
+    the demo 27 min on the same kind of Xeon."""
+    global _FAST_BF16
+    if _FAST_BF16 is None:
+        import torch
+
+        try:
+            _FAST_BF16 = bool(torch.cpu._is_amx_tile_supported())
+        except (AttributeError, RuntimeError):
+            _FAST_BF16 = False
+    return _FAST_BF16
+
+
+_FAST_BF16: bool | None = None
+
+
 def auto_precision(precision: str) -> str:
-    """``"auto"`` → ``"bf16"`` where the CPU has native bf16 (``native_bf16``), else ``"fp32"``;
-    any other value is returned as given (an explicit choice is kept)."""
+    """``"auto"`` → ``"bf16"`` where it is the faster precision (``fast_bf16``: AMX), else
+    ``"fp32"``; any other value is returned as given (an explicit choice is kept)."""
     if precision != "auto":
         return precision
-    return "bf16" if native_bf16() else "fp32"
+    return "bf16" if fast_bf16() else "fp32"
 
 
 def auto_dtype(dtype: str) -> str:

@@ -108,7 +108,7 @@ def test_the_registry_derives_schema_order_quick_profile_and_texts(repo_root):
 def test_the_ladder_evaluates_in_bf16_only_where_the_cpu_has_it(monkeypatch, native):
     from oficina import measure
 
-    monkeypatch.setattr(measure, "_NATIVE_BF16", native)
+    monkeypatch.setattr(measure, "_FAST_BF16", native)
     assert LadderConfig(out="x").dtype == ("bfloat16" if native else "float32")
     assert LadderConfig(out="x", dtype="bfloat16").dtype == "bfloat16"
     assert LadderConfig(out="x", dtype="float32").dtype == "float32"
