@@ -71,8 +71,8 @@ class TrainArgs(Section):
     max_grad_norm: float = Field(1.0, ge=0, description="clip gradients to this norm (0 = off)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
-        description="bf16 autocast or plain fp32; auto: bf16 where the CPU computes it natively "
-        "(AVX-512 BF16, AMX), fp32 elsewhere (emulated bf16 was 5x slower on an AVX2 CPU)",
+        description="bf16 autocast or plain fp32; auto: bf16 where the CPU has AMX, fp32 "
+        "elsewhere (bf16 was 5x slower emulated on AVX2, 0.57x on AVX-512 BF16 without AMX)",
     )
     compile: bool = Field(False, description="torch.compile the model (first steps slower)")
     deterministic: bool = Field(
