@@ -459,6 +459,61 @@ def test_a_best_checkpoint_at_the_budget_counts_as_cut_off_only_if_it_still_fell
     assert not b.outcome({"best_step": 160, "steps": 160, "val_curve": flat})["best_at_budget"]
 
 
+def _answers(correct: int, n: int = 40, offset: int = 0) -> list[list[str]]:
+    """n [prediction, gold] rows, ``correct`` of them right (rows offset.. offset+correct-1)."""
+    return [["a" if offset <= i < offset + correct else "b", "a"] for i in range(n)]
+
+
+def test_a_last_rise_within_the_validation_rows_noise_is_not_cut_off():
+    """With the rows' answers kept, the budget check pairs the last evaluation with the best
+    before it on the same rows: the demo's LoRA at its last epoch rose 0.60 -> 0.65 on 40 rows
+    (two rows net: inside the interval, not cut off); a rise of 12 rows is beyond it."""
+    from oficina.ladder.rungs import Budget
+
+    hp = {"batch_size": 4, "max_epochs": 3, "evals_per_epoch": 1, "patience": 2, "min_delta": 0.01}
+    b = Budget.of(80, hp, "accuracy")
+    curve = [[20, 0.40], [40, 0.60], [60, 0.65]]
+    s = {"best_step": 60, "steps": 60, "select_by": "accuracy", "select_curve": curve,
+         "val_answers": [[20, _answers(16)], [40, _answers(24)], [60, _answers(26, offset=1)]]}  # fmt: skip
+    out = b.outcome(s)
+    r = out["last_rise"]
+    assert (r["from_step"], r["diff"], r["rows"]) == (40, 0.05, 40)
+    assert r["ci"][0] < 0 < r["ci"][1] and not r["beyond_noise"]
+    assert not out["best_at_budget"]  # by min_delta alone (+8%) it would have been
+    assert b.cut_by_budget(60, b.selection_curve(s))
+    # 12 more rows right than at step 40: beyond noise, cut off.
+    steep = {**s, "select_curve": [[20, 0.40], [40, 0.30], [60, 0.60]],
+             "val_answers": [[20, _answers(16)], [40, _answers(12)], [60, _answers(24)]]}  # fmt: skip
+    r = b.outcome(steep)["last_rise"]
+    assert r["from_step"] == 20 and r["diff"] == pytest.approx(0.2) and r["beyond_noise"]
+    assert b.outcome(steep)["best_at_budget"]
+    # Pairing matters: the same 0.40 -> 0.60 by a model that got 8 rows wrong that it had
+    # right is tied far more loosely than one that only gained rows.
+    swapped = {**steep, "val_answers": [[20, _answers(16)], [40, _answers(12)],
+                                        [60, _answers(24, offset=16)]]}  # fmt: skip
+    r2 = b.outcome(swapped)["last_rise"]
+    assert r2["diff"] == pytest.approx(0.2) and r2["ci"][0] < r["ci"][0]
+    # Best before the budget's end, or no answers kept (the loss selects): no pairing.
+    assert b.outcome({**s, "best_step": 40})["last_rise"] is None
+    assert b.outcome({k: v for k, v in s.items() if k != "val_answers"})["last_rise"] is None
+    # Macro-F1 selects: the statistic is macro-F1 over the rows' (prediction, gold) pairs.
+    mf = Budget.of(80, hp, "macro_f1").outcome({**s, "select_by": "macro_f1"})["last_rise"]
+    assert mf is not None and mf["rows"] == 40 and mf["diff"] > 0
+
+
+def test_the_report_says_why_a_last_evaluation_is_or_is_not_the_budgets_choice():
+    from oficina.ladder.report import _budget_text
+
+    rise = {"from_step": 40, "diff": 0.05, "ci": [-0.05, 0.15], "rows": 40, "beyond_noise": False}
+    flat = _budget_text({"best_at_budget": False, "last_rise": rise})
+    assert "+0.050 [-0.050, +0.150] over step 40 on the same 40 validation rows" in flat
+    assert "within noise" in flat and "budget, not the curve" not in flat
+    cut = _budget_text({"best_at_budget": True, "last_rise": {**rise, "beyond_noise": True}})
+    assert "the budget, not the curve, chose it" in cut and "beyond noise" in cut
+    assert _budget_text({"best_at_budget": True}) == " — the budget, not the curve, chose it"
+    assert _budget_text({"best_at_budget": False}) == ""
+
+
 def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     """A classifier's checkpoints are picked by ``ctx.validation_metrics``: the same label
     scoring as the test split's, on the validation rows, of the weights in training."""
@@ -475,6 +530,9 @@ def test_the_validation_hook_scores_labels_as_the_test_is_scored(ctx):
     plain = Engine(engine.model, engine.tokenizer)  # the same weights, no prefix cache
     want = ctx.score(plain, ctx.val)
     assert got["accuracy"] == want["accuracy"] and got["macro_f1"] == want["macro_f1"]
+    # ...and each row's [prediction, gold], in the rows' order, for fit to keep.
+    assert got["answers"] == [list(p) for p in zip(want["predictions"], want["golds"], strict=True)]
+    assert [g for _, g in got["answers"]] == [r["label"] for r in ctx.val]
     # The same passes give the validation loss fit would otherwise compute in a pass of its
     # own: the SFT loss of the validation rows as training tokenizes them (label + EOS).
     files = ctx.training_files()

@@ -26,10 +26,15 @@ from oficina.ladder.rungs import REGISTRY, CptLora, Distill, Full, Lora
 
 
 @pytest.mark.parametrize("select_by", ["auto", "loss"])
-def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noqa: F811
+def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by, monkeypatch):  # noqa: F811
     # A classification task: auto judges trials by validation accuracy (label scoring, higher
     # is better), loss by the validation loss.
     ctx.cfg = ctx.cfg.model_copy(update={"select_by": select_by})
+    from oficina.ladder.rungs import Budget
+
+    judged: list[dict] = []  # the summaries the budget check reads (the reused trial's)
+    outcome = Budget.outcome
+    monkeypatch.setattr(Budget, "outcome", lambda b, s: judged.append(s) or outcome(b, s))
     # 21 rows in batches of 4: 6 steps an epoch; one epoch per trial and for the rung.
     s = Lora.Settings(
         max_epochs=1, batch_size=4, patience=0,
@@ -65,6 +70,17 @@ def test_a_search_fills_its_trials_and_its_cost_is_added(ctx, select_by):  # noq
     assert search["reused"] is True
     assert f"trials/{best['number']:04d}/model" in r.artifacts["adapter"]
     assert r.training_run["final_cost"] == Cost().model_dump()
+    # The trial's per-row validation answers came back from its worker with its summary, one
+    # set per validation, for the budget check to pair (none when the loss selects).
+    (s,) = judged
+    if select_by == "loss":
+        assert s["val_answers"] == [] and r.training_run["last_rise"] is None
+    else:
+        assert [k for k, _ in s["val_answers"]] == [k for k, _ in s["select_curve"]] == [2, 4, 6]
+        golds = [row["label"] for row in ctx.val]
+        assert all([g for _, g in a] == golds for _, a in s["val_answers"])
+        accs = [sum(p == g for p, g in a) / len(a) for _, a in s["val_answers"]]
+        assert accs == pytest.approx([v for _, v in s["select_curve"]])
     # The search's cost is the sum of its trials' FLOPs, and it is the rung's training cost.
     cost = Cost(**search["cost"])
     assert cost.flops == pytest.approx(sum(t["flops"] for t in trials))

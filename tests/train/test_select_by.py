@@ -143,3 +143,46 @@ def test_a_hook_that_computes_the_loss_replaces_the_loss_pass(
     assert [v for _, v in r.val_history] == [0.8, 0.6, 0.7]
     assert r.select_history == [(2, 0.5), (4, 0.5), (6, 0.9)]  # no "val_loss" metric twice
     assert r.best_step == 6 and r.best_val_loss == pytest.approx(0.7)
+
+
+def test_the_hooks_per_row_answers_are_kept_per_validation_not_logged(
+    monkeypatch, tiny_lm, shards, tmp_path
+):
+    """An ``answers`` entry is not a metric: fit keeps it per validation step
+    (``val_answers``, what the ladder's budget check pairs) and logs only the numbers."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 1.0)
+    scripted_ = iter([[["a", "a"], ["b", "a"]], [["a", "a"], ["a", "a"]], [["b", "a"], ["b", "a"]]])
+    seen_by_on_eval: list[dict] = []
+
+    def hook(model, _batches):
+        answers = next(scripted_)
+        return {"accuracy": sum(p == g for p, g in answers) / 2, "answers": answers}
+
+    def on_eval(step, metrics):
+        seen_by_on_eval.append(dict(metrics))
+        return False
+
+    ds = PackedDataset(shards, "train")
+    args = TrainArgs(batch_size=2, eval_every=2, eval_batches=1, warmup_steps=0, lr=1e-2,
+                     precision="fp32", select_by="accuracy")  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+
+    class Run(loop.NullRun):
+        logged: list[dict] = []
+
+        def log(self, metrics, step=None):
+            self.logged.append(dict(metrics))
+
+    r = fit(model, _objective(), ds, ds, args, 6, tmp_path / "o", run=Run(),
+            hooks=FitHooks(eval_metrics=hook, on_eval=on_eval))  # fmt: skip
+    assert r.val_answers == [
+        (2, [["a", "a"], ["b", "a"]]),
+        (4, [["a", "a"], ["a", "a"]]),
+        (6, [["b", "a"], ["b", "a"]]),
+    ]
+    assert r.select_history == [(2, 0.5), (4, 1.0), (6, 0.0)] and r.best_step == 4
+    assert all("val_answers" not in m and "answers" not in m for m in seen_by_on_eval)
+    val_logs = [m for m in Run.logged if "val_accuracy" in m]
+    assert len(val_logs) == 3 and not any("answers" in m or "val_answers" in m for m in val_logs)

@@ -288,11 +288,11 @@ class LadderContext:
 
     def validation_metrics(
         self, rows: list[dict], template: str | None = None
-    ) -> Callable[[Any, list[dict]], dict[str, float]] | None:
+    ) -> Callable[[Any, list[dict]], dict[str, Any]] | None:
         """The validation hook of a trained rung's training (``FitHooks.eval_metrics``) when
         ``select_by`` is a metric: the model in training classifies ``rows`` (the validation
         split as the rung asks it, ``template``) by label log-likelihood, as ``score`` does the
-        test split, and the same passes give the validation loss (the gold label and the EOS
+        test split (its per-row ``answers``, [prediction, gold], kept by fit), and the same passes give the validation loss (the gold label and the EOS
         the training rows end with, after the prompt: ``classify``'s ``label_loss``), so each
         validation runs the rows once; None when the loss selects. Its prompts are whole, as
         the test's are, where fit's own pass cut a row longer than the rung's ``max_len`` from
@@ -303,7 +303,7 @@ class LadderContext:
         tokenizer = self.base_engine().tokenizer
         template = template or self.template
 
-        def metrics(model, _batches: list[dict]) -> dict[str, float]:
+        def metrics(model, _batches: list[dict]) -> dict[str, Any]:
             from oficina.evals.tasks import classify
             from oficina.infer.engine import Engine
 
@@ -313,6 +313,9 @@ class LadderContext:
             eos = tokenizer.eos_token_id  # what train/data.py appends to every SFT row
             res = classify(engine, rows, self.labels, template, end_id=eos)
             out = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
+            # Per row (prediction, gold): whether the budget's last rise beats the earlier best
+            # on these same rows is a paired test (rungs.Budget.cut_by_budget).
+            out["answers"] = [list(p) for p in zip(res["predictions"], res["golds"], strict=True)]
             if "label_loss" in res:  # a tokenizer without EOS: fit runs its own loss pass
                 out["loss"] = res["label_loss"]
             return out

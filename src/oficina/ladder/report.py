@@ -407,10 +407,24 @@ def settings_lines(rungs: list[RungResult]) -> list[str]:
             out.append(
                 f"{r.name}: {t['rule']}; stopped by {t['stopped']} at step {t['steps']} of "
                 f"{t['max_steps']}, best at step {t['best_step']} (epoch {t['best_epoch']})"
-                + (" — the budget, not the curve, chose it" if t.get("best_at_budget") else "")
+                + _budget_text(t)
                 + _cooldown_text(t.get("cooldown"))
             )
     return out
+
+
+def _budget_text(t: dict) -> str:
+    """Whether the budget ended a curve still rising, and on what evidence."""
+    r = t.get("last_rise")
+    if r:
+        rise = (
+            f"{r['diff']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] over step {r['from_step']} "
+            f"on the same {r['rows']} validation rows"
+        )
+        if t.get("best_at_budget"):
+            return f" — the budget, not the curve, chose it: its last rise, {rise}, is beyond noise"
+        return f" — the last evaluation, but its rise, {rise}, is within noise: flat"
+    return " — the budget, not the curve, chose it" if t.get("best_at_budget") else ""
 
 
 def _cooldown_text(c: dict | None) -> str:

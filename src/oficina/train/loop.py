@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -286,10 +286,13 @@ class FitHooks:
     validation of the demo's LoRA scored 40 rows twice, ~14 s each on 2 AVX2 cores
     (2026-12-01). ``on_eval(step, metrics) -> stop`` sees them all and returns
     True to end training there (``FitResult.stopped == "on_eval"``: a pruned trial costs only
-    the steps it ran). Under torchrun every rank must return the same answer.
+    the steps it ran). Under torchrun every rank must return the same answer. An ``answers``
+    entry (one JSON-able item per validation row, e.g. ``[prediction, gold]``) is neither logged
+    nor a metric: fit keeps it per validation (``FitResult.val_answers``), so a caller can ask
+    whether one checkpoint really beats another on the same rows (the ladder's budget check).
     """
 
-    eval_metrics: Callable[[object, list[dict]], dict[str, float]] | None = None
+    eval_metrics: Callable[[object, list[dict]], dict[str, Any]] | None = None
     on_eval: Callable[[int, dict[str, float]], bool] | None = None
 
 
@@ -315,6 +318,8 @@ class FitResult:
     select_by: str = "loss"
     best_metric: float | None = None
     select_history: list[tuple[int, float]] = field(default_factory=list)
+    # The hook's per-row ``answers`` at each validation, (step, answers) (FitHooks).
+    val_answers: list[tuple[int, list]] = field(default_factory=list)
 
 
 def _say(msg: str, rank: int) -> None:
@@ -505,6 +510,7 @@ def _fit(
         "best_step": None,
         "ref_val": None,  # the select_by value of the last improvement by at least min_delta
         "select_history": [],
+        "val_answers": [],  # the hook's per-row answers at each validation (FitHooks)
         "bad_evals": 0,
         "history": [],
         "val_history": [],
@@ -599,9 +605,13 @@ def _fit(
         state["history"].append((step + 1, loss_val))
         return loss_val, gnorm, step_tokens
 
+    answers: list = []  # the last validation's per-row answers, when the hook gives them
+
     def validate() -> tuple[float, dict[str, float]]:
-        """(val loss, the hook's metrics as ``val_<name>``) of the weights the model holds."""
+        """(val loss, the hook's metrics as ``val_<name>``) of the weights the model holds;
+        the hook's per-row ``answers`` (if any) left in ``answers``."""
         extra: dict[str, float] = {}
+        answers.clear()
         if hooks.eval_metrics:
             # The caller's code runs the model in eval mode, without autocast, on rows of any
             # length (the default attention kernel).
@@ -614,6 +624,7 @@ def _fit(
                     extra = dict(hooks.eval_metrics(train_model, val))
             finally:
                 train_model.train(was)
+            answers.extend(extra.pop("answers", None) or [])
         if "loss" in extra:
             v = float(extra.pop("loss"))
         else:
@@ -663,6 +674,8 @@ def _fit(
             state["val_history"].append((step, v))
             if args.select_by != "loss":  # for the loss it is val_history
                 state["select_history"].append((step, -key[0]))
+            if answers:
+                state["val_answers"].append((step, list(answers)))
             state["train_at_eval"].append(train_avg)
             # The best weights are the best select_by value seen; patience counts only
             # improvements of at least min_delta, so a model creeping by noise-sized steps is
@@ -806,4 +819,5 @@ def _fit(
         select_by=args.select_by,
         best_metric=best_metric,
         select_history=[tuple(x) for x in state["select_history"]],
+        val_answers=[(int(k), list(a)) for k, a in state.get("val_answers", [])],
     )

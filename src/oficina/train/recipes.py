@@ -214,10 +214,14 @@ def _summary(run, cfg_out: str, model, result, flops_per_token: float, mem: Memo
             "select_by": result.select_by,
             "best_val_metric": result.best_metric,
             "select_curve": [[int(k), float(v)] for k, v in result.select_history],
+            # The validation hook's per-row answers at each validation (FitHooks), if any.
+            "val_answers": [[int(k), a] for k, a in result.val_answers],
         }
     )
     # The run's record keeps the figures; its curves are already in its metrics.jsonl.
-    run.summary.update({k: v for k, v in s.items() if not k.endswith("_curve")})
+    run.summary.update(
+        {k: v for k, v in s.items() if not k.endswith("_curve") and k != "val_answers"}
+    )
     rank, _ = dist_env()
     best = "-" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
     if rank == 0:
