@@ -160,28 +160,51 @@ _NATIVE_BF16: bool | None = None
 
 
 def fast_bf16() -> bool:
-    """Whether bf16 is the faster precision here: where the CPU has AMX tiles. AVX-512 BF16
-    alone computes bf16 but does not win: on a 2-core Intel Xeon with AVX-512 BF16 and no AMX a
-    LoRA step of the ladder's shape ran 110 tokens/s in bf16 against 195 in float32 (0.57x) and
-    a scoring forward took 1.35x float32's (``benchmarks/train.py --what precision --steps 4``,
-    quiet, 2026-12-02), and the demo there ran 1 h 25 min in bf16. With AMX, bf16 is what makes
-    the demo 27 min on the same kind of Xeon."""
+    """Whether bf16 is the faster precision here: where the CPU has AMX tiles, or is an AMD CPU
+    that computes bf16 (AVX-512 BF16: Zen 4 and later). The same instructions do not win on
+    every CPU, so the rule is what was measured (``benchmarks/train.py --what precision
+    --steps 4``, a LoRA step of the ladder's shape and a scoring forward, quiet, same run each):
+
+    * 2-core Intel Xeon with AVX-512 BF16, no AMX: LoRA 110 tokens/s in bf16 against 195 in
+      float32 (0.57x), scoring 1.35x float32's time; the demo there ran 1 h 25 min in bf16
+      (2026-12-02).
+    * 2-core AMD EPYC Zen 4 (AVX-512 BF16, no AMX): LoRA 245 vs 155 and 254 vs 138 tokens/s
+      (1.58x, 1.84x), scoring 0.57x and 0.54x float32's time (two runs, 2026-12-02); the demo
+      there ran 1 h 16 min in float32.
+    * With AMX, bf16 is what makes the demo 27 min on a 2-core Xeon.
+
+    An Intel CPU with AVX-512 BF16 and no AMX, or a CPU not measured, gets float32."""
     global _FAST_BF16
     if _FAST_BF16 is None:
         import torch
 
         try:
-            _FAST_BF16 = bool(torch.cpu._is_amx_tile_supported())
+            amx = bool(torch.cpu._is_amx_tile_supported())
         except (AttributeError, RuntimeError):
-            _FAST_BF16 = False
+            amx = False
+        _FAST_BF16 = amx or (cpu_vendor() == "AuthenticAMD" and native_bf16())
     return _FAST_BF16
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"...) from /proc/cpuinfo; "" when
+    there is none to read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 _FAST_BF16: bool | None = None
 
 
 def auto_precision(precision: str) -> str:
-    """``"auto"`` → ``"bf16"`` where it is the faster precision (``fast_bf16``: AMX), else
+    """``"auto"`` → ``"bf16"`` where it is the faster precision (``fast_bf16``: AMX, or AMD
+    with AVX-512 BF16), else
     ``"fp32"``; any other value is returned as given (an explicit choice is kept)."""
     if precision != "auto":
         return precision

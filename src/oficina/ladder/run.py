@@ -192,7 +192,7 @@ class LadderConfig(VerbConfig):
         "auto",
         validate_default=True,
         description="precision every rung is evaluated and priced in (quantize: int8 weights); "
-        "auto: bfloat16 where the CPU has AMX, else float32 (oficina.measure.fast_bf16)",
+        "auto: bfloat16 where the CPU has AMX or is AMD with AVX-512 BF16, else float32 (oficina.measure.fast_bf16)",
     )
     seeds: list[int] | None = Field(
         None,

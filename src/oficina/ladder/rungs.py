@@ -162,7 +162,7 @@ class RagSettings(RungSettings):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "fp32",
         description="embedding precision (bf16: ~2.3x faster index build on AMX CPUs; "
-        "auto: bf16 where the CPU has AMX, as oficina.measure.fast_bf16 decides)",
+        "auto: bf16 where the CPU has AMX or is AMD with AVX-512 BF16, as oficina.measure.fast_bf16 decides)",
     )
     passage_chars: int = Field(
         300, ge=50, description="characters of each retrieved passage put in the prompt"

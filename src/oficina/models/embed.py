@@ -11,8 +11,8 @@ float32): on a CPU with AMX MiniLM embeds ~2.3x faster and every vector keeps a 
 >= 0.9999 with the float32 one, but near-ties between passages can swap (on the demo questions
 dense recall@5 is unchanged, the calibrated hybrid's cross-validated figure loses one question
 of 75), so float32 — the vectors sentence-transformers gives — stays the default.
-``precision="auto"`` is bf16 where the CPU has AMX, float32 elsewhere
-(``oficina.measure.fast_bf16``: on AVX2 alone bf16 is emulated, and AVX-512 BF16 alone is slower).
+``precision="auto"`` is bf16 where the CPU has AMX or is AMD with AVX-512 BF16, float32 elsewhere
+(``oficina.measure.fast_bf16``: on AVX2 alone bf16 is emulated, and on an Intel Xeon with AVX-512 BF16 alone it is slower).
 
     from oficina.models.embed import Embedder
     emb = Embedder()                       # minilm-l6

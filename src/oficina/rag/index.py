@@ -63,7 +63,7 @@ class IndexConfig(VerbConfig):
     batch_size: int = Field(64, ge=1, description="texts per embedding batch")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "fp32",
-        description="encoder precision: fp32 (exact) or bf16 autocast (~2.3x faster on AMX CPUs, vectors within cosine 0.9999; queries use the same); auto: bf16 where the CPU has AMX",
+        description="encoder precision: fp32 (exact) or bf16 autocast (~2.3x faster on AMX CPUs, vectors within cosine 0.9999; queries use the same); auto: bf16 where it is the faster precision (AMX, or AMD with AVX-512 BF16: oficina.measure.fast_bf16)",
     )
 
 
