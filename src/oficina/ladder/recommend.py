@@ -44,8 +44,16 @@ def compare(
         return None
     if metric == "macro_f1" and (a.golds != b.golds or len(a.predictions) != len(b.predictions)):
         return None
+    return paired(_items(a, metric), _items(b, metric), metric, n=n, seed=seed)
+
+
+def paired(items_a: list, items_b: list, metric: str, *, n: int = 1000, seed: int = 0) -> dict:
+    """``metric`` of A minus B on the same items (per-item scores, or (prediction, gold) pairs
+    for macro-F1), with its paired-bootstrap interval: ``{"diff", "ci", "tied", "p_value", "n"}``.
+    Rungs on the test split (``compare``) and a training's checkpoints on the validation rows
+    (``rungs.Budget.last_rise``) are compared by it."""
     stat = macro_f1_stat() if metric == "macro_f1" else None
-    res = paired_bootstrap(_items(a, metric), _items(b, metric), stat, n=n, seed=seed)
+    res = paired_bootstrap(items_a, items_b, stat, n=n, seed=seed)
     lo, hi = res["ci"]
     return {
         "diff": res["diff"],

@@ -495,22 +495,22 @@ class Budget:
         before = min(earlier)[1]  # the earliest of the best before (curve values are negated)
         if before not in at or len(at[before]) != len(at[best]):
             return None
-        from oficina.evals.metrics import macro_f1_stat, paired_bootstrap
-
-        if self.select_by == "accuracy":
-            stat, items = None, lambda a: [float(p == g) for p, g in a]
-        elif self.select_by == "macro_f1":
-            stat, items = macro_f1_stat(), lambda a: [tuple(x) for x in a]
-        else:
+        if self.select_by not in ("accuracy", "macro_f1"):
             return None
-        kw = {} if stat is None else {"stat": stat}
-        res = paired_bootstrap(items(at[best]), items(at[before]), n=1000, seed=0, **kw)
+        from oficina.ladder.recommend import paired
+
+        def items(a: list) -> list:  # what the bootstrap resamples, as recommend.compare's
+            if self.select_by == "macro_f1":
+                return [tuple(x) for x in a]
+            return [float(p == g) for p, g in a]
+
+        res = paired(items(at[best]), items(at[before]), self.select_by)
         return {
             "from_step": before,
             "diff": round(res["diff"], 4),
             "ci": [round(x, 4) for x in res["ci"]],
             "rows": res["n"],
-            "beyond_noise": bool(res["ci"][0] > 0),
+            "beyond_noise": res["ci"][0] > 0,
         }
 
     def cut_by_budget(self, best: int | None, curve: list, rise: dict | None = None) -> bool:

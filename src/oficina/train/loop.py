@@ -820,5 +820,5 @@ def _fit(
         select_by=args.select_by,
         best_metric=best_metric,
         select_history=[tuple(x) for x in state["select_history"]],
-        val_answers=[(int(k), list(a)) for k, a in state.get("val_answers", [])],
+        val_answers=[(int(k), list(a)) for k, a in state["val_answers"]],
     )
