@@ -32,21 +32,13 @@ def throughput(eng, prompts, n, batch):
     return toks / (time.perf_counter() - t0)
 
 
-def llama_throughput(llm, prompt_ids, n):
-    from oficina.infer.gguf_export import llama_greedy
-
-    llama_greedy(llm, prompt_ids[0], 2)  # warm-up
-    t0 = time.perf_counter()
-    toks = sum(len(llama_greedy(llm, ids, n)) for ids in prompt_ids)
-    return toks / (time.perf_counter() - t0)
-
-
 def llama_rows(eng, prompts, n) -> list[tuple[str, float]]:
-    """llama.cpp tokens/s (batch 1) for the f32 and q8_0 GGUF exports of the engine's model."""
+    """llama.cpp tokens/s (batch 1, the prompts in turn) for the f32 and q8_0 GGUF exports of the
+    engine's model, in a child process with llama.cpp's default OpenMP environment."""
     import tempfile
     from pathlib import Path
 
-    from oficina.infer.gguf_export import export_gguf, load_llama
+    from oficina.infer.gguf_export import export_gguf, llama_tokens_per_s
 
     ids = [eng.encode(p) for p in prompts]
     rows = []
@@ -54,9 +46,7 @@ def llama_rows(eng, prompts, n) -> list[tuple[str, float]]:
         for kind in ("f32", "q8_0"):
             path = Path(d) / f"model-{kind}.gguf"
             export_gguf(eng.path, path, kind)
-            llm = load_llama(path, n_ctx=max(len(i) for i in ids) + n + 8)
-            rows.append((kind, llama_throughput(llm, ids, n)))
-            del llm
+            rows.append((kind, llama_tokens_per_s(path, ids, n)))
     return rows
 
 

@@ -15,7 +15,9 @@ same number of tokens; prefill of the short prompt included) for:
     ``oficina.infer.int8``), and the same on the opt-in dynamic kernel
     (``OFICINA_INT8_DECODE=dynamic``: activations quantized per row, fbgemm's VNNI kernel);
   * llama.cpp (llama-cpp-python) on ``oficina quantize --method gguf`` exports, f32 and q8_0,
-    same token ids, as many threads as torch uses;
+    same token ids, as many threads as torch uses, each figure timed in a child process with
+    llama.cpp's default OpenMP environment (this process sets OMP_WAIT_POLICY=PASSIVE for torch;
+    under it llama.cpp decoded 3x slower on 2 threads);
   * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
   * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
     the compile happens in the untimed warm-up), and with ``--int8`` too, the int8 directory
@@ -217,7 +219,10 @@ def main() -> None:
     if "int8" not in engines:
         print("int8: not measured (pass --int8 DIR from `oficina quantize --method int8`)")
     if version:
-        print(f"llama.cpp: llama-cpp-python {version}, {threads} threads unless labelled")
+        print(
+            f"llama.cpp: llama-cpp-python {version}, {threads} threads unless labelled, "
+            "its default OpenMP wait policy (a child process)"
+        )
     elif not args.no_llama:
         print("llama.cpp: not measured (llama-cpp-python is not installed: make llama)")
     rule = "one thread for the dynamic int8 kernel, torch's count otherwise"
@@ -228,11 +233,13 @@ def main() -> None:
 
 def llama_runs(eng, prompt: str, n: int, threads: tuple[int | None, ...] = (None,)) -> list:
     """(label, fn) for llama.cpp on the f32 and q8_0 GGUF exports of the engine's model (each
-    exported once), loaded on each count of ``threads`` (None: torch's count)."""
+    exported once), on each count of ``threads`` (None: torch's count). Each call times one
+    generation in a child process with llama.cpp's default OpenMP environment
+    (``gguf_export.llama_tokens_per_s``: not this process's OMP_WAIT_POLICY=PASSIVE)."""
     import tempfile
     from pathlib import Path
 
-    from oficina.infer.gguf_export import export_gguf, llama_greedy, load_llama
+    from oficina.infer.gguf_export import export_gguf, llama_tokens_per_s
 
     ids = eng.encode(prompt)
     d = tempfile.mkdtemp(prefix="oficina-bench-")
@@ -241,12 +248,9 @@ def llama_runs(eng, prompt: str, n: int, threads: tuple[int | None, ...] = (None
         path = Path(d) / f"model-{kind}.gguf"
         export_gguf(eng.path, path, kind)
         for t in threads:
-            llm = load_llama(path, n_ctx=len(ids) + n + 8, threads=t)
 
-            def run(llm=llm) -> float:
-                t0 = time.perf_counter()
-                k = len(llama_greedy(llm, ids, n))
-                return k / (time.perf_counter() - t0)
+            def run(path=path, t=t) -> float:
+                return llama_tokens_per_s(path, [ids], n, threads=t)
 
             out.append((f"llama.cpp {kind}" + (f", {t} thread(s)" if t else ""), run))
     return out

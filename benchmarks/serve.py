@@ -225,7 +225,9 @@ def start_llama(exe: Path, gguf: Path) -> ServerProcess:
         "--parallel", str(LLAMA_SLOTS), "-c", str(LLAMA_SLOTS * 256), "-t", str(threads),
         "--no-webui", "--log-disable",
     ]  # fmt: skip
-    return ServerProcess(cmd, port)
+    from oficina.infer.gguf_export import llama_env  # not Oficina's OMP_WAIT_POLICY (its docs)
+
+    return ServerProcess(cmd, port, llama_env())
 
 
 async def one_request(

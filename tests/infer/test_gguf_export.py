@@ -240,3 +240,36 @@ def test_a_re_exported_gguf_of_the_same_name_and_size_is_converted_again(
     assert first != second and first.parent == tmp_path / "cache" / "models"
     norm = [load_file(d / "model.safetensors")["model.norm.weight"] for d in (first, second)]
     assert torch.equal(norm[1], norm[0] * 2)
+
+
+def test_llama_speed_runs_in_a_child_without_oficinas_openmp_wait_policy(monkeypatch):
+    """llama.cpp is timed as its users run it: OMP_WAIT_POLICY=PASSIVE (set for torch by the CLI)
+    made it 3x slower on 2 threads, so the child's environment leaves it (and the spin count)
+    out and keeps everything else."""
+    import subprocess
+
+    from oficina.infer import gguf_export as gx
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    monkeypatch.setenv("OFICINA_PROBE", "kept")
+    seen = {}
+
+    def fake_run(cmd, input, env, **kw):
+        seen.update(cmd=cmd, job=json.loads(input), env=env)
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"tokens_per_s": 12.5}\n', stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert gx.llama_tokens_per_s("m.gguf", [[1, 2, 3]], 7, threads=3) == 12.5
+    env = seen["env"]
+    assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env
+    assert env["OFICINA_PROBE"] == "kept" and env == gx.llama_env()
+    assert seen["job"] == {"path": "m.gguf", "prompts": [[1, 2, 3]], "n": 7, "threads": 3}
+    assert "_rate_child" in seen["cmd"][-1]
+
+    def failing(cmd, input, env, **kw):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback\nOSError: bad gguf")
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match="OSError: bad gguf"):
+        gx.llama_tokens_per_s("m.gguf", [[1]], 2)

@@ -120,3 +120,19 @@ def test_smollm2_q8_0_gguf_follows_the_engine_except_near_ties(smollm2_ggufs):
         assert sum(agree) >= 14, q
         dlp = [abs(float(got[i, full[i + 1]] - ref[i, full[i + 1]])) for i in rows]
         assert sum(dlp) / len(dlp) < 0.15, q
+
+
+def test_llama_decode_speed_child_makes_the_asked_tokens(tiny_lm, tmp_path, monkeypatch):
+    """The real child: it loads the GGUF, generates n tokens per prompt and reports a rate; a
+    file that is not a GGUF fails with llama.cpp's own error, not a hang or a zero rate."""
+    from oficina.infer.gguf_export import llama_tokens_per_s
+
+    out = tmp_path / "tiny.gguf"
+    export_gguf(tiny_lm, out, "f32")
+    ids = Engine.from_spec(str(tiny_lm)).encode(TEXTS[0])
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert llama_tokens_per_s(out, [ids, ids[:3]], 5, threads=1) > 0
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf")
+    with pytest.raises(RuntimeError, match="child failed"):
+        llama_tokens_per_s(bad, [ids], 5, threads=1)

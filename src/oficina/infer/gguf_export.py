@@ -450,14 +450,60 @@ def llama_greedy(llm, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-def llama_tokens_per_s(llm, prompt_ids: list[int], n: int) -> float:
-    """Decode speed as the engine measures it: prefill + ``n`` greedy tokens, batch 1."""
+# The OpenMP settings Oficina chooses for torch (the CLI and the Makefile set OMP_WAIT_POLICY=PASSIVE:
+# two torch processes spinning against each other ran a LoRA step 9x slower, benchmarks/omp_wait.py)
+# are not llama.cpp's: its OpenMP threads meet at every op of a token, and made to sleep there
+# they decoded SmolLM2 q8_0 at 33.5 tok/s on 2 threads instead of 99.7 (AMD Zen 4, 2026-12-02,
+# README). A speed quoted for llama.cpp is measured as its users run it, in a child process
+# whose environment leaves these unset.
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def llama_env() -> dict[str, str]:
+    """This process's environment without Oficina's OpenMP wait settings (``OPENMP_WAIT``): the
+    environment llama.cpp (``llama-server`` too) runs in when its speed is compared."""
+    return {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
+
+
+def llama_tokens_per_s(
+    path: str | Path, prompts: list[list[int]], n: int, threads: int | None = None
+) -> float:
+    """Batch-1 decode speed of llama.cpp on a GGUF file, as the engine measures its own: prefill
+    + ``n`` greedy tokens for each prompt in turn, total tokens over total time, after a short
+    untimed warm-up. Runs in a child process with ``llama_env()`` (loading is not timed);
+    ``threads`` defaults to torch's count here."""
+    import subprocess
+    import sys
+
+    import torch
+
+    job = {"path": str(path), "prompts": prompts, "n": n}
+    job["threads"] = threads or torch.get_num_threads()
+    r = subprocess.run(
+        [sys.executable, "-c", "from oficina.infer.gguf_export import _rate_child; _rate_child()"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        env=llama_env(),
+    )
+    if r.returncode:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"llama.cpp decode-speed child failed: {tail}")
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"])
+
+
+def _rate_child() -> None:
+    """The child of ``llama_tokens_per_s``: a job as JSON on stdin, ``{"tokens_per_s": x}`` out."""
+    import sys
     import time
 
-    llama_greedy(llm, prompt_ids, 4)  # warm-up
+    job = json.loads(sys.stdin.read())
+    prompts, n = job["prompts"], int(job["n"])
+    llm = load_llama(job["path"], n_ctx=max(map(len, prompts)) + n + 8, threads=job["threads"])
+    llama_greedy(llm, prompts[0], 4)  # warm-up: first calls allocate and pick kernels
     t0 = time.perf_counter()
-    got = llama_greedy(llm, prompt_ids, n)
-    return len(got) / (time.perf_counter() - t0)
+    got = sum(len(llama_greedy(llm, ids, n)) for ids in prompts)
+    print(json.dumps({"tokens_per_s": got / (time.perf_counter() - t0)}))
 
 
 def llama_perplexity(llm, windows: list[tuple[list[int], int]]) -> float:
