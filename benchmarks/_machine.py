@@ -29,3 +29,15 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, loadavg {load} at start, "
         f"Python {platform.python_version()}{extra}"
     )
+
+
+def openmp_as(verb: str) -> str:
+    """Set OpenMP's wait as ``oficina VERB`` sets it (``oficina.cli.openmp_wait``: a short spin
+    for the verbs that decode, PASSIVE for the rest; a value already set wins), before torch
+    loads. Returns what it set, for the printout."""
+    from oficina.cli import VERBS, openmp_wait
+
+    chosen = openmp_wait(VERBS[verb], dict(os.environ))
+    os.environ.update(chosen)
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    return ", ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ) or "libgomp default"

@@ -13,12 +13,11 @@ token ids with as many threads as torch uses, in the same run, as a ratio to fp3
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-from _machine import machine  # noqa: E402
+from _machine import machine, openmp_as  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OPENMP = openmp_as("batch")  # as `oficina batch` runs: before torch loads
 
 
 def throughput(eng, prompts, n, batch):
@@ -79,7 +78,7 @@ def main() -> None:
     version = llama_cpp_version()
     lrows = llama_rows(eng, prompts, n) if version else []
 
-    print(f"machine: {where}")
+    print(f"machine: {where}; OpenMP wait: {OPENMP}")
     print(f"model: smollm2-135m-instruct, 16 prompts x {n} new tokens, greedy")
     print(f"{'figure':<34}{'value':>10}{'peer':>10}{'ratio':>8}")
     print(f"{'fp32 tokens/s batch 16 vs 1':<34}{f16:>10.1f}{f1:>10.1f}{f16 / f1:>8.2f}")

@@ -16,7 +16,10 @@ it), with the weight bytes that step reads and the bandwidth that implies. Candi
   uses for float32 linears with ``freezing=True`` and a static batch;
 * ``f32 onednn packed`` — oneDNN's prepacked linear (``mkldnn._linear_pointwise``), what
   inductor uses for bf16 and dynamic shapes;
-* ``bf16 linear`` / ``bf16 onednn packed`` — the same in bfloat16 (half the bytes);
+* ``f32 row kernel`` — ``oficina.infer.row_linear``'s op (a dot product per weight row, this
+  CPU's widest vectors, rows split across threads): what the engine's one-row calls run;
+* ``bf16 linear`` / ``bf16 onednn packed`` / ``bf16 row kernel`` — the same in bfloat16 (half
+  the bytes);
 * ``int8 weight-only`` — ``torch._weight_int8pack_mm`` with bf16 activations (the int8
   directory's kernel before issue 16);
 * ``int8 x int8 _int_mm`` — activations quantized per token (symmetric, ``max|x| / 127``),
@@ -41,16 +44,16 @@ printed; a candidate whose op is missing in this torch build is reported and ski
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from _machine import machine, openmp_as
+
+OPENMP = openmp_as("generate")  # as `oficina generate` runs: before torch loads
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _machine import machine  # noqa: E402
 
 # (name, out N, in K, times per decode step) for SmolLM2-135M: 30 layers, 9 query / 3 kv heads
 SHAPES = [
@@ -90,6 +93,16 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
     def f32_onednn(w):
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+    def f32_row(w):  # oficina.infer.row_linear: what the engine's one-row calls run
+        from oficina.infer.row_linear import kernel
+
+        kernel()
+        return lambda x: torch.ops.oficina.linear_row(x, w, None)
+
+    def bf16_row(w):
+        wb = w.bfloat16()
+        return lambda x: torch.ops.oficina.linear_row(x.bfloat16(), wb, None).float()
 
     def bf16_linear(w):
         wb = w.bfloat16()
@@ -158,8 +171,10 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
         "f32 column-major": f32_colmajor,
         "f32 mkl packed": f32_mkl,
         "f32 onednn packed": f32_onednn,
+        "f32 row kernel": f32_row,
         "bf16 linear": bf16_linear,
         "bf16 onednn packed": bf16_onednn,
+        "bf16 row kernel": bf16_row,
         "int8 weight-only": int8_woq,
         "int8 x int8 _int_mm": int8_int_mm,
         "int8 _int_mm alone": int8_int_mm_alone,
@@ -189,7 +204,7 @@ def main() -> None:
     if args.model:
         return model_checks(args.model, args.texts, args.tokens)
     torch.manual_seed(0)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; OpenMP wait: {OPENMP}")
     cands = candidates()
     names = [n for n in cands if not args.only or n in args.only]
     # calls[name][label]: one prepared kernel per layer (distinct weights, as in the model)

@@ -40,12 +40,11 @@ run is the one least disturbed), with the load average before and after.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-from _machine import machine  # noqa: E402
+from _machine import machine, openmp_as  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OPENMP = openmp_as("generate")  # as `oficina generate` runs: before torch loads
 
 PROMPTS = [
     "What is the capital of France?",
@@ -209,7 +208,7 @@ def main() -> None:
     load_after = _loadavg()
 
     base = best["Oficina float32"]
-    print(f"machine: {where}")
+    print(f"machine: {where}; OpenMP wait: {OPENMP}")
     print(f"loadavg before / after the timed runs: {load_before} / {load_after}")
     print(f"model: smollm2-135m-instruct, batch 1, {n} new tokens, greedy, best of {args.repeats}")
     print(f"cached load time: {load_s:.2f} s")

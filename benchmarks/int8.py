@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import tempfile
 import warnings
 from pathlib import Path
 
-from _machine import machine  # noqa: E402
+from _machine import machine, openmp_as  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OPENMP = openmp_as("quantize")  # as `oficina quantize` runs: before torch loads
 
 TEXTS = Path(__file__).resolve().parents[1] / "examples/demo/task/validation.jsonl"
 
@@ -119,7 +118,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"machine: {where}")
+    print(f"machine: {where}; OpenMP wait: {OPENMP}")
     print(f"loadavg at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(
         f"model: {spec}, batch 1, greedy, prefill + {args.tokens} new tokens, median of "

@@ -32,9 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import machine  # noqa: E402
+from _machine import machine, openmp_as  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OPENMP = openmp_as("serve")  # as `oficina serve` runs: before torch loads
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def main() -> int:
     from oficina.infer.engine import Engine, SamplingParams
     from oficina.infer.prefix_cache import PrefixCache
 
-    print(machine(), flush=True)
+    print(f"{machine()}; OpenMP wait: {OPENMP}", flush=True)
     eng = Engine.from_spec(args.model)
     shots = "\n\n".join(
         TEMPLATE.format(text=r["text"]) + " " + r["label"] for r in _rows("train")[: args.k]
@@ -131,7 +131,7 @@ def rungs(args) -> int:
     raw.update(out=os.environ["OFICINA_HOME"] + "/ladder", limit_test=args.limit_test)
     cfg = LadderConfig(**raw)
     task, corpus = load_task(cfg)
-    print(machine(), flush=True)
+    print(f"{machine()}; OpenMP wait: {OPENMP}", flush=True)
     with start_run("ladder", cfg) as run:
         ctx = LadderContext(cfg, run, task, corpus)
         eng = ctx.base_engine()

@@ -143,8 +143,9 @@ def oficina_exe() -> Path:
 
 def source_env(src: Path | None) -> dict:
     """The environment that runs `oficina` from the checkout whose ``src`` folder is ``src``
-    (None: this one)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    (None: this one). OpenMP's wait is left to the verb (a decoding verb spins, as llama-server
+    does: ``oficina.cli.openmp_wait``; a checkout from before it sets PASSIVE itself)."""
+    env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     return env

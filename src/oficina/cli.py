@@ -20,12 +20,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-# Before anything loads torch (OpenMP reads this once, at load): a waiting OpenMP thread sleeps
-# instead of spinning. With the default busy-wait, two oficina processes on one machine spin
-# against each other — a LoRA step measured 1.4 s alone took 12.9 s beside a second busy
-# oficina process (benchmarks/omp_wait.py measures it). A value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from oficina import __version__
 from oficina.errors import Stopped, UserError
 
@@ -36,6 +30,7 @@ class Verb:
     config: str  # class name in module
     entry: str  # function name in module: entry(cfg) -> exit code (int)
     help: str
+    decodes: bool = False  # its time is token-by-token decoding: OpenMP threads spin (openmp_wait)
 
 
 # verb (possibly two words) -> where it lives. Keep this table the single source of truth.
@@ -81,15 +76,21 @@ VERBS: dict[str, Verb] = {
         "GenerateConfig",
         "run",
         "generate text (zero-, one-, few-shot prompting, streaming)",
+        decodes=True,
     ),
     "chat": Verb(
-        "oficina.infer.generate", "ChatConfig", "chat", "chat with a model in the terminal"
+        "oficina.infer.generate",
+        "ChatConfig",
+        "chat",
+        "chat with a model in the terminal",
+        decodes=True,
     ),
     "batch": Verb(
         "oficina.infer.batch",
         "BatchConfig",
         "run",
         "offline bulk inference over a JSONL, cached in SQLite",
+        decodes=True,
     ),
     "batch lookup": Verb(
         "oficina.infer.batch",
@@ -102,12 +103,14 @@ VERBS: dict[str, Verb] = {
         "QuantizeConfig",
         "run",
         "int8 (PyTorch CPU) or GGUF (llama.cpp) with size, speed and quality",
+        decodes=True,
     ),
     "serve": Verb(
         "oficina.serve.app",
         "ServeConfig",
         "run",
         "OpenAI-compatible HTTP server with a web chat and feedback",
+        decodes=True,
     ),
     "feedback export": Verb(
         "oficina.serve.feedback",
@@ -173,7 +176,11 @@ VERBS: dict[str, Verb] = {
         "recall@k and MRR of BM25, dense and hybrid retrieval",
     ),
     "ask": Verb(
-        "oficina.rag.ask", "AskConfig", "run", "answer from your documents with numbered citations"
+        "oficina.rag.ask",
+        "AskConfig",
+        "run",
+        "answer from your documents with numbered citations",
+        decodes=True,
     ),
     "eval": Verb(
         "oficina.evals.evaluate",
@@ -197,6 +204,28 @@ VERBS: dict[str, Verb] = {
         "the main job: which adaptation is cheapest for your quality bar",
     ),
 }
+
+
+# OpenMP's wait, chosen per verb before torch loads (libgomp reads it once, at load). A thread
+# that finds no work either spins for a while (fast to wake) or sleeps at once (PASSIVE: a futex
+# wake-up at every parallel region, tens of microseconds on these VMs). Training and scoring run
+# few, large parallel regions, and two spinning processes on two cores starve each other: a LoRA
+# fine-tune beside a second one ran 5.4x slower with libgomp's default spin than with PASSIVE,
+# which alone costs it 8-27% (benchmarks/omp_wait.py, README) — so PASSIVE. Decoding runs ~120
+# small matmuls a token: on 2 Zen 4 cores PASSIVE made one decode step's matmuls 2.3x (int8
+# weight-only) and 3.1x (fbgemm's int8) slower than with the default spin, and llama.cpp, whose
+# users run it spinning, 3x (benchmarks/decode_kernels.py, generate.py; README, issue 16) — so
+# the verbs that decode spin for DECODE_SPIN turns. A value the user set wins either way.
+DECODE_SPIN = "300000"  # libgomp's own default: its docs' "300,000" (a few ms)
+
+
+def openmp_wait(verb: Verb, env: dict[str, str]) -> dict[str, str]:
+    """The OpenMP variables to set for ``verb`` in ``env`` (nothing when the user set either)."""
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return {}
+    if verb.decodes:
+        return {"GOMP_SPINCOUNT": DECODE_SPIN}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _usage() -> str:
@@ -338,6 +367,8 @@ def _main(argv: list[str] | None) -> int:
         return 2
 
     verb = VERBS[name]
+    if "torch" not in sys.modules:  # too late once loaded (`main()` called from Python)
+        os.environ.update(openmp_wait(verb, dict(os.environ)))
     from oficina.config import parse_args
 
     cfg = None

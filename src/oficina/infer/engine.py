@@ -55,6 +55,8 @@ from oficina.infer.int8 import RECIPE, Int8Linear, dynamic_available, load_int8,
 from oficina.infer.kv_slots import RESERVE_AHEAD, SlotCache, check_supported
 from oficina.infer.layout import relayout_for_decode
 from oficina.infer.prefix_cache import PrefixCache, shared_prefix_cache
+from oficina.infer.row_linear import kernel as row_kernel
+from oficina.infer.row_linear import use_row_kernel
 from oficina.infer.scoring import ContinuationScore, TextNLL
 
 # Files whose bytes decide what the engine outputs; their hash is the model's identity for caches.
@@ -346,8 +348,9 @@ class Engine:
         A directory written by ``oficina quantize --method int8`` (int8 weights + a recipe) is
         loaded by ``oficina.infer.int8.load_int8``. Without an adapter (whose LoRA layers wrap
         q/k/v), q/k/v and gate/up become one matmul each (``oficina.infer.fuse``; ``fuse=False``
-        keeps them apart). Float32 weights with more outputs than inputs are then stored
-        column-major for faster batch-1 decoding (``oficina.infer.layout``).
+        keeps them apart). Float32 and bfloat16 ``nn.Linear`` layers then run their one-row
+        calls on ``oficina.infer.row_linear``'s GEMV; where it cannot be built, float32 weights
+        with more outputs than inputs are stored column-major for MKL's (``oficina.infer.layout``).
         """
         from transformers.utils import logging as hf_logging
 
@@ -364,7 +367,10 @@ class Engine:
         model, tok = load_int8(path, dtype) if int8 else load_causal_lm(spec, dtype=dtype)
         if fuse and not adapter:
             fuse_projections(model)  # fewer, larger matmuls per decode step
-        relayout_for_decode(model)  # float32 only: tall weights column-major (faster GEMV)
+        if row_kernel() == "C++":  # one-row calls on oficina.infer.row_linear's GEMV
+            use_row_kernel(model)
+        else:  # MKL's GEMV: float32 tall weights column-major are faster (oficina.infer.layout)
+            relayout_for_decode(model)
         adapter_path = None
         if adapter:
             from peft import PeftModel

@@ -32,12 +32,27 @@ def cache_dir() -> Path:
     return Path(base) / "oficina"
 
 
+# Extra flags per source. row_linear.cpp is a memory-bound loop that wants this CPU's widest
+# vectors (AVX-512 where present): built for the machine it runs on, so the cache key below
+# names the CPU's flags (a home shared by two kinds of CPU keeps one library for each).
+FLAGS = {"row_linear.cpp": ["-O3", "-march=native", "-fopenmp"]}
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+
+
 def _command(source: Path, out: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     cxx = os.environ.get("CXX", "c++")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
+    cmd = [cxx, "-O2", *FLAGS.get(source.name, []), "-shared", "-fPIC", "-std=c++17"]
+    cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(source), "-o", str(out)]
     for p in cpp_extension.library_paths():
@@ -50,6 +65,8 @@ def library_path(name: str) -> Path:
     source = Path(__file__).with_name(name)
     key = hashlib.sha256(source.read_bytes())
     key.update(" ".join([torch.__version__, sys.version, *_command(source, Path())]).encode())
+    if "-march=native" in FLAGS.get(name, []):
+        key.update(_cpu_flags().encode())
     return cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
