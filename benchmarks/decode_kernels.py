@@ -22,6 +22,9 @@ it), with the weight bytes that step reads and the bandwidth that implies. Candi
   the bytes);
 * ``int8 weight-only`` — ``torch._weight_int8pack_mm`` with bf16 activations (the int8
   directory's kernel before issue 16);
+* ``int8 row kernel`` — ``oficina.infer.row_linear``'s int8 op: float32 activations, one dot
+  product per int8 row times its scale (``Int8Linear``'s one-row call since issue 16's row
+  kernel);
 * ``int8 x int8 _int_mm`` — activations quantized per token (symmetric, ``max|x| / 127``),
   ``torch._int_mm`` (int32 accumulation, oneDNN's VNNI kernel) and both scales applied;
 * ``int8 _int_mm alone`` — ``torch._int_mm`` on activations quantized beforehand, unscaled:
@@ -101,6 +104,9 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
         return lambda x: torch.ops.oficina.linear_row(x, w, None)
 
     def bf16_row(w):
+        from oficina.infer.row_linear import kernel
+
+        kernel()
         wb = w.bfloat16()
         return lambda x: torch.ops.oficina.linear_row(x.bfloat16(), wb, None).float()
 
@@ -118,6 +124,13 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
         q, s = _quant_rows(w)
         sb = s.bfloat16()
         return lambda x: torch._weight_int8pack_mm(x.bfloat16(), q, sb).float()
+
+    def int8_row(w):  # oficina.infer.row_linear's int8 op: Int8Linear's default one-row call
+        from oficina.infer.row_linear import kernel
+
+        kernel()
+        q, s = _quant_rows(w)
+        return lambda x: torch.ops.oficina.int8_linear_row(x, q, s, None)
 
     def int8_int_mm(w):
         q, s = _quant_rows(w)
@@ -176,6 +189,7 @@ def candidates() -> dict[str, Callable[[torch.Tensor], Callable[[torch.Tensor], 
         "bf16 onednn packed": bf16_onednn,
         "bf16 row kernel": bf16_row,
         "int8 weight-only": int8_woq,
+        "int8 row kernel": int8_row,
         "int8 x int8 _int_mm": int8_int_mm,
         "int8 _int_mm alone": int8_int_mm_alone,
         "int8 onednn qlinear": int8_onednn,

@@ -19,9 +19,9 @@ same number of tokens; prefill of the short prompt included) for:
     llama.cpp's default OpenMP environment (this process sets OMP_WAIT_POLICY=PASSIVE for torch;
     under it llama.cpp decoded 3x slower on 2 threads);
   * Oficina float32 batch 8 aggregate, as the ratio to batch 1;
-  * with ``--compile``, Oficina float32 with its decode step compiled (``Engine.compile_decode``;
-    the compile happens in the untimed warm-up), and with ``--int8`` too, the int8 directory
-    compiled, on both one-row kernels (the dynamic one is fbgemm called from inside the
+  * with ``--compile``, Oficina float32 and bfloat16 with their decode steps compiled
+    (``Engine.compile_decode``; the compile happens in the untimed warm-up), and with
+    ``--int8`` too, the int8 directory compiled, on both one-row kernels (the dynamic one is fbgemm called from inside the
     compiled graph: ``oficina.infer.int8``'s ``int8_linear_dynamic`` op);
   * with ``--unfused``, Oficina float32 and int8 (and, with ``--compile``, their compiled
     steps) also on engines loaded with ``fuse=False``: q/k/v and gate/up as separate matmuls,
@@ -106,7 +106,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     ap.add_argument(
-        "--compile", action="store_true", help="also Oficina float32 with a compiled decode step"
+        "--compile",
+        action="store_true",
+        help="also Oficina float32 and bfloat16 (and int8) with a compiled decode step",
     )
     ap.add_argument(
         "--unfused",
@@ -144,9 +146,10 @@ def main() -> None:
     one_thread = ", decode on 1 thread"  # DECODE_THREADS = 1
     if args.compile:  # same weights, decode step through torch.compile (compiled at warm-up)
         # int8: one graph per one-row kernel (the kernel switch is guarded on)
-        for name in [n for n in engines if n.split(",")[0] in ("float32", "int8")]:
+        for name in [n for n in engines if n.split(",")[0] in ("float32", "bfloat16", "int8")]:
             e = engines[name]
-            compiled = name.replace("float32", "float32 compiled").replace("int8", "int8 compiled")
+            kind = name.split(",")[0]
+            compiled = name.replace(kind, f"{kind} compiled", 1)
             engines[compiled] = Engine(e.model, e.tokenizer, path=e.path)
             engines[compiled].compile_decode()
             if args.both_threads and e.narrow_weights:  # own model: else dynamo reuses the graph

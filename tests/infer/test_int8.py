@@ -218,8 +218,8 @@ def test_dynamic_kernel_falls_back_to_weight_only_when_missing(monkeypatch):
     with torch.no_grad():
         got = q(x)
     assert not int8.dynamic_available()
-    woq = torch._weight_int8pack_mm(x.bfloat16(), q.weight, q.weight_scale.bfloat16()).float()
-    assert torch.equal(got, woq + q.bias)
+    weight_only = torch.ops.oficina.int8_linear_row(x, q.weight, q.weight_scale, q.bias)
+    assert torch.equal(got, weight_only)  # the default one-row call (row kernel)
     monkeypatch.setattr(int8, "DECODE_KERNEL", "weight-only")  # the benchmarks' switch
     monkeypatch.setattr(int8, "_DYNAMIC_OK", True)
     with torch.no_grad():
@@ -248,16 +248,24 @@ def test_int8_model_decode_step_equals_its_reference(tiny_lm, tmp_path, monkeypa
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max())
 
 
-def test_int8_one_row_runs_the_weight_only_kernel_by_default():
-    """Without OFICINA_INT8_DECODE a one-row call runs the weight-only kernel, bit for bit."""
-    from oficina.infer import int8
+def test_int8_one_row_runs_the_weight_only_row_kernel_by_default():
+    """Without OFICINA_INT8_DECODE a one-row call multiplies the int8 weights by the float row
+    (oficina::int8_linear_row: products exact, no bf16 rounding of the activations), and two rows
+    run torch's weight-only kernel (bf16 activations), bit for bit."""
+    from oficina.infer import int8, row_linear
 
-    assert int8.DECODE_KERNEL == "weight-only"
+    assert int8.DECODE_KERNEL == "weight-only" and row_linear.kernel() == "C++"
     q = Int8Linear.from_linear(_linear(5))
-    x = torch.randn(1, q.in_features)
+    x = torch.randn(2, q.in_features)
+    exact = torch.nn.functional.linear(x.double(), q.weight.double()) * q.weight_scale.double()
+    exact = exact + q.bias.double()
     with torch.no_grad():
+        one = q(x[:1])
+        assert torch.allclose(one.double(), exact[:1], rtol=1e-6, atol=1e-6 * exact.abs().max())
         woq = torch._weight_int8pack_mm(x.bfloat16(), q.weight, q.weight_scale.bfloat16())
         assert torch.equal(q(x), woq.float() + q.bias)
+        # the bf16 rounding the one-row kernel avoids is visible at this tolerance
+        assert not torch.allclose(woq[:1].double() + q.bias.double(), exact[:1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kernel", ["weight-only", "dynamic"])

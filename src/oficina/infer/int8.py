@@ -29,8 +29,14 @@ SmolLM2's shapes, 2 cores, AVX-512 with BF16/VNNI, torch 2.13: ``benchmarks/deco
   compiled decode step (``Engine.compile_decode``) runs fbgemm too, in one graph with the rest
   of the step: batch-1 int8 decoding without the per-op Python of the eager forward. The op's
   kernel is C++ (``int8_op.cpp``) where it can be built, else Python (``_register_kernel``).
-* 2..``SMALL_M`` rows (batched decoding; and any one row with ``DECODE_KERNEL =
-  "weight-only"``): ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
+* one row otherwise (the default, ``DECODE_KERNEL = "weight-only"``): the op
+  ``torch.ops.oficina.int8_linear_row`` (``oficina.infer.row_linear``, C++ built for this CPU):
+  one float32 dot product per int8 weight row, the activations unrounded, times the row's scale.
+  On 2 Zen 4 cores a decode step's matmuls took 7.3 ms against 15.5 for the kernel below and 9.2
+  for fbgemm's dynamic one (``benchmarks/decode_kernels.py``, 2026-12-02, README, issue 16). Where the C++ cannot
+  be built, the kernel below.
+* 2..``SMALL_M`` rows (batched decoding; and one row where the C++ kernel is missing):
+  ``torch._weight_int8pack_mm`` — torch's CPU weight-only int8 kernel (the one
   gpt-fast and torchao use), fed bf16 activations: its float32 variant is a reference loop ~12x
   slower than a float32 GEMV, the bf16 one reads a quarter of the float32 bytes and is ~1.5-2.5x
   faster than it. The matmul input is rounded to bf16 (about 0.3% relative error on a product,
@@ -64,6 +70,7 @@ from torch import nn
 
 from oficina.errors import UserError
 from oficina.infer.fuse import fused_modules, unfuse_projections
+from oficina.infer.row_linear import kernel as row_kernel
 
 RECIPE = "oficina-quantization.json"
 WEIGHTS = "oficina-int8.safetensors"
@@ -159,6 +166,9 @@ class Int8Linear(nn.Module):
                 x2.float(), self.weight, self.weight_scale, self.bias, REDUCE_RANGE
             )
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if x2.shape[0] == 1 and row_kernel() == "C++":  # float activations, exact products
+            y = torch.ops.oficina.int8_linear_row(x2, self.weight, self.weight_scale, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         if x2.shape[0] <= SMALL_M:
             y = torch._weight_int8pack_mm(
                 x2.to(torch.bfloat16).contiguous(), self.weight, self.weight_scale_bf16
@@ -477,9 +487,10 @@ def save_int8(model: nn.Module, out: str | Path, source: str = "") -> None:
             "modules": int8_modules(model),
             "tied_embedding": info["tied"],
             "scheme": "per-output-channel symmetric int8, scale = max|row| / 127 (float32)",
-            "kernel": "<= 16 rows: torch._weight_int8pack_mm (bf16 activations); 1 row with "
-            "OFICINA_INT8_DECODE=dynamic: fbgemm dynamic int8 (the row quantized to uint8); "
-            "more rows: dequantize + linear",
+            "kernel": "1 row: oficina::int8_linear_row (float activations), or with "
+            "OFICINA_INT8_DECODE=dynamic fbgemm dynamic int8 (the row quantized to uint8); "
+            "<= 16 rows: torch._weight_int8pack_mm (bf16 activations); more rows: dequantize + "
+            "linear",
             "source": source,
         },
     )

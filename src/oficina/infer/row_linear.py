@@ -6,8 +6,10 @@ float32 call to MKL's sgemv, which streamed SmolLM2's weights at 7-11 GB/s on 2 
 (``benchmarks/decode_kernels.py``); bfloat16 goes to oneDNN, not much faster per byte. The op
 ``torch.ops.oficina.linear_row(x, weight, bias)`` is a plain loop over the weight's rows, one
 float32 dot product each, split across torch's threads (``row_linear.cpp``, compiled for this CPU
-by ``oficina.infer.native``): one step's matmuls took 21 ms instead of 58 in float32 and 12
-instead of 32 in bfloat16 there (README, issue 16).
+by ``oficina.infer.native``): one step's matmuls took 25 ms instead of 67 in float32 and 14
+instead of 36 in bfloat16 there (``benchmarks/decode_kernels.py``, 2026-12-02; README, issue 16). ``int8_linear_row(x, weight, scale, bias)`` is
+the same loop over int8 weights with a float32 scale per row (``oficina.infer.int8``'s one-row
+weight-only calls): the activations stay float, the products exact.
 
 ``use_row_kernel(model)`` turns every plain float32/bfloat16 ``nn.Linear`` into a ``RowLinear``
 (same parameters, names and state dict; only ``forward`` differs): a call with exactly one row
@@ -25,6 +27,7 @@ from torch import nn
 
 _LIB = torch.library.Library("oficina", "FRAGMENT")
 _LIB.define("linear_row(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+_LIB.define("int8_linear_row(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor")
 KERNEL: str | None = None  # "C++" or "Python", once registered
 
 
@@ -33,8 +36,18 @@ def _(x, weight, bias):
     return x.new_empty(1, weight.shape[0])
 
 
+@torch.library.register_fake("oficina::int8_linear_row", lib=_LIB)
+def _(x, weight, scale, bias):
+    return x.new_empty(1, weight.shape[0])
+
+
 def _python_kernel(x, weight, bias):
     return F.linear(x.reshape(1, -1), weight, bias)
+
+
+def _int8_python_kernel(x, weight, scale, bias):
+    y = F.linear(x.reshape(1, -1).float(), weight.float()) * scale
+    return (y if bias is None else y + bias.float()).to(x.dtype)
 
 
 def kernel() -> str:
@@ -47,6 +60,7 @@ def kernel() -> str:
             KERNEL = "C++"
         else:
             _LIB.impl("linear_row", _python_kernel, "CPU")
+            _LIB.impl("int8_linear_row", _int8_python_kernel, "CPU")
             KERNEL = "Python"
     return KERNEL
 
